@@ -1,0 +1,493 @@
+// Package etcd is the seed's etcd client package (import "udp_iaasd/etcd"):
+// a process-wide client with simple Put/Get/Delete, endpoint management that
+// validates before it applies, and connection management that probes the
+// members, reconnects with backoff and never lets a request hang.
+//
+// It owns the *clientv3.Client and the endpoint list it dials. Everything that
+// talks to etcd (the agent's KV API included) goes through an EtcdClient, via
+// Do and Watch, so no caller can keep using endpoints that were replaced. It
+// does not read files or serve anything.
+package etcd
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	gbackoff "google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/connectivity"
+
+	"udp_iaasd/backoff"
+	"udp_iaasd/endpoint"
+)
+
+// Errors callers can test for with errors.Is.
+var (
+	// ErrKeyNotFound is returned by Get for an absent key.
+	ErrKeyNotFound = errors.New("etcd: key not found")
+	// ErrClosed is returned by every call after Close.
+	ErrClosed = errors.New("etcd: client closed")
+	// ErrNoEndpoints is returned while no endpoint set has been applied.
+	ErrNoEndpoints = errors.New("etcd: no endpoints configured")
+	// ErrUnavailable is returned at once, without waiting for a timeout, while
+	// the health loop finds no member reachable.
+	ErrUnavailable = errors.New("etcd: no endpoint reachable")
+	// ErrEndpointNotFound is returned by RemoveEndpoint for an endpoint that is
+	// not in the list.
+	ErrEndpointNotFound = errors.New("etcd: endpoint not in the list")
+)
+
+// EnvEndpoints names the environment variable GetClient reads its endpoints
+// from (comma-separated); DefaultEndpoint is used when it is unset or empty.
+const (
+	EnvEndpoints    = "ETCD_ENDPOINTS"
+	DefaultEndpoint = "127.0.0.1:2379"
+)
+
+// Config configures New. Only Endpoints is required to talk to etcd; every
+// other field has a default (see withDefaults).
+type Config struct {
+	// Endpoints in any form package endpoint accepts. May be empty: the client
+	// then answers ErrNoEndpoints until UpdateEndpoints applies a set.
+	Endpoints []string
+	// MinClusterSize is the fewest endpoints a list may have. Default 1.
+	MinClusterSize int
+
+	DialTimeout      time.Duration // default 5s
+	RequestTimeout   time.Duration // bound of a call whose context has no deadline; default 5s
+	KeepAliveTime    time.Duration // default 10s
+	KeepAliveTimeout time.Duration // default 5s
+
+	// TLS, when set, is used for TLS endpoints, and makes bare host:port
+	// entries https. TLS endpoints without it use the system roots.
+	TLS      *tls.Config
+	Username string
+	Password string
+
+	// Backoff paces reconnection while no member answers. Default:
+	// backoff.DefaultPolicy().
+	Backoff backoff.Policy
+	// HealthInterval is how often a connected client probes its members.
+	// Default 1s.
+	HealthInterval time.Duration
+	// ProbeTimeout bounds one probe of one member. Default 1s.
+	ProbeTimeout time.Duration
+
+	// Logger receives connection state changes (info) and attempts (debug).
+	// Default: discard.
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.MinClusterSize <= 0 {
+		c.MinClusterSize = 1
+	}
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = 5 * time.Second
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = 5 * time.Second
+	}
+	if c.KeepAliveTime <= 0 {
+		c.KeepAliveTime = 10 * time.Second
+	}
+	if c.KeepAliveTimeout <= 0 {
+		c.KeepAliveTimeout = 5 * time.Second
+	}
+	if c.Backoff == (backoff.Policy{}) {
+		c.Backoff = backoff.DefaultPolicy()
+	}
+	if c.HealthInterval <= 0 {
+		c.HealthInterval = time.Second
+	}
+	if c.ProbeTimeout <= 0 {
+		c.ProbeTimeout = time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// EtcdClient is a managed etcd client. Its methods are safe for concurrent
+// use. The zero value is not usable; build one with New, GetClient or
+// NewCustomClient.
+type EtcdClient struct {
+	cfg     Config // read-only after New
+	log     *slog.Logger
+	initErr error // a construction error, returned by every call
+
+	mu        sync.RWMutex
+	client    *clientv3.Client // the live client; nil until an endpoint set is applied
+	gen       *generation      // client with its in-flight count
+	endpoints []string         // normalized, in the order given
+	closed    bool
+
+	health  *healthLoop
+	retired sync.WaitGroup // clients replaced by UpdateEndpoints, closing
+}
+
+// generation is one underlying clientv3 client together with the requests
+// running on it, so that a replaced client is closed only after they end.
+type generation struct {
+	cli      *clientv3.Client
+	tls      bool
+	inflight sync.WaitGroup
+}
+
+// New builds a client from cfg. It does not wait for etcd: a client whose
+// members are down is built, reports disconnected, and connects when they
+// return.
+func New(cfg Config) (*EtcdClient, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Backoff.Validate(); err != nil {
+		return nil, fmt.Errorf("etcd: %w", err)
+	}
+	c := &EtcdClient{cfg: cfg, log: cfg.Logger}
+	if len(cfg.Endpoints) > 0 {
+		eps, err := endpoint.ParseList(cfg.Endpoints, cfg.TLS != nil, cfg.MinClusterSize)
+		if err != nil {
+			return nil, fmt.Errorf("etcd: endpoints: %w", err)
+		}
+		if err := c.apply(eps); err != nil {
+			return nil, err
+		}
+	}
+	c.health = startHealthLoop(c)
+	return c, nil
+}
+
+var (
+	singletonOnce sync.Once
+	singleton     *EtcdClient
+)
+
+// GetClient returns the process-wide client, built on first use from the
+// ETCD_ENDPOINTS environment variable (comma-separated; default
+// 127.0.0.1:2379). If it cannot be built, every method returns why.
+func GetClient() *EtcdClient {
+	singletonOnce.Do(func() {
+		var eps []string
+		for ep := range strings.SplitSeq(os.Getenv(EnvEndpoints), ",") {
+			if ep = strings.TrimSpace(ep); ep != "" {
+				eps = append(eps, ep)
+			}
+		}
+		if len(eps) == 0 {
+			eps = []string{DefaultEndpoint}
+		}
+		singleton = newOrBroken(Config{Endpoints: eps})
+	})
+	return singleton
+}
+
+// NewCustomClient builds a client of endpoints whose dial and request timeouts
+// are timeout. If it cannot be built, every method returns why.
+func NewCustomClient(endpoints []string, timeout time.Duration) *EtcdClient {
+	return newOrBroken(Config{Endpoints: endpoints, DialTimeout: timeout, RequestTimeout: timeout})
+}
+
+// newOrBroken returns New's client, or one that carries New's error: the seed's
+// signatures have no error result, and a nil client would panic at first use.
+func newOrBroken(cfg Config) *EtcdClient {
+	c, err := New(cfg)
+	if err != nil {
+		return &EtcdClient{cfg: cfg.withDefaults(), log: slog.New(slog.DiscardHandler), initErr: err}
+	}
+	return c
+}
+
+// Err returns the error that kept the client from being built, or nil.
+func (c *EtcdClient) Err() error { return c.initErr }
+
+// Endpoints returns a copy of the applied endpoint list, normalized.
+func (c *EtcdClient) Endpoints() []string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return append([]string(nil), c.endpoints...)
+}
+
+// MinClusterSize returns the fewest endpoints a list may have.
+func (c *EtcdClient) MinClusterSize() int { return c.cfg.MinClusterSize }
+
+// Put sets key to value.
+func (c *EtcdClient) Put(ctx context.Context, key, value string) error {
+	return c.Do(ctx, func(ctx context.Context, cli *clientv3.Client) error {
+		if _, err := cli.Put(ctx, key, value); err != nil {
+			return fmt.Errorf("etcd: put %q: %w", key, err)
+		}
+		return nil
+	})
+}
+
+// Get returns key's value, or an error wrapping ErrKeyNotFound.
+func (c *EtcdClient) Get(ctx context.Context, key string) (string, error) {
+	var value string
+	err := c.Do(ctx, func(ctx context.Context, cli *clientv3.Client) error {
+		resp, err := cli.Get(ctx, key)
+		if err != nil {
+			return fmt.Errorf("etcd: get %q: %w", key, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return fmt.Errorf("etcd: get %q: %w", key, ErrKeyNotFound)
+		}
+		value = string(resp.Kvs[0].Value)
+		return nil
+	})
+	return value, err
+}
+
+// Delete removes key. Deleting an absent key is not an error.
+func (c *EtcdClient) Delete(ctx context.Context, key string) error {
+	return c.Do(ctx, func(ctx context.Context, cli *clientv3.Client) error {
+		if _, err := cli.Delete(ctx, key); err != nil {
+			return fmt.Errorf("etcd: delete %q: %w", key, err)
+		}
+		return nil
+	})
+}
+
+// Do runs fn with the live client, for the parts of the etcd API that Put, Get
+// and Delete do not cover (ranges, transactions, leases, status). ctx is
+// bounded by RequestTimeout when it has no deadline, so fn cannot hang. While
+// no member is reachable Do returns ErrUnavailable without calling fn. The
+// client passed to fn stays open until fn returns, even if UpdateEndpoints
+// replaces it meanwhile; fn must not keep it.
+func (c *EtcdClient) Do(ctx context.Context, fn func(ctx context.Context, cli *clientv3.Client) error) error {
+	g, err := c.acquire()
+	if err != nil {
+		return err
+	}
+	defer g.inflight.Done()
+	if !c.reachable(g) {
+		return ErrUnavailable
+	}
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
+	return fn(ctx, g.cli)
+}
+
+// Watch watches key on the live client with clientv3's semantics (opts such
+// as clientv3.WithPrefix and clientv3.WithRev). Unlike Do it does not pin the
+// client: when UpdateEndpoints has to replace it (plain ↔ TLS), the returned
+// channel closes once the old client is closed, and the caller resumes from
+// the last revision it saw. Cancel ctx to stop the watch.
+func (c *EtcdClient) Watch(ctx context.Context, key string, opts ...clientv3.OpOption) (clientv3.WatchChan, error) {
+	g, err := c.acquire()
+	if err != nil {
+		return nil, err
+	}
+	defer g.inflight.Done()
+	return g.cli.Watch(ctx, key, opts...), nil
+}
+
+// acquire returns the live generation with its in-flight count raised; the
+// caller must call g.inflight.Done.
+func (c *EtcdClient) acquire() (*generation, error) {
+	if c.initErr != nil {
+		return nil, c.initErr
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	switch {
+	case c.closed:
+		return nil, ErrClosed
+	case c.gen == nil:
+		return nil, ErrNoEndpoints
+	}
+	c.gen.inflight.Add(1)
+	return c.gen, nil
+}
+
+// reachable reports whether a request is worth sending: the health loop saw a
+// member answer, has not probed yet, or gRPC has reconnected since the last
+// probe (so a returning cluster is used at once, not at the next probe).
+func (c *EtcdClient) reachable(g *generation) bool {
+	h := c.health.snapshot()
+	if h.Connected || !h.Probed {
+		return true
+	}
+	return g.cli.ActiveConnection().GetState() == connectivity.Ready
+}
+
+// bound gives ctx the request timeout when it has no deadline of its own.
+func (c *EtcdClient) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, c.cfg.RequestTimeout)
+}
+
+// UpdateEndpoints replaces the endpoint list. The whole list is validated
+// first (forms, duplicates after normalization, no TLS/plain mix, at least
+// MinClusterSize entries); a rejected list changes nothing. A valid list is
+// applied to the live client in place, so requests in flight on members that
+// stay are not disturbed; a switch between plain and TLS builds a new client,
+// swaps it in and closes the old one after its in-flight requests end.
+func (c *EtcdClient) UpdateEndpoints(endpoints []string) error {
+	if c.initErr != nil {
+		return c.initErr
+	}
+	eps, err := endpoint.ParseList(endpoints, c.cfg.TLS != nil, c.cfg.MinClusterSize)
+	if err != nil {
+		return fmt.Errorf("etcd: update endpoints: %w", err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.applyLocked(eps)
+}
+
+// RemoveEndpoint removes one endpoint (in any form that normalizes to a listed
+// one). It fails for an endpoint not in the list, and when fewer than
+// MinClusterSize endpoints would remain.
+func (c *EtcdClient) RemoveEndpoint(ep string) error {
+	if c.initErr != nil {
+		return c.initErr
+	}
+	target, err := endpoint.Parse(ep, c.cfg.TLS != nil)
+	if err != nil {
+		return fmt.Errorf("etcd: remove endpoint: %w", err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	rest := make([]string, 0, len(c.endpoints))
+	for _, e := range c.endpoints {
+		if e != target.String() {
+			rest = append(rest, e)
+		}
+	}
+	if len(rest) == len(c.endpoints) {
+		return fmt.Errorf("etcd: remove endpoint %q: %w (have %s)", ep, ErrEndpointNotFound, strings.Join(c.endpoints, ", "))
+	}
+	if len(rest) < c.cfg.MinClusterSize {
+		return fmt.Errorf("etcd: remove endpoint %q: would leave %d endpoints, fewer than the minimum %d: %w",
+			ep, len(rest), c.cfg.MinClusterSize, endpoint.ErrTooFew)
+	}
+	eps, err := endpoint.ParseList(rest, c.cfg.TLS != nil, c.cfg.MinClusterSize)
+	if err != nil {
+		return fmt.Errorf("etcd: remove endpoint: %w", err)
+	}
+	return c.applyLocked(eps)
+}
+
+func (c *EtcdClient) apply(eps []endpoint.Endpoint) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.applyLocked(eps)
+}
+
+// applyLocked applies a validated list. c.mu must be held for writing.
+func (c *EtcdClient) applyLocked(eps []endpoint.Endpoint) error {
+	if c.closed {
+		return ErrClosed
+	}
+	urls := endpoint.Strings(eps)
+	useTLS := eps[0].TLS()
+	if c.gen != nil && c.gen.tls == useTLS {
+		c.gen.cli.SetEndpoints(urls...)
+		c.endpoints = urls
+		c.log.Info("etcd endpoints updated", "endpoints", urls)
+		c.health.kick()
+		return nil
+	}
+	cli, err := c.newClientv3(urls, useTLS)
+	if err != nil {
+		return fmt.Errorf("etcd: connect to %s: %w", strings.Join(urls, ", "), err)
+	}
+	old := c.gen
+	c.gen = &generation{cli: cli, tls: useTLS}
+	c.client = cli
+	c.endpoints = urls
+	if old != nil {
+		c.retire(old)
+		c.log.Info("etcd client replaced", "endpoints", urls, "tls", useTLS)
+	}
+	c.health.kick()
+	return nil
+}
+
+// retire closes a replaced client once its in-flight requests have ended.
+func (c *EtcdClient) retire(g *generation) {
+	c.retired.Go(func() {
+		g.inflight.Wait()
+		g.cli.Close()
+	})
+}
+
+func (c *EtcdClient) newClientv3(urls []string, useTLS bool) (*clientv3.Client, error) {
+	var tlsCfg *tls.Config
+	if useTLS {
+		tlsCfg = c.cfg.TLS
+		if tlsCfg == nil {
+			tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+	}
+	bp := c.cfg.Backoff
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:            urls,
+		DialTimeout:          c.cfg.DialTimeout,
+		DialKeepAliveTime:    c.cfg.KeepAliveTime,
+		DialKeepAliveTimeout: c.cfg.KeepAliveTimeout,
+		TLS:                  tlsCfg,
+		Username:             c.cfg.Username,
+		Password:             c.cfg.Password,
+		Logger:               zap.NewNop(),
+		// gRPC's own reconnect schedule (up to 120s by default) would hide a
+		// returning cluster; make it follow our policy, and let the health
+		// loop reset it on each of its attempts.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: gbackoff.Config{
+				BaseDelay:  bp.Initial,
+				Multiplier: bp.Multiplier,
+				Jitter:     bp.Jitter,
+				MaxDelay:   bp.Max,
+			},
+			MinConnectTimeout: c.cfg.DialTimeout,
+		}),
+			// clientv3's resolver writes its endpoint list in SetEndpoints and
+			// reads it in Build without a lock (v3.7.3 internal/resolver), and
+			// gRPC calls Build whenever the channel leaves idle. Never going
+			// idle, and leaving idle here (Connect returns after Build), keeps
+			// Build from ever running beside SetEndpoints.
+			grpc.WithIdleTimeout(0),
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	cli.ActiveConnection().Connect()
+	return cli, nil
+}
+
+// Close stops the health loop and closes the client after requests in
+// flight end. Calls after Close return ErrClosed. Close is idempotent.
+func (c *EtcdClient) Close() error {
+	if c.initErr != nil {
+		return nil
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	g := c.gen
+	c.gen, c.client = nil, nil
+	c.mu.Unlock()
+
+	c.health.stop()
+	if g != nil {
+		c.retire(g)
+	}
+	c.retired.Wait()
+	return nil
+}

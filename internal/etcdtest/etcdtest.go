@@ -1,0 +1,336 @@
+// Package etcdtest runs real etcd clusters in-process, on loopback ports and
+// in temporary directories, for tests and for `endpointd dev`.
+//
+// It owns the members' lifecycles (start, stop, restart with their data) and
+// nothing else: it does not build clients beyond a convenience for tests.
+// Members are go.etcd.io/etcd/server/v3/embed servers, the same code as the
+// etcd binary; nothing about etcd's behaviour is simulated.
+package etcdtest
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// Options shape a cluster. The zero value is a three-member cluster under a
+// new temporary directory, tuned for quick elections.
+type Options struct {
+	Members int    // default 3
+	Dir     string // default: a new directory under os.TempDir(), removed by Close
+	// Fsync keeps etcd's fsyncs; tests turn them off for speed, which loses
+	// nothing in-process (a member stopped here is closed, never torn).
+	Fsync bool
+	// StartTimeout bounds waiting for the cluster to elect a leader.
+	StartTimeout time.Duration // default 30s
+}
+
+// Cluster is a running set of members.
+type Cluster struct {
+	Members []*Member
+
+	dir     string
+	ownsDir bool
+	token   string
+}
+
+// Member is one etcd server of a Cluster.
+type Member struct {
+	Name      string
+	Dir       string
+	ClientURL url.URL
+	PeerURL   url.URL
+
+	cluster *Cluster
+	fsync   bool
+
+	mu   sync.Mutex // guards etcd
+	etcd *embed.Etcd
+}
+
+// Start starts a cluster and waits until it has a leader.
+func Start(opts Options) (*Cluster, error) {
+	if opts.Members <= 0 {
+		opts.Members = 3
+	}
+	if opts.StartTimeout <= 0 {
+		opts.StartTimeout = 30 * time.Second
+	}
+	c := &Cluster{dir: opts.Dir, token: fmt.Sprintf("etcdtest-%d", time.Now().UnixNano())}
+	if c.dir == "" {
+		d, err := os.MkdirTemp("", "etcdtest-")
+		if err != nil {
+			return nil, fmt.Errorf("etcdtest: %w", err)
+		}
+		c.dir, c.ownsDir = d, true
+	}
+	// A port picked here can be taken by another process before etcd binds
+	// it; such a start fails fast with "address already in use" and is tried
+	// again on fresh ports.
+	var err error
+	for try := 0; try < 5; try++ {
+		if err = c.start(opts); err == nil {
+			return c, nil
+		}
+		c.stopAll()
+		if !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
+	}
+	c.Close()
+	return nil, err
+}
+
+func (c *Cluster) start(opts Options) error {
+	ports, err := freePorts(2 * opts.Members)
+	if err != nil {
+		return err
+	}
+	c.Members = make([]*Member, opts.Members)
+	var initial []string
+	for i := range c.Members {
+		name := fmt.Sprintf("m%d", i)
+		m := &Member{
+			Name:      name,
+			Dir:       filepath.Join(c.dir, fmt.Sprintf("%s-%d", name, ports[2*i])),
+			ClientURL: url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[2*i])},
+			PeerURL:   url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[2*i+1])},
+			cluster:   c,
+			fsync:     opts.Fsync,
+		}
+		c.Members[i] = m
+		initial = append(initial, name+"="+m.PeerURL.String())
+	}
+	errc := make(chan error, len(c.Members))
+	for _, m := range c.Members {
+		go func() { errc <- m.start(strings.Join(initial, ","), embed.ClusterStateFlagNew) }()
+	}
+	var errs []error
+	for range c.Members {
+		errs = append(errs, <-errc)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return c.waitReady(opts.StartTimeout)
+}
+
+func (c *Cluster) waitReady(timeout time.Duration) error {
+	deadline := time.After(timeout)
+	for _, m := range c.Members {
+		e := m.server()
+		select {
+		case <-e.Server.ReadyNotify():
+		case err := <-e.Err():
+			return fmt.Errorf("etcdtest: member %s: %w", m.Name, err)
+		case <-deadline:
+			return fmt.Errorf("etcdtest: cluster not ready after %v", timeout)
+		}
+	}
+	return nil
+}
+
+func (m *Member) start(initialCluster, state string) error {
+	cfg := embed.NewConfig()
+	cfg.Name = m.Name
+	cfg.Dir = m.Dir
+	cfg.ListenClientUrls = []url.URL{m.ClientURL}
+	cfg.AdvertiseClientUrls = []url.URL{m.ClientURL}
+	cfg.ListenPeerUrls = []url.URL{m.PeerURL}
+	cfg.AdvertisePeerUrls = []url.URL{m.PeerURL}
+	cfg.InitialCluster = initialCluster
+	cfg.InitialClusterToken = m.cluster.token
+	cfg.ClusterState = state
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	cfg.UnsafeNoFsync = !m.fsync
+	// Elections in a few hundred milliseconds keep member-loss tests short;
+	// still 5 heartbeats per election timeout, as etcd recommends.
+	cfg.TickMs = 50
+	cfg.ElectionMs = 500
+	cfg.EnableGRPCGateway = false
+	cfg.SnapshotCount = 10000
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return fmt.Errorf("etcdtest: start member %s: %w", m.Name, err)
+	}
+	m.mu.Lock()
+	m.etcd = e
+	m.mu.Unlock()
+	return nil
+}
+
+func (m *Member) server() *embed.Etcd {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.etcd
+}
+
+// Endpoint returns the member's client URL, e.g. http://127.0.0.1:41234.
+func (m *Member) Endpoint() string { return m.ClientURL.String() }
+
+// Running reports whether the member is started.
+func (m *Member) Running() bool { return m.server() != nil }
+
+// Stop closes the member gracefully (a leader hands over leadership first),
+// keeping its data directory. A kill -9 needs a member in another process.
+func (m *Member) Stop() { m.stop(false) }
+
+// stop closes the member; hard skips the leadership transfer, which only costs
+// time when every member is going away.
+func (m *Member) stop(hard bool) {
+	m.mu.Lock()
+	e := m.etcd
+	m.etcd = nil
+	m.mu.Unlock()
+	if e == nil {
+		return
+	}
+	if hard {
+		e.Server.HardStop()
+	}
+	e.Close()
+}
+
+// Restart starts a stopped member again from its data directory, on the same
+// ports, and waits until it serves.
+func (m *Member) Restart() error {
+	if m.Running() {
+		return fmt.Errorf("etcdtest: member %s is running", m.Name)
+	}
+	var initial []string
+	for _, o := range m.cluster.Members {
+		initial = append(initial, o.Name+"="+o.PeerURL.String())
+	}
+	var err error
+	// The ports were ours a moment ago; a socket in TIME_WAIT or a probe
+	// racing us can hold them briefly.
+	for try := 0; try < 50; try++ {
+		if err = m.start(strings.Join(initial, ","), embed.ClusterStateFlagExisting); err == nil {
+			break
+		}
+		if !strings.Contains(err.Error(), "address already in use") {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		return err
+	}
+	e := m.server()
+	select {
+	case <-e.Server.ReadyNotify():
+		return nil
+	case err := <-e.Err():
+		return fmt.Errorf("etcdtest: member %s: %w", m.Name, err)
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("etcdtest: member %s not ready after restart", m.Name)
+	}
+}
+
+// Endpoints returns every member's client URL, in member order.
+func (c *Cluster) Endpoints() []string {
+	eps := make([]string, len(c.Members))
+	for i, m := range c.Members {
+		eps[i] = m.Endpoint()
+	}
+	return eps
+}
+
+// StopAll stops every member at once, keeping their data: a whole-cluster
+// outage.
+func (c *Cluster) StopAll() { c.stopAll() }
+
+// RestartAll restarts every stopped member concurrently: a lone member of a
+// three-member cluster cannot become ready without a quorum.
+func (c *Cluster) RestartAll() error {
+	errc := make(chan error, len(c.Members))
+	n := 0
+	for _, m := range c.Members {
+		if m.Running() {
+			continue
+		}
+		n++
+		go func() { errc <- m.Restart() }()
+	}
+	var errs []error
+	for range n {
+		errs = append(errs, <-errc)
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Cluster) stopAll() {
+	var wg sync.WaitGroup
+	for _, m := range c.Members {
+		wg.Go(func() { m.stop(true) })
+	}
+	wg.Wait()
+}
+
+// Close stops every member and removes the data directory if Start made it.
+func (c *Cluster) Close() {
+	c.stopAll()
+	if c.ownsDir {
+		os.RemoveAll(c.dir)
+	}
+}
+
+// Dir is the directory holding the members' data.
+func (c *Cluster) Dir() string { return c.dir }
+
+// New starts a cluster of n members for a test and stops it in t.Cleanup.
+func New(t testing.TB, n int) *Cluster {
+	t.Helper()
+	c, err := Start(Options{Members: n, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("start etcd cluster: %v", err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// Client returns a plain clientv3 client of the whole cluster, closed in
+// t.Cleanup: the baseline that tests check endpointd's answers against.
+func (c *Cluster) Client(t testing.TB) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   c.Endpoints(),
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		t.Fatalf("etcd client: %v", err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+func freePorts(n int) ([]int, error) {
+	ls := make([]net.Listener, 0, n)
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	ports := make([]int, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("etcdtest: pick a free port: %w", err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
