@@ -1,0 +1,466 @@
+// Package config loads and validates endpointd's two files: config.yaml (the
+// agent's settings, owned by the administrator) and endpoints.yaml (the etcd
+// endpoint list, owned by config management). See CONFIG.md.
+//
+// Decoding is strict and positional: unknown and duplicate keys, wrong types,
+// extra documents, aliases and oversized files are errors, and every problem
+// in a file is reported as `FILE:LINE:COL: message`. The package holds only
+// the serializable settings; building TLS configs, reading secrets, loggers
+// and clients is left to its callers (TLSConfig and Password help them).
+package config
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"udp_iaasd/endpoint"
+)
+
+// DefaultPath is where `endpointd run` looks for config.yaml.
+const DefaultPath = "/etc/endpointd/config.yaml"
+
+// Config is config.yaml. Build it with Default, Parse or Load; a Config from
+// Parse or Load has passed Validate.
+type Config struct {
+	EndpointsFile  string
+	MinClusterSize int
+	Socket         Socket
+	Etcd           Etcd
+	Backoff        Backoff
+	Watch          Watch
+	Cache          Cache
+	Limits         Limits
+	Log            Log
+
+	file string                // the path it was read from, for messages
+	pos  map[string]*yaml.Node // value node of each key, by dotted path
+}
+
+// Socket is the unix socket the agent serves on.
+type Socket struct {
+	Path        string
+	Mode        uint32 // permission bits
+	Group       string // name or numeric gid; "" keeps the process's group
+	AllowedUIDs []int
+	AllowedGIDs []int
+}
+
+// Etcd is how the agent talks to etcd.
+type Etcd struct {
+	DialTimeout      time.Duration
+	RequestTimeout   time.Duration
+	KeepaliveTime    time.Duration
+	KeepaliveTimeout time.Duration
+	Username         string
+	PasswordFile     string
+	TLS              TLS
+}
+
+// TLS names the files of the client's TLS setup.
+type TLS struct {
+	CAFile     string
+	CertFile   string
+	KeyFile    string
+	ServerName string
+}
+
+// Enabled reports whether any TLS setting is given, which makes bare host:port
+// endpoints https.
+func (t TLS) Enabled() bool { return t != TLS{} }
+
+// Backoff is the reconnection schedule.
+type Backoff struct {
+	Initial    time.Duration
+	Max        time.Duration
+	Multiplier float64
+	Jitter     float64
+}
+
+// Watch paces reading the endpoints file.
+type Watch struct {
+	Debounce       time.Duration
+	ResyncInterval time.Duration
+}
+
+// Cache lists key prefixes served from memory.
+type Cache struct {
+	Prefixes []string
+}
+
+// Limits protect the agent from misbehaving local clients.
+type Limits struct {
+	MaxKeyBytes   int
+	MaxValueBytes int
+	// Beyond CONFIG.md's two keys (documented in examples/config.yaml):
+	MaxHeaderBytes    int
+	ReadHeaderTimeout time.Duration
+	IdleTimeout       time.Duration
+	MaxConnections    int
+	MaxWatches        int
+	ShutdownTimeout   time.Duration
+}
+
+// Log configures the agent's log.
+type Log struct {
+	Level  string
+	Format string
+}
+
+// Default returns the settings CONFIG.md documents as defaults.
+func Default() *Config {
+	return &Config{
+		EndpointsFile:  "/etc/endpointd/endpoints.yaml",
+		MinClusterSize: 3,
+		Socket:         Socket{Path: "/run/endpointd/endpointd.sock", Mode: 0o660},
+		Etcd: Etcd{
+			DialTimeout:      5 * time.Second,
+			RequestTimeout:   5 * time.Second,
+			KeepaliveTime:    10 * time.Second,
+			KeepaliveTimeout: 5 * time.Second,
+		},
+		Backoff: Backoff{Initial: 100 * time.Millisecond, Max: 30 * time.Second, Multiplier: 2, Jitter: 0.2},
+		Watch:   Watch{Debounce: 100 * time.Millisecond, ResyncInterval: 30 * time.Second},
+		Limits: Limits{
+			MaxKeyBytes:       4096,
+			MaxValueBytes:     1 << 20,
+			MaxHeaderBytes:    64 << 10,
+			ReadHeaderTimeout: 5 * time.Second,
+			IdleTimeout:       2 * time.Minute,
+			MaxConnections:    1024,
+			MaxWatches:        512,
+			ShutdownTimeout:   10 * time.Second,
+		},
+		Log:  Log{Level: "info", Format: "text"},
+		file: "config.yaml (defaults)",
+	}
+}
+
+// File returns the path the config was read from.
+func (c *Config) File() string { return c.file }
+
+// Load reads and parses config.yaml at path.
+func Load(path string) (*Config, error) {
+	data, err := ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(path, data)
+}
+
+// Parse decodes config.yaml's bytes over the defaults and validates the
+// result. file names the source in messages; a relative endpoints_file is
+// resolved against file's directory. The error is an Errors.
+func Parse(file string, data []byte) (*Config, error) {
+	c := Default()
+	c.file = file
+	c.pos = map[string]*yaml.Node{}
+	d := &decoder{file: file}
+	if root := d.parse(data); root != nil {
+		d.mapping(root, "", c.fields())
+	}
+	if len(d.probs) > 0 {
+		return nil, d.probs.sorted()
+	}
+	if c.EndpointsFile != "" && !filepath.IsAbs(c.EndpointsFile) {
+		c.EndpointsFile = filepath.Join(filepath.Dir(file), c.EndpointsFile)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// fields is the schema of config.yaml: every key, where its value goes, and
+// (through at) where in the file it was.
+func (c *Config) fields() map[string]field {
+	at := func(f field) field {
+		return func(d *decoder, path string, n *yaml.Node) {
+			c.pos[path] = n
+			f(d, path, n)
+		}
+	}
+	section := func(fields map[string]field) field {
+		for k, f := range fields {
+			fields[k] = at(f)
+		}
+		return at(func(d *decoder, path string, n *yaml.Node) { d.mapping(n, path, fields) })
+	}
+	return map[string]field{
+		"endpoints_file":   at(str(&c.EndpointsFile)),
+		"min_cluster_size": at(integer(&c.MinClusterSize)),
+		"socket": section(map[string]field{
+			"path":         str(&c.Socket.Path),
+			"mode":         fileMode(&c.Socket.Mode),
+			"group":        text(&c.Socket.Group),
+			"allowed_uids": intList(&c.Socket.AllowedUIDs),
+			"allowed_gids": intList(&c.Socket.AllowedGIDs),
+		}),
+		"etcd": section(map[string]field{
+			"dial_timeout":      duration(&c.Etcd.DialTimeout),
+			"request_timeout":   duration(&c.Etcd.RequestTimeout),
+			"keepalive_time":    duration(&c.Etcd.KeepaliveTime),
+			"keepalive_timeout": duration(&c.Etcd.KeepaliveTimeout),
+			"username":          str(&c.Etcd.Username),
+			"password_file":     str(&c.Etcd.PasswordFile),
+			"tls": section(map[string]field{
+				"ca_file":     str(&c.Etcd.TLS.CAFile),
+				"cert_file":   str(&c.Etcd.TLS.CertFile),
+				"key_file":    str(&c.Etcd.TLS.KeyFile),
+				"server_name": str(&c.Etcd.TLS.ServerName),
+			}),
+		}),
+		"backoff": section(map[string]field{
+			"initial":    duration(&c.Backoff.Initial),
+			"max":        duration(&c.Backoff.Max),
+			"multiplier": number(&c.Backoff.Multiplier),
+			"jitter":     number(&c.Backoff.Jitter),
+		}),
+		"watch": section(map[string]field{
+			"debounce":        duration(&c.Watch.Debounce),
+			"resync_interval": duration(&c.Watch.ResyncInterval),
+		}),
+		"cache": section(map[string]field{
+			"prefixes": stringList(&c.Cache.Prefixes),
+		}),
+		"limits": section(map[string]field{
+			"max_key_bytes":       integer(&c.Limits.MaxKeyBytes),
+			"max_value_bytes":     integer(&c.Limits.MaxValueBytes),
+			"max_header_bytes":    integer(&c.Limits.MaxHeaderBytes),
+			"read_header_timeout": duration(&c.Limits.ReadHeaderTimeout),
+			"idle_timeout":        duration(&c.Limits.IdleTimeout),
+			"max_connections":     integer(&c.Limits.MaxConnections),
+			"max_watches":         integer(&c.Limits.MaxWatches),
+			"shutdown_timeout":    duration(&c.Limits.ShutdownTimeout),
+		}),
+		"log": section(map[string]field{
+			"level":  str(&c.Log.Level),
+			"format": str(&c.Log.Format),
+		}),
+	}
+}
+
+// Validate checks every value's range and the settings' consistency, and
+// reports each problem at the position of the key that holds it.
+func (c *Config) Validate() error {
+	var probs Errors
+	bad := func(path, format string, args ...any) {
+		p := &Problem{File: c.file, Msg: path + ": " + fmt.Sprintf(format, args...)}
+		if n := c.pos[path]; n != nil {
+			p.Line, p.Col = n.Line, n.Column
+		}
+		probs = append(probs, p)
+	}
+	positive := func(path string, d time.Duration) {
+		if d <= 0 {
+			bad(path, "must be a positive duration, got %v", d)
+		}
+	}
+	atLeast := func(path string, v, lo int) {
+		if v < lo {
+			bad(path, "must be at least %d, got %d", lo, v)
+		}
+	}
+
+	if c.EndpointsFile == "" {
+		bad("endpoints_file", "must name a file")
+	}
+	atLeast("min_cluster_size", c.MinClusterSize, 1)
+
+	switch p := c.Socket.Path; {
+	case p == "":
+		bad("socket.path", "must name a file")
+	case !filepath.IsAbs(p):
+		bad("socket.path", "must be an absolute path, got %q", p)
+	case strings.HasPrefix(p, "@"):
+		bad("socket.path", "abstract sockets are not allowed")
+	case len(p) > 107:
+		bad("socket.path", "is %d bytes, longer than a unix socket path may be (107)", len(p))
+	}
+	for _, id := range c.Socket.AllowedUIDs {
+		if id < 0 {
+			bad("socket.allowed_uids", "uid %d is negative", id)
+		}
+	}
+	for _, id := range c.Socket.AllowedGIDs {
+		if id < 0 {
+			bad("socket.allowed_gids", "gid %d is negative", id)
+		}
+	}
+
+	positive("etcd.dial_timeout", c.Etcd.DialTimeout)
+	positive("etcd.request_timeout", c.Etcd.RequestTimeout)
+	positive("etcd.keepalive_time", c.Etcd.KeepaliveTime)
+	positive("etcd.keepalive_timeout", c.Etcd.KeepaliveTimeout)
+	if (c.Etcd.Username == "") != (c.Etcd.PasswordFile == "") {
+		bad("etcd.username", "username and password_file go together: set both or neither")
+	}
+	if (c.Etcd.TLS.CertFile == "") != (c.Etcd.TLS.KeyFile == "") {
+		bad("etcd.tls", "cert_file and key_file go together: set both or neither")
+	}
+
+	positive("backoff.initial", c.Backoff.Initial)
+	positive("backoff.max", c.Backoff.Max)
+	if c.Backoff.Max > 0 && c.Backoff.Max < c.Backoff.Initial {
+		bad("backoff.max", "%v is less than backoff.initial %v", c.Backoff.Max, c.Backoff.Initial)
+	}
+	if c.Backoff.Multiplier < 1 {
+		bad("backoff.multiplier", "must be at least 1, got %v", c.Backoff.Multiplier)
+	}
+	if c.Backoff.Jitter < 0 || c.Backoff.Jitter > 1 {
+		bad("backoff.jitter", "must be a fraction within 0..1, got %v", c.Backoff.Jitter)
+	}
+
+	if c.Watch.Debounce < 0 {
+		bad("watch.debounce", "must not be negative, got %v", c.Watch.Debounce)
+	}
+	positive("watch.resync_interval", c.Watch.ResyncInterval)
+
+	for _, p := range c.Cache.Prefixes {
+		if p == "" {
+			bad("cache.prefixes", "an empty prefix would cache the whole keyspace; list real prefixes")
+		}
+	}
+
+	atLeast("limits.max_key_bytes", c.Limits.MaxKeyBytes, 1)
+	atLeast("limits.max_value_bytes", c.Limits.MaxValueBytes, 1)
+	atLeast("limits.max_header_bytes", c.Limits.MaxHeaderBytes, 1024)
+	positive("limits.read_header_timeout", c.Limits.ReadHeaderTimeout)
+	positive("limits.idle_timeout", c.Limits.IdleTimeout)
+	atLeast("limits.max_connections", c.Limits.MaxConnections, 1)
+	atLeast("limits.max_watches", c.Limits.MaxWatches, 1)
+	positive("limits.shutdown_timeout", c.Limits.ShutdownTimeout)
+
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		bad("log.format", "%q is not one of text, json", c.Log.Format)
+	}
+	if len(probs) > 0 {
+		return probs.sorted()
+	}
+	return nil
+}
+
+// TLSConfig builds the etcd client's TLS config from the named files, or
+// returns nil when TLS is not configured.
+func (c *Config) TLSConfig() (*tls.Config, error) {
+	t := c.Etcd.TLS
+	if !t.Enabled() {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("etcd.tls.ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("etcd.tls.ca_file: %s holds no PEM certificate", t.CAFile)
+		}
+		cfg.RootCAs = pool
+	}
+	if t.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("etcd.tls.cert_file/key_file: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}
+
+// Password reads etcd.password_file (trailing newline removed). It is read
+// at start and on every reload and is never logged.
+func (c *Config) Password() (string, error) {
+	if c.Etcd.PasswordFile == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(c.Etcd.PasswordFile)
+	if err != nil {
+		return "", fmt.Errorf("etcd.password_file: %w", err)
+	}
+	return strings.TrimRight(string(b), "\r\n"), nil
+}
+
+// ReadFile reads a file for one of the loaders, at most MaxFileBytes+1 bytes,
+// so that an enormous file is refused without being read whole.
+func ReadFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
+}
+
+// Endpoints is a valid endpoints.yaml.
+type Endpoints struct {
+	List []endpoint.Endpoint
+}
+
+// Strings returns the normalized endpoints, in file order.
+func (e *Endpoints) Strings() []string { return endpoint.Strings(e.List) }
+
+// ParseEndpoints decodes and validates endpoints.yaml's bytes (CONFIG.md rules
+// 1–5): defaultTLS is whether etcd.tls is set, minSize is min_cluster_size.
+// The error is an Errors naming each problem's position.
+func ParseEndpoints(file string, data []byte, defaultTLS bool, minSize int) (*Endpoints, error) {
+	d := &decoder{file: file}
+	root := d.parse(data)
+	var (
+		raws  []string
+		items []*yaml.Node
+		key   *yaml.Node
+	)
+	if root != nil {
+		d.mapping(root, "", map[string]field{
+			"endpoints": func(d *decoder, path string, n *yaml.Node) {
+				key = n
+				if isNull(n) {
+					d.addf(n, "endpoints must be a list of endpoints, got nothing (null)")
+					return
+				}
+				items = d.list(n, "endpoints")
+				for _, it := range items {
+					// A non-string entry is reported here, and ParseList is
+					// then never reached, so raws need not stay aligned.
+					if v, ok := d.scalar(it, "each endpoint", "a string", "!!str"); ok {
+						raws = append(raws, v)
+					}
+				}
+			},
+		})
+		if key == nil && len(d.probs) == 0 {
+			d.addf(root, `missing key "endpoints" (a list of etcd endpoints)`)
+		}
+	}
+	if len(d.probs) > 0 {
+		return nil, d.probs.sorted()
+	}
+	eps, err := endpoint.ParseList(raws, defaultTLS, minSize)
+	for _, e := range endpoint.Errors(err) {
+		if e.Index >= 0 {
+			d.addf(items[e.Index], "%s", e.Error())
+		} else {
+			d.addf(key, "%s", e.Error())
+		}
+	}
+	if len(d.probs) > 0 {
+		return nil, d.probs.sorted()
+	}
+	return &Endpoints{List: eps}, nil
+}
