@@ -3,6 +3,7 @@ module udp_iaasd
 go 1.26.0
 
 require (
+	github.com/fsnotify/fsnotify v1.10.1
 	go.etcd.io/etcd/api/v3 v3.7.3
 	go.etcd.io/etcd/client/v3 v3.7.3
 	go.etcd.io/etcd/server/v3 v3.7.3
