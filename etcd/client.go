@@ -127,6 +127,7 @@ type EtcdClient struct {
 	initErr error // a construction error, returned by every call
 
 	mu        sync.RWMutex
+	minSize   int              // fewest endpoints a list may have (SetMinClusterSize)
 	client    *clientv3.Client // the live client; nil until an endpoint set is applied
 	gen       *generation      // client with its in-flight count
 	endpoints []string         // normalized, in the order given
@@ -152,7 +153,7 @@ func New(cfg Config) (*EtcdClient, error) {
 	if err := cfg.Backoff.Validate(); err != nil {
 		return nil, fmt.Errorf("etcd: %w", err)
 	}
-	c := &EtcdClient{cfg: cfg, log: cfg.Logger}
+	c := &EtcdClient{cfg: cfg, log: cfg.Logger, minSize: cfg.MinClusterSize}
 	if len(cfg.Endpoints) > 0 {
 		eps, err := endpoint.ParseList(cfg.Endpoints, cfg.TLS != nil, cfg.MinClusterSize)
 		if err != nil {
@@ -217,7 +218,19 @@ func (c *EtcdClient) Endpoints() []string {
 }
 
 // MinClusterSize returns the fewest endpoints a list may have.
-func (c *EtcdClient) MinClusterSize() int { return c.cfg.MinClusterSize }
+func (c *EtcdClient) MinClusterSize() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.minSize
+}
+
+// SetMinClusterSize changes the minimum for later updates (a config reload);
+// the applied list is kept even if it is now shorter.
+func (c *EtcdClient) SetMinClusterSize(n int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.minSize = max(n, 1)
+}
 
 // Put sets key to value.
 func (c *EtcdClient) Put(ctx context.Context, key, value string) error {
@@ -290,6 +303,22 @@ func (c *EtcdClient) Watch(ctx context.Context, key string, opts ...clientv3.OpO
 	return g.cli.Watch(ctx, key, opts...), nil
 }
 
+// RequestProgress asks etcd for a progress notification on the watches of
+// the live client that share ctx's metadata (clientv3 groups watches into
+// streams by it: pass a context built the way the watches' was, e.g. with
+// clientv3.WithRequireLeader). Watchers receive it as a WatchResponse for
+// which IsProgressNotify holds.
+func (c *EtcdClient) RequestProgress(ctx context.Context) error {
+	g, err := c.acquire()
+	if err != nil {
+		return err
+	}
+	defer g.inflight.Done()
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
+	return g.cli.RequestProgress(ctx)
+}
+
 // acquire returns the live generation with its in-flight count raised; the
 // caller must call g.inflight.Done.
 func (c *EtcdClient) acquire() (*generation, error) {
@@ -337,12 +366,12 @@ func (c *EtcdClient) UpdateEndpoints(endpoints []string) error {
 	if c.initErr != nil {
 		return c.initErr
 	}
-	eps, err := endpoint.ParseList(endpoints, c.cfg.TLS != nil, c.cfg.MinClusterSize)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	eps, err := endpoint.ParseList(endpoints, c.cfg.TLS != nil, c.minSize)
 	if err != nil {
 		return fmt.Errorf("etcd: update endpoints: %w", err)
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	return c.applyLocked(eps)
 }
 
@@ -368,11 +397,11 @@ func (c *EtcdClient) RemoveEndpoint(ep string) error {
 	if len(rest) == len(c.endpoints) {
 		return fmt.Errorf("etcd: remove endpoint %q: %w (have %s)", ep, ErrEndpointNotFound, strings.Join(c.endpoints, ", "))
 	}
-	if len(rest) < c.cfg.MinClusterSize {
+	if len(rest) < c.minSize {
 		return fmt.Errorf("etcd: remove endpoint %q: would leave %d endpoints, fewer than the minimum %d: %w",
-			ep, len(rest), c.cfg.MinClusterSize, endpoint.ErrTooFew)
+			ep, len(rest), c.minSize, endpoint.ErrTooFew)
 	}
-	eps, err := endpoint.ParseList(rest, c.cfg.TLS != nil, c.cfg.MinClusterSize)
+	eps, err := endpoint.ParseList(rest, c.cfg.TLS != nil, c.minSize)
 	if err != nil {
 		return fmt.Errorf("etcd: remove endpoint: %w", err)
 	}

@@ -1,0 +1,571 @@
+// Package agent is endpointd's running process: it keeps the etcd client's
+// endpoints in step with endpoints.yaml and serves the local API.
+//
+// It owns the wiring and the decisions between the parts — which file version
+// is applied, what a reload may change, what /v1/status says, when the process
+// is ready — and the config metrics. The parts themselves live in config,
+// watcher, etcd and server. It does not parse command lines, build loggers or
+// talk to systemd directly (Options.Notify is its hook for that).
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os/user"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"udp_iaasd/backoff"
+	"udp_iaasd/config"
+	"udp_iaasd/etcd"
+	"udp_iaasd/server"
+	"udp_iaasd/watcher"
+)
+
+// Options configure New.
+type Options struct {
+	// Config is the validated config.yaml the agent starts with.
+	Config *config.Config
+	// ConfigPath is re-read on Reload; "" means the defaults were used and
+	// a reload re-reads only the endpoints file.
+	ConfigPath string
+	Version    string
+	Logger     *slog.Logger
+	// LogLevel, when set, is the level a reload's log.level is applied to.
+	LogLevel *slog.LevelVar
+	// Listener, when set, is served instead of creating socket.path (socket
+	// activation). The agent then never removes the socket file.
+	Listener net.Listener
+	// Notify, when set, receives sd_notify-style state lines ("READY=1",
+	// "STATUS=…", "RELOADING=1", "STOPPING=1").
+	Notify func(state string)
+	// HealthInterval overrides the etcd health loop's probe interval (tests).
+	HealthInterval time.Duration
+}
+
+// Agent is the running process. Build it with New and call Run once.
+type Agent struct {
+	opts    Options
+	log     *slog.Logger
+	etcd    *etcd.EtcdClient
+	srv     *server.Server
+	reg     *prometheus.Registry
+	metrics *metrics
+	reloadc chan struct{}
+	addr    atomic.Pointer[string] // the socket being served, once Run listens
+
+	cfg   atomic.Pointer[config.Config] // swapped whole on reload
+	state atomic.Pointer[fileState]     // what /v1/status says of the endpoints file
+
+	// applyMu serializes applying file versions with config reloads, so a
+	// reload's new minimum and a file read under the old one cannot cross.
+	applyMu sync.Mutex
+}
+
+// fileState is the endpoints file as last applied and last read. It is
+// replaced whole, never mutated.
+type fileState struct {
+	sha256      string
+	appliedAt   time.Time
+	reloads     uint64
+	lastError   string
+	lastErrorAt time.Time
+}
+
+// New builds the agent: an etcd client with no endpoints yet, and the server.
+// It does not touch the socket or the endpoints file; Run does.
+func New(opts Options) (*Agent, error) {
+	if opts.Config == nil {
+		return nil, errors.New("agent: no config")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	cfg := opts.Config
+	a := &Agent{opts: opts, log: opts.Logger, reg: prometheus.NewRegistry(), reloadc: make(chan struct{}, 1)}
+	a.cfg.Store(cfg)
+	a.state.Store(&fileState{})
+
+	tlsCfg, err := cfg.TLSConfig()
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	password, err := cfg.Password()
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	a.etcd, err = etcd.New(etcd.Config{
+		MinClusterSize:   cfg.MinClusterSize,
+		DialTimeout:      cfg.Etcd.DialTimeout,
+		RequestTimeout:   cfg.Etcd.RequestTimeout,
+		KeepAliveTime:    cfg.Etcd.KeepaliveTime,
+		KeepAliveTimeout: cfg.Etcd.KeepaliveTimeout,
+		TLS:              tlsCfg,
+		Username:         cfg.Etcd.Username,
+		Password:         password,
+		Backoff: backoff.Policy{Initial: cfg.Backoff.Initial, Max: cfg.Backoff.Max,
+			Multiplier: cfg.Backoff.Multiplier, Jitter: cfg.Backoff.Jitter},
+		HealthInterval: opts.HealthInterval,
+		Logger:         a.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	a.metrics = newMetrics(a.reg, a.etcd, opts.Version)
+	a.srv = server.New(server.Options{
+		Etcd:              a.etcd,
+		Limits:            serverLimits(cfg),
+		Status:            a.Status,
+		Registry:          a.reg,
+		Logger:            a.log,
+		MaxHeaderBytes:    cfg.Limits.MaxHeaderBytes,
+		ReadHeaderTimeout: cfg.Limits.ReadHeaderTimeout,
+		IdleTimeout:       cfg.Limits.IdleTimeout,
+		MaxConnections:    cfg.Limits.MaxConnections,
+		ShutdownTimeout:   cfg.Limits.ShutdownTimeout,
+	})
+	return a, nil
+}
+
+func serverLimits(cfg *config.Config) server.Limits {
+	return server.Limits{
+		MaxKeyBytes:    cfg.Limits.MaxKeyBytes,
+		MaxValueBytes:  cfg.Limits.MaxValueBytes,
+		MaxWatches:     cfg.Limits.MaxWatches,
+		RequestTimeout: cfg.Etcd.RequestTimeout,
+		AllowedUIDs:    cfg.Socket.AllowedUIDs,
+		AllowedGIDs:    cfg.Socket.AllowedGIDs,
+	}
+}
+
+// Etcd returns the agent's etcd client.
+func (a *Agent) Etcd() *etcd.EtcdClient { return a.etcd }
+
+// Reload asks Run to re-read config.yaml and the endpoints file (SIGHUP). It
+// never blocks.
+func (a *Agent) Reload() {
+	select {
+	case a.reloadc <- struct{}{}:
+	default:
+	}
+}
+
+func (a *Agent) notify(state string) {
+	if a.opts.Notify != nil {
+		a.opts.Notify(state)
+	}
+}
+
+// Run serves until ctx ends, then shuts down: it stops accepting, ends watch
+// streams, lets in-flight requests finish, closes the etcd client and removes
+// the socket it created. It returns an error only if it could not start or
+// the server failed.
+func (a *Agent) Run(ctx context.Context) error {
+	cfg := a.cfg.Load()
+	ln := a.opts.Listener
+	if ln == nil {
+		gid, err := ResolveGroup(cfg.Socket.Group)
+		if err != nil {
+			a.etcd.Close()
+			return err
+		}
+		ul, err := server.Listen(cfg.Socket.Path, fs.FileMode(cfg.Socket.Mode), gid)
+		if err != nil {
+			a.etcd.Close()
+			return err
+		}
+		ln = ul
+		a.log.Info("listening", "socket", cfg.Socket.Path, "mode", fmt.Sprintf("%04o", cfg.Socket.Mode), "group", cfg.Socket.Group)
+	} else {
+		a.log.Info("listening on the socket systemd passed", "addr", ln.Addr().String())
+	}
+
+	addr := ln.Addr().String()
+	a.addr.Store(&addr)
+
+	srvCtx, stopSrv := context.WithCancel(context.Background())
+	srvDone := make(chan error, 1)
+	go func() { srvDone <- a.srv.Serve(srvCtx, ln) }()
+
+	w := a.startWatcher(cfg)
+	a.notify("READY=1")
+	a.notify("STATUS=" + a.statusLine())
+
+	var runErr error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case <-a.reloadc:
+			// MONOTONIC_USEC lets Type=notify-reload (systemd 253+) match
+			// this reload to the signal that asked for it.
+			a.notify("RELOADING=1\n" + daemon.SdNotifyMonotonicUsec())
+			if a.reloadConfig() {
+				w.stop()
+				w = a.startWatcher(a.cfg.Load())
+			} else {
+				w.w.Reread()
+			}
+			a.notify("READY=1")
+			a.notify("STATUS=" + a.statusLine())
+		case err := <-srvDone:
+			runErr = err
+			srvDone = nil
+			break loop
+		}
+	}
+
+	a.notify("STOPPING=1")
+	a.log.Info("shutting down")
+	w.stop()
+	stopSrv()
+	if srvDone != nil {
+		if err := <-srvDone; err != nil {
+			a.log.Warn("server shutdown", "error", err)
+		}
+	}
+	a.etcd.Close()
+	a.log.Info("stopped")
+	return runErr
+}
+
+// SelfCheck asks the agent's own socket for /healthz, end to end through
+// accept, HTTP parsing and the handler: what a watchdog ping should vouch for.
+func (a *Agent) SelfCheck(ctx context.Context) error {
+	p := a.addr.Load()
+	if p == nil {
+		return errors.New("agent: not listening yet")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", *p)
+	}, DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://localhost/healthz", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		return fmt.Errorf("agent: self-check: %w", err)
+	}
+	resp.Body.Close()
+	// 403 (our own uid not in socket.allowed_uids) still proves the
+	// request path works.
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusForbidden {
+		return fmt.Errorf("agent: self-check: /healthz answered %s", resp.Status)
+	}
+	return nil
+}
+
+// runningWatcher is a watcher goroutine with its stop function.
+type runningWatcher struct {
+	w      *watcher.Watcher
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (r *runningWatcher) stop() {
+	r.cancel()
+	<-r.done
+}
+
+func (a *Agent) startWatcher(cfg *config.Config) *runningWatcher {
+	w := watcher.New(cfg.EndpointsFile, a.apply)
+	w.Read = config.ReadFile
+	w.Debounce = cfg.Watch.Debounce
+	w.ResyncInterval = cfg.Watch.ResyncInterval
+	w.Logger = a.log
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &runningWatcher{w: w, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		w.Run(ctx)
+	}()
+	return r
+}
+
+// apply handles one version of the endpoints file: validate, apply, record.
+// It runs on the watcher's goroutine.
+func (a *Agent) apply(u watcher.Update) {
+	a.applyMu.Lock()
+	defer a.applyMu.Unlock()
+	cfg := a.cfg.Load()
+	if u.Err != nil {
+		msg := u.Err.Error()
+		if errors.Is(u.Err, fs.ErrNotExist) {
+			msg = cfg.EndpointsFile + ": file is missing; the applied endpoints stay in force"
+		}
+		a.reject("", msg)
+		return
+	}
+	eps, err := config.ParseEndpoints(cfg.EndpointsFile, u.Data, cfg.Etcd.TLS.Enabled(), cfg.MinClusterSize)
+	if err == nil {
+		err = a.etcd.UpdateEndpoints(eps.Strings())
+	}
+	if err != nil {
+		a.reject(u.Sum, err.Error())
+		return
+	}
+	prev := a.state.Load()
+	now := time.Now()
+	a.state.Store(&fileState{sha256: u.Sum, appliedAt: now, reloads: prev.reloads + 1})
+	a.metrics.reloaded(true, now)
+	a.log.Info("endpoints applied", "file", cfg.EndpointsFile, "sha256", u.Sum, "endpoints", strings.Join(eps.Strings(), ","))
+	a.notify("STATUS=" + a.statusLine())
+}
+
+// reject records a file version that was not applied; the applied set stays.
+func (a *Agent) reject(sum, msg string) {
+	prev := a.state.Load()
+	next := *prev
+	next.lastError, next.lastErrorAt = msg, time.Now()
+	a.state.Store(&next)
+	a.metrics.reloaded(false, next.lastErrorAt)
+	a.log.Error("endpoints file rejected; keeping the applied endpoints", "sha256", sum, "error", msg)
+	a.notify("STATUS=" + a.statusLine())
+}
+
+// reloadConfig re-reads config.yaml and applies what can change live. It
+// reports whether the watcher must be restarted (its file or pacing changed).
+// A bad file is rejected and the running config kept.
+func (a *Agent) reloadConfig() (restartWatcher bool) {
+	a.applyMu.Lock()
+	defer a.applyMu.Unlock()
+	old := a.cfg.Load()
+	if a.opts.ConfigPath == "" {
+		a.log.Info("reload: re-reading the endpoints file (no config file; defaults in use)")
+		return false
+	}
+	next, err := config.Load(a.opts.ConfigPath)
+	if err == nil {
+		_, err = next.TLSConfig()
+	}
+	if err != nil {
+		a.log.Error("reload: config rejected; keeping the running config", "file", a.opts.ConfigPath, "error", err)
+		return false
+	}
+	for _, f := range restartOnly(old, next) {
+		a.log.Warn("reload: setting changed; it takes effect after a restart", "setting", f)
+	}
+	live := liveCopy(old, next)
+	a.cfg.Store(live)
+	a.etcd.SetMinClusterSize(live.MinClusterSize)
+	a.srv.SetLimits(serverLimits(live))
+	if a.opts.LogLevel != nil {
+		a.opts.LogLevel.Set(ParseLevel(live.Log.Level))
+	}
+	a.log.Info("reload: config applied", "file", a.opts.ConfigPath)
+	return live.EndpointsFile != old.EndpointsFile || live.Watch != old.Watch
+}
+
+// restartOnly lists settings that differ but cannot change while running.
+func restartOnly(old, next *config.Config) []string {
+	var out []string
+	diff := func(name string, a, b any) {
+		if !reflect.DeepEqual(a, b) {
+			out = append(out, name)
+		}
+	}
+	diff("socket.path", old.Socket.Path, next.Socket.Path)
+	diff("socket.mode", old.Socket.Mode, next.Socket.Mode)
+	diff("socket.group", old.Socket.Group, next.Socket.Group)
+	diff("etcd (connection settings other than request_timeout)", withoutRequestTimeout(old.Etcd), withoutRequestTimeout(next.Etcd))
+	diff("backoff", old.Backoff, next.Backoff)
+	diff("cache", old.Cache, next.Cache)
+	diff("log.format", old.Log.Format, next.Log.Format)
+	diff("limits (connection settings)", connLimits(old.Limits), connLimits(next.Limits))
+	return out
+}
+
+func withoutRequestTimeout(e config.Etcd) config.Etcd {
+	e.RequestTimeout = 0
+	return e
+}
+
+func connLimits(l config.Limits) config.Limits {
+	l.MaxKeyBytes, l.MaxValueBytes, l.MaxWatches = 0, 0, 0
+	return l
+}
+
+// liveCopy is next with the restart-only settings of old.
+func liveCopy(old, next *config.Config) *config.Config {
+	c := *next
+	c.Socket.Path, c.Socket.Mode, c.Socket.Group = old.Socket.Path, old.Socket.Mode, old.Socket.Group
+	rt := next.Etcd.RequestTimeout
+	c.Etcd = old.Etcd
+	c.Etcd.RequestTimeout = rt
+	c.Backoff, c.Cache = old.Backoff, old.Cache
+	c.Log.Format = old.Log.Format
+	lim := old.Limits
+	lim.MaxKeyBytes, lim.MaxValueBytes, lim.MaxWatches = next.Limits.MaxKeyBytes, next.Limits.MaxValueBytes, next.Limits.MaxWatches
+	c.Limits = lim
+	return &c
+}
+
+// Status reports the agent's state (/v1/status).
+func (a *Agent) Status() server.Status {
+	cfg := a.cfg.Load()
+	st := a.state.Load()
+	h := a.etcd.Health()
+	eps := a.etcd.Endpoints()
+	if eps == nil {
+		eps = []string{}
+	}
+	members := h.Members
+	if members == nil {
+		members = []etcd.MemberHealth{}
+	}
+	return server.Status{
+		Version:   a.opts.Version,
+		Ready:     len(eps) > 0 && h.Connected,
+		Endpoints: eps,
+		Config: server.ConfigStatus{
+			EndpointsFile: cfg.EndpointsFile,
+			SHA256:        st.sha256,
+			AppliedAt:     rfc3339(st.appliedAt),
+			Reloads:       st.reloads,
+			LastError:     st.lastError,
+			LastErrorAt:   rfc3339(st.lastErrorAt),
+		},
+		Etcd: server.EtcdStatus{
+			Connected:  h.Connected,
+			ClusterID:  h.ClusterID,
+			Leader:     h.Leader,
+			Reconnects: h.Reconnects,
+			LastError:  h.LastError,
+			Members:    members,
+		},
+	}
+}
+
+// statusLine is a one-line summary for systemd's STATUS=.
+func (a *Agent) statusLine() string {
+	st := a.Status()
+	switch {
+	case st.Ready:
+		return fmt.Sprintf("serving; %d endpoints applied, etcd connected", len(st.Endpoints))
+	default:
+		return "waiting: " + st.NotReadyReason()
+	}
+}
+
+func rfc3339(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
+}
+
+// ResolveGroup turns socket.group into a gid: "" is -1 (keep the process's
+// group), a number is a gid, anything else a group name.
+func ResolveGroup(group string) (int, error) {
+	if group == "" {
+		return -1, nil
+	}
+	if gid, err := strconv.Atoi(group); err == nil {
+		return gid, nil
+	}
+	g, err := user.LookupGroup(group)
+	if err != nil {
+		return 0, fmt.Errorf("socket.group: %w", err)
+	}
+	gid, err := strconv.Atoi(g.Gid)
+	if err != nil {
+		return 0, fmt.Errorf("socket.group %q: gid %q is not a number", group, g.Gid)
+	}
+	return gid, nil
+}
+
+// ParseLevel maps log.level to a slog level.
+func ParseLevel(s string) slog.Level {
+	switch s {
+	case "debug":
+		return slog.LevelDebug
+	case "warn":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}
+
+// metrics are the agent's share of API.md's metrics.
+type metrics struct {
+	reloads       *prometheus.CounterVec
+	lastOK        prometheus.Gauge
+	lastSuccessTS prometheus.Gauge
+}
+
+func newMetrics(reg *prometheus.Registry, ec *etcd.EtcdClient, version string) *metrics {
+	m := &metrics{
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "endpointd_config_reloads_total",
+			Help: "Endpoints file versions read, by result: success (applied) or failure (rejected).",
+		}, []string{"result"}),
+		lastOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "endpointd_config_last_reload_successful",
+			Help: "1 if the last endpoints file version read was applied, 0 if it was rejected.",
+		}),
+		lastSuccessTS: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "endpointd_config_last_reload_success_timestamp_seconds",
+			Help: "When an endpoints file was last applied, in Unix seconds.",
+		}),
+	}
+	m.reloads.WithLabelValues("success")
+	m.reloads.WithLabelValues("failure")
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "endpointd_build_info",
+		Help: "Always 1; the version label says which endpointd runs.",
+	}, []string{"version"})
+	build.WithLabelValues(version).Set(1)
+	reg.MustRegister(m.reloads, m.lastOK, m.lastSuccessTS, build,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "endpointd_endpoints",
+			Help: "Endpoints in the applied set.",
+		}, func() float64 { return float64(len(ec.Endpoints())) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "endpointd_etcd_up",
+			Help: "1 if at least one etcd member answered the latest health probe.",
+		}, func() float64 {
+			if ec.Health().Connected {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "endpointd_etcd_reconnects_total",
+			Help: "Times the connection to etcd was re-established after every member was unreachable.",
+		}, func() float64 { return float64(ec.Health().Reconnects) }),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}
+
+func (m *metrics) reloaded(ok bool, at time.Time) {
+	if ok {
+		m.reloads.WithLabelValues("success").Inc()
+		m.lastOK.Set(1)
+		m.lastSuccessTS.Set(float64(at.UnixNano()) / 1e9)
+		return
+	}
+	m.reloads.WithLabelValues("failure").Inc()
+	m.lastOK.Set(0)
+}

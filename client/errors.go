@@ -1,0 +1,90 @@
+package client
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+)
+
+// Sentinel errors, one per API.md error code; errors.Is(err, ErrNotFound)
+// holds for an *Error with code not_found, and so on.
+var (
+	ErrInvalidArgument    = errors.New("client: invalid argument")
+	ErrForbidden          = errors.New("client: forbidden")
+	ErrNotFound           = errors.New("client: not found")
+	ErrMethodNotAllowed   = errors.New("client: method not allowed")
+	ErrGone               = errors.New("client: revision compacted")
+	ErrPreconditionFailed = errors.New("client: precondition failed")
+	ErrTooLarge           = errors.New("client: too large")
+	// ErrUnavailable: the agent is not reachable, or etcd is not (503).
+	ErrUnavailable = errors.New("client: unavailable")
+	// ErrTimeout: etcd did not answer in time; a write may have been applied.
+	ErrTimeout  = errors.New("client: timeout")
+	ErrInternal = errors.New("client: internal error")
+)
+
+var codes = map[string]error{
+	"invalid_argument":    ErrInvalidArgument,
+	"forbidden":           ErrForbidden,
+	"not_found":           ErrNotFound,
+	"method_not_allowed":  ErrMethodNotAllowed,
+	"gone":                ErrGone,
+	"precondition_failed": ErrPreconditionFailed,
+	"too_large":           ErrTooLarge,
+	"unavailable":         ErrUnavailable,
+	"timeout":             ErrTimeout,
+	"internal":            ErrInternal,
+}
+
+// Error is an error answer from the agent.
+type Error struct {
+	Status  int    // HTTP status
+	Code    string // API.md code, e.g. "precondition_failed"
+	Message string
+	// CurrentModRevision is set for precondition_failed (0: key absent).
+	CurrentModRevision int64
+	// CompactRevision is set for gone.
+	CompactRevision int64
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("endpointd: %s (%d %s)", e.Message, e.Status, e.Code)
+}
+
+// Is maps the code to its sentinel.
+func (e *Error) Is(target error) bool { return codes[e.Code] == target }
+
+func decodeError(resp *http.Response) error {
+	var body struct {
+		Error              string `json:"error"`
+		Code               string `json:"code"`
+		CurrentModRevision int64  `json:"current_mod_revision"`
+		CompactRevision    int64  `json:"compact_revision"`
+	}
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if err := json.Unmarshal(raw, &body); err != nil || body.Code == "" {
+		// Not our JSON: a proxy, or net/http itself refusing the request.
+		body.Error, body.Code = fmt.Sprintf("unexpected answer %q", raw), codeForStatus(resp.StatusCode)
+	}
+	return &Error{Status: resp.StatusCode, Code: body.Code, Message: body.Error,
+		CurrentModRevision: body.CurrentModRevision, CompactRevision: body.CompactRevision}
+}
+
+func codeForStatus(status int) string {
+	switch status {
+	case http.StatusBadRequest, http.StatusRequestHeaderFieldsTooLarge:
+		return "invalid_argument"
+	case http.StatusNotFound:
+		return "not_found"
+	case http.StatusServiceUnavailable:
+		return "unavailable"
+	case http.StatusGatewayTimeout:
+		return "timeout"
+	}
+	return "internal"
+}
+
+func base64Decode(s string) ([]byte, error) { return base64.StdEncoding.DecodeString(s) }

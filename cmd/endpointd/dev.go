@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"udp_iaasd/agent"
+	"udp_iaasd/config"
+	"udp_iaasd/internal/etcdtest"
+)
+
+// cmdDev is a newcomer's first contact: a real three-member etcd cluster
+// in-process, an endpoints file, the agent on a socket in a temporary
+// directory, and lines to try. Ctrl-C stops it all and removes the directory.
+func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	flags := flag.NewFlagSet("endpointd dev", flag.ContinueOnError)
+	members := flags.Int("members", 3, "etcd members to run")
+	verbose := flags.Bool("v", false, "log at debug level")
+	if code, ok := parseFlags(flags, args, stderr); !ok {
+		return code
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	dir, err := os.MkdirTemp("", "endpointd-dev-")
+	if err != nil {
+		fmt.Fprintf(stderr, "endpointd dev: %v\n", err)
+		return exitFailure
+	}
+	defer os.RemoveAll(dir)
+
+	fmt.Fprintf(stdout, "starting a %d-member etcd cluster in %s …\n", *members, dir)
+	cluster, err := etcdtest.Start(etcdtest.Options{Members: *members, Dir: filepath.Join(dir, "etcd"), Fsync: true})
+	if err != nil {
+		fmt.Fprintf(stderr, "endpointd dev: %v\n", err)
+		return exitFailure
+	}
+	defer cluster.Close()
+
+	cfgPath := filepath.Join(dir, "config.yaml")
+	cfgYAML := fmt.Sprintf("# endpointd dev: a config for the demo\nendpoints_file: endpoints.yaml\nmin_cluster_size: %d\nsocket:\n  path: %s\n",
+		min(2, *members), filepath.Join(dir, "endpointd.sock"))
+	err = os.WriteFile(cfgPath, []byte(cfgYAML), 0o644)
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, "endpoints.yaml"), []byte(endpointsYAML(cluster.Endpoints())), 0o644)
+	}
+	var cfg *config.Config
+	if err == nil {
+		cfg, err = config.Load(cfgPath)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "endpointd dev: %v\n", err)
+		return exitFailure
+	}
+	level := new(slog.LevelVar)
+	if *verbose {
+		level.Set(slog.LevelDebug)
+	}
+	log := newLogger("text", level, stderr)
+	a, err := agent.New(agent.Options{Config: cfg, ConfigPath: cfgPath, Version: version + "-dev", Logger: log, LogLevel: level})
+	if err != nil {
+		fmt.Fprintf(stderr, "endpointd dev: %v\n", err)
+		return exitFailure
+	}
+	runErr := make(chan error, 1)
+	go func() { runErr <- a.Run(ctx) }()
+
+	deadline := time.Now().Add(15 * time.Second)
+	for !a.Status().Ready && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !a.Status().Ready {
+		fmt.Fprintf(stderr, "endpointd dev: the agent did not become ready: %s\n", a.Status().NotReadyReason())
+	}
+	sock, eps := cfg.Socket.Path, cfg.EndpointsFile
+	fmt.Fprintf(stdout, `
+endpointd is serving on %[1]s, in front of etcd at %[3]s.
+
+Try it (in another terminal):
+
+  curl --unix-socket %[1]s -X PUT --data-binary world http://localhost/v1/kv/hello
+  curl --unix-socket %[1]s http://localhost/v1/kv/hello
+  curl --unix-socket %[1]s 'http://localhost/v1/kv/?prefix'
+  curl --unix-socket %[1]s -N 'http://localhost/v1/watch/hello?heartbeat=5s'
+  curl --unix-socket %[1]s http://localhost/v1/status
+
+  export ENDPOINTD_SOCKET=%[1]s
+  go run ./cmd/endpointd kv put greeting hello
+  go run ./cmd/endpointd kv get greeting
+  go run ./cmd/endpointd kv watch greeting
+  go run ./cmd/endpointd status
+
+Hot reload: edit %[2]s (min_cluster_size is %[4]d).
+  Drop a member and watch the log apply it; leave fewer than %[4]d, or write
+  a bad entry, and the log says why it was rejected while the last good set
+  stays in force.
+  go run ./cmd/endpointd validate -config %[6]s
+
+Ctrl-C stops everything and removes %[5]s.
+`, sock, eps, strings.Join(cluster.Endpoints(), ", "), cfg.MinClusterSize, dir, cfgPath)
+
+	err = <-runErr
+	cluster.Close()
+	if err != nil {
+		fmt.Fprintf(stderr, "endpointd dev: %v\n", err)
+		return exitFailure
+	}
+	fmt.Fprintf(stdout, "stopped; removed %s\n", dir)
+	return exitOK
+}
+
+func endpointsYAML(eps []string) string {
+	var b strings.Builder
+	b.WriteString("# etcd endpoints for endpointd dev; edit me to see a hot reload\nendpoints:\n")
+	for _, ep := range eps {
+		b.WriteString("  - " + ep + "\n")
+	}
+	return b.String()
+}

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"text/tabwriter"
+
+	"udp_iaasd/client"
+	"udp_iaasd/config"
+)
+
+// cmdStatus prints /v1/status for a person (a short table) or, with -json,
+// for a script. Exit 0 when the agent is ready, 1 when it answers but is not
+// ready, 3 when it cannot be reached.
+func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	flags := flag.NewFlagSet("endpointd status", flag.ContinueOnError)
+	socket := flags.String("socket", "", "the agent's socket (else $ENDPOINTD_SOCKET, else socket.path of -config)")
+	configPath := flags.String("config", config.DefaultPath, "config.yaml whose socket.path to use")
+	asJSON := flags.Bool("json", false, "print the raw /v1/status JSON")
+	if code, ok := parseFlags(flags, args, stderr); !ok {
+		return code
+	}
+	c := client.New(resolveSocket(flags, *socket, *configPath), client.Options{RetryMax: -1})
+	st, raw, err := c.Status(ctx)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return exitUnavailable
+	}
+	if *asJSON {
+		fmt.Fprintf(stdout, "%s\n", raw)
+	} else {
+		printStatus(stdout, st)
+	}
+	if !st.Ready {
+		return exitFailure
+	}
+	return exitOK
+}
+
+func printStatus(w io.Writer, st *client.Status) {
+	state := "ready"
+	if !st.Ready {
+		state = "NOT READY"
+	}
+	fmt.Fprintf(w, "endpointd %s: %s\n\n", st.Version, state)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	dash := func(s string) string {
+		if s == "" {
+			return "-"
+		}
+		return s
+	}
+	sha := st.Config.SHA256
+	if len(sha) > 12 {
+		sha = sha[:12]
+	}
+	fmt.Fprintf(tw, "endpoints file\t%s\n", st.Config.EndpointsFile)
+	fmt.Fprintf(tw, "applied\t%s (sha256 %s, %d reloads)\n", dash(st.Config.AppliedAt), dash(sha), st.Config.Reloads)
+	fmt.Fprintf(tw, "last error\t%s\n", dash(st.Config.LastError))
+	conn := "disconnected"
+	if st.Etcd.Connected {
+		conn = "connected"
+	}
+	fmt.Fprintf(tw, "etcd\t%s, cluster %s, leader %s, %d reconnects\n", conn, dash(st.Etcd.ClusterID), dash(st.Etcd.Leader), st.Etcd.Reconnects)
+	tw.Flush()
+	if len(st.Etcd.Members) > 0 {
+		fmt.Fprintln(w)
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "ENDPOINT\tHEALTH\tLATENCY\tERROR")
+		for _, m := range st.Etcd.Members {
+			h := "ok"
+			if !m.Healthy {
+				h = "DOWN"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%.1fms\t%s\n", m.Endpoint, h, m.LatencyMS, m.Error)
+		}
+		tw.Flush()
+	}
+}

@@ -1,0 +1,327 @@
+// Package server is endpointd's local API: HTTP/1.1 over a unix socket, as
+// API.md specifies — the KV and watch paths, /v1/status, /healthz, /readyz
+// and /metrics — with JSON errors, peer-credential checks and limits against
+// misbehaving local clients.
+//
+// It owns request handling and the socket's listener. It does not own the
+// etcd client (it is handed one), the endpoint files or the process: the
+// agent wires those together and supplies the status it reports.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"udp_iaasd/etcd"
+)
+
+// Limits are the settings a SIGHUP may change while the server runs.
+type Limits struct {
+	MaxKeyBytes    int
+	MaxValueBytes  int
+	MaxWatches     int
+	RequestTimeout time.Duration
+	AllowedUIDs    []int
+	AllowedGIDs    []int
+}
+
+// Options configure New.
+type Options struct {
+	Etcd   *etcd.EtcdClient
+	Limits Limits
+	// Status reports the agent's state for /v1/status and /readyz.
+	Status func() Status
+	// Registry receives the server's metrics and is served on /metrics.
+	Registry *prometheus.Registry
+	Logger   *slog.Logger
+
+	// HTTP server protections (see config.Limits).
+	MaxHeaderBytes    int
+	ReadHeaderTimeout time.Duration
+	IdleTimeout       time.Duration
+	MaxConnections    int
+	ShutdownTimeout   time.Duration
+}
+
+// Server serves the local API. Build it with New.
+type Server struct {
+	etcd    *etcd.EtcdClient
+	status  func() Status
+	log     *slog.Logger
+	opts    Options
+	limits  atomic.Pointer[Limits]
+	metrics *metrics
+	promh   http.Handler
+
+	watchers atomic.Int64
+	// stopping is closed when shutdown begins, so open watch streams end
+	// with an ERROR line instead of holding the drain to its deadline.
+	stopping     chan struct{}
+	stoppingOnce sync.Once
+}
+
+// New builds a server. It does not listen; call Serve.
+func New(opts Options) *Server {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+	}
+	if opts.ShutdownTimeout <= 0 {
+		opts.ShutdownTimeout = 10 * time.Second
+	}
+	s := &Server{
+		etcd:     opts.Etcd,
+		status:   opts.Status,
+		log:      opts.Logger,
+		opts:     opts,
+		stopping: make(chan struct{}),
+	}
+	s.SetLimits(opts.Limits)
+	s.metrics = newMetrics(opts.Registry, &s.watchers)
+	s.promh = promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{ErrorLog: slogPrinter{s.log}})
+	return s
+}
+
+// SetLimits replaces the live limits (SIGHUP).
+func (s *Server) SetLimits(l Limits) {
+	if l.RequestTimeout <= 0 {
+		l.RequestTimeout = 5 * time.Second
+	}
+	s.limits.Store(&l)
+}
+
+// Serve serves on ln until ctx ends, then stops accepting, ends open watch
+// streams, lets in-flight requests finish within the shutdown budget, and
+// returns. It closes ln.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: s.opts.ReadHeaderTimeout,
+		MaxHeaderBytes:    s.opts.MaxHeaderBytes,
+		IdleTimeout:       s.opts.IdleTimeout,
+		ConnContext:       connContext,
+		ErrorLog:          slogLogger(s.log),
+	}
+	srv.RegisterOnShutdown(s.beginStopping)
+	ln = limitListener(ln, s.opts.MaxConnections)
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("server: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), s.opts.ShutdownTimeout)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		s.log.Warn("shutdown budget spent; closing the remaining connections", "budget", s.opts.ShutdownTimeout)
+		err = srv.Close()
+	}
+	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
+		return fmt.Errorf("server: %w", serr)
+	}
+	return err
+}
+
+func (s *Server) beginStopping() { s.stoppingOnce.Do(func() { close(s.stopping) }) }
+
+// Handler returns the API's handler. Routing is done on the raw request path:
+// keys are arbitrary bytes, and http.ServeMux would clean and redirect
+// paths such as /v1/kv//a//b/.
+func (s *Server) Handler() http.Handler {
+	return http.HandlerFunc(s.serveHTTP)
+}
+
+const (
+	kvPrefix    = "/v1/kv/"
+	watchPrefix = "/v1/watch/"
+)
+
+func (s *Server) serveHTTP(rw http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	w := &statusWriter{ResponseWriter: rw}
+	defer func() { s.metrics.observe(r.Method, w.status(), time.Since(start)) }()
+
+	peer, _ := peerFrom(r.Context())
+	if !s.allowed(peer) {
+		s.log.Debug("peer refused", "uid", peer.UID, "gid", peer.GID, "pid", peer.PID)
+		writeError(w, http.StatusForbidden, "forbidden",
+			fmt.Sprintf("uid %d (gid %d) may not use this socket (socket.allowed_uids/allowed_gids)", peer.UID, peer.GID), nil)
+		return
+	}
+
+	path := rawPath(r)
+	switch {
+	case strings.HasPrefix(path, kvPrefix):
+		s.serveKV(w, r, path[len(kvPrefix):])
+	case strings.HasPrefix(path, watchPrefix):
+		if !methodIs(w, r, http.MethodGet) {
+			return
+		}
+		s.serveWatch(w, r, path[len(watchPrefix):])
+	case path == "/healthz":
+		if methodIs(w, r, http.MethodGet, http.MethodHead) && noQuery(w, r) {
+			writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		}
+	case path == "/readyz":
+		if methodIs(w, r, http.MethodGet, http.MethodHead) && noQuery(w, r) {
+			s.serveReady(w)
+		}
+	case path == "/v1/status":
+		if methodIs(w, r, http.MethodGet, http.MethodHead) && noQuery(w, r) {
+			writeJSON(w, http.StatusOK, s.status())
+		}
+	case path == "/metrics":
+		if methodIs(w, r, http.MethodGet, http.MethodHead) {
+			s.promh.ServeHTTP(w, r)
+		}
+	default:
+		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no such path %q", path), nil)
+	}
+}
+
+// rawPath is the request's path exactly as the client sent it, still
+// percent-encoded (a request-target in absolute form is reduced to its path).
+func rawPath(r *http.Request) string {
+	p := r.RequestURI
+	if i := strings.Index(p, "://"); i >= 0 && !strings.HasPrefix(p, "/") {
+		rest := p[i+3:]
+		if j := strings.IndexByte(rest, '/'); j >= 0 {
+			p = rest[j:]
+		} else {
+			p = "/"
+		}
+	}
+	if i := strings.IndexByte(p, '?'); i >= 0 {
+		p = p[:i]
+	}
+	return p
+}
+
+func (s *Server) allowed(p peer) bool {
+	l := s.limits.Load()
+	if len(l.AllowedUIDs) == 0 && len(l.AllowedGIDs) == 0 {
+		return true
+	}
+	if !p.Known {
+		return false
+	}
+	for _, u := range l.AllowedUIDs {
+		if int(p.UID) == u {
+			return true
+		}
+	}
+	for _, g := range l.AllowedGIDs {
+		if int(p.GID) == g {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) serveReady(w http.ResponseWriter) {
+	st := s.status()
+	if st.Ready {
+		writeJSON(w, http.StatusOK, map[string]any{"ready": true})
+		return
+	}
+	writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "reason": st.NotReadyReason()})
+}
+
+// methodIs answers 405 with an Allow header unless r's method is one of
+// allowed.
+func methodIs(w http.ResponseWriter, r *http.Request, allowed ...string) bool {
+	for _, m := range allowed {
+		if r.Method == m {
+			return true
+		}
+	}
+	w.Header().Set("Allow", strings.Join(allowed, ", "))
+	writeError(w, http.StatusMethodNotAllowed, "method_not_allowed",
+		fmt.Sprintf("method %s is not allowed here; use %s", r.Method, strings.Join(allowed, " or ")), nil)
+	return false
+}
+
+func noQuery(w http.ResponseWriter, r *http.Request) bool {
+	if r.URL.RawQuery != "" {
+		writeError(w, http.StatusBadRequest, "invalid_argument", "this path takes no query parameters", nil)
+		return false
+	}
+	return true
+}
+
+// writeJSON writes v as the response body.
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		code = http.StatusInternalServerError
+		body = []byte(`{"error":"encoding the response failed","code":"internal"}`)
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(body)+1))
+	w.WriteHeader(code)
+	w.Write(append(body, '\n'))
+}
+
+// writeError writes API.md's error JSON, with extra fields when given.
+func writeError(w http.ResponseWriter, code int, errCode, msg string, extra map[string]any) {
+	body := map[string]any{"error": msg, "code": errCode}
+	for k, v := range extra {
+		body[k] = v
+	}
+	writeJSON(w, code, body)
+}
+
+// statusWriter records the status code for metrics and passes flushes
+// through, so watch streams reach the client line by line.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *statusWriter) status() int {
+	if w.code == 0 {
+		return http.StatusOK
+	}
+	return w.code
+}

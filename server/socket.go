@@ -1,0 +1,198 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Errors of Listen, for errors.Is.
+var (
+	ErrSocketInUse = errors.New("server: another process is serving on the socket")
+	ErrNotSocket   = errors.New("server: the socket path holds something that is not a socket")
+)
+
+// Listen creates the unix socket at path with the given mode and group (gid
+// < 0 keeps the process's group). There is no window in which the socket is
+// more open than mode: it is bound, then chowned and chmodded, and only then
+// listens — a bound socket that does not listen refuses every connection, so
+// the process-wide umask need not be touched. A stale socket (no one accepts
+// on it) is replaced; a live one, or anything at the path that is not a socket
+// (a file, a directory, a symlink), is refused and left untouched. A missing
+// parent directory is created with mode 0755; an existing one is never
+// loosened.
+func Listen(path string, mode os.FileMode, gid int) (*net.UnixListener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("server: socket directory: %w", err)
+	}
+	if err := clearStale(path); err != nil {
+		return nil, err
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("server: socket: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("server: bind %s: %w", path, err)
+	}
+	fail := func(what string, err error) (*net.UnixListener, error) {
+		unix.Close(fd)
+		os.Remove(path)
+		return nil, fmt.Errorf("server: %s %s: %w", what, path, err)
+	}
+	if gid >= 0 {
+		if err := os.Lchown(path, -1, gid); err != nil {
+			return fail("chown", err)
+		}
+	}
+	if err := os.Chmod(path, mode.Perm()); err != nil {
+		return fail("chmod", err)
+	}
+	if err := unix.Listen(fd, 1024); err != nil {
+		return fail("listen", err)
+	}
+	f := os.NewFile(uintptr(fd), path)
+	ln, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		os.Remove(path)
+		return nil, fmt.Errorf("server: listener for %s: %w", path, err)
+	}
+	ul := ln.(*net.UnixListener)
+	// We created the file; Close removes it (net's default for listeners it
+	// binds itself, which a listener built from a descriptor does not have).
+	ul.SetUnlinkOnClose(true)
+	return ul, nil
+}
+
+// clearStale removes a socket nobody accepts on, and refuses anything else.
+func clearStale(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("server: socket path: %w", err)
+	}
+	if fi.Mode().Type() != fs.ModeSocket {
+		return fmt.Errorf("%w: %s is a %s; remove it or choose another socket.path", ErrNotSocket, path, typeName(fi.Mode()))
+	}
+	conn, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		conn.Close()
+		return fmt.Errorf("%w: %s answers; is another endpointd running?", ErrSocketInUse, path)
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return fmt.Errorf("server: probe existing socket %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("server: remove stale socket: %w", err)
+	}
+	return nil
+}
+
+func typeName(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeSymlink != 0:
+		return "symlink"
+	case m.IsDir():
+		return "directory"
+	case m.IsRegular():
+		return "regular file"
+	}
+	return "non-socket file"
+}
+
+// peer is the process on the other end of a connection, from SO_PEERCRED:
+// what the kernel says, never what the client claims.
+type peer struct {
+	Known         bool
+	PID, UID, GID uint32
+}
+
+type peerKey struct{}
+
+func peerFrom(ctx context.Context) (peer, bool) {
+	p, ok := ctx.Value(peerKey{}).(peer)
+	return p, ok
+}
+
+// connContext records the peer's credentials on every connection's context.
+func connContext(ctx context.Context, c net.Conn) context.Context {
+	if lc, ok := c.(*limitedConn); ok {
+		c = lc.Conn
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return ctx
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return ctx
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil || cerr != nil {
+		return ctx
+	}
+	return context.WithValue(ctx, peerKey{}, peer{Known: true, PID: uint32(cred.Pid), UID: cred.Uid, GID: cred.Gid})
+}
+
+// limitListener caps concurrent connections: past max, Accept waits for one
+// to close and new clients queue in the kernel's backlog.
+func limitListener(ln net.Listener, max int) net.Listener {
+	if max <= 0 {
+		return ln
+	}
+	return &limitedListener{Listener: ln, sem: make(chan struct{}, max), done: make(chan struct{})}
+}
+
+type limitedListener struct {
+	net.Listener
+	sem       chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+func (l *limitedListener) Accept() (net.Conn, error) {
+	select {
+	case l.sem <- struct{}{}:
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.sem
+		return nil, err
+	}
+	return &limitedConn{Conn: c, release: func() { <-l.sem }}, nil
+}
+
+func (l *limitedListener) Close() error {
+	l.closeOnce.Do(func() { close(l.done) })
+	return l.Listener.Close()
+}
+
+type limitedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *limitedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
+}

@@ -1,0 +1,299 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"udp_iaasd/backoff"
+)
+
+const (
+	defaultHeartbeat = 10 * time.Second
+	minHeartbeat     = 100 * time.Millisecond
+	maxHeartbeat     = time.Hour
+	// watchWriteTimeout ends a stream whose client stopped reading, so that
+	// it cannot pin an etcd watch and a goroutine forever.
+	watchWriteTimeout = 10 * time.Second
+)
+
+// resumeBackoff paces re-opening an etcd watch that broke.
+var resumeBackoff = backoff.Policy{Initial: 50 * time.Millisecond, Max: 2 * time.Second, Multiplier: 2, Jitter: 0.2}
+
+func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, rawKey string) {
+	if err := s.watch(w, r, rawKey); err != nil {
+		s.writeAPIError(w, r, err)
+	}
+}
+
+// watch streams events for a key or prefix (API.md). Errors returned before
+// the stream starts are answered as JSON errors; once it has started, the
+// stream ends with an ERROR line instead.
+func (s *Server) watch(w http.ResponseWriter, r *http.Request, rawKey string) error {
+	p, err := parseParams(r, "prefix", "rev", "heartbeat")
+	if err != nil {
+		return err
+	}
+	prefix, err := p.flag("prefix")
+	if err != nil {
+		return err
+	}
+	key, err := s.key(rawKey, prefix)
+	if err != nil {
+		return err
+	}
+	startRev, _, err := p.positive("rev")
+	if err != nil {
+		return err
+	}
+	heartbeat := defaultHeartbeat
+	if p.has("heartbeat") {
+		v := p["heartbeat"][0]
+		heartbeat, err = time.ParseDuration(v)
+		if err != nil || heartbeat < minHeartbeat || heartbeat > maxHeartbeat {
+			return badRequest(fmt.Sprintf("heartbeat must be a duration from 100ms to 1h, such as 2s; got %q", v))
+		}
+	}
+
+	l := s.limits.Load()
+	if n := s.watchers.Add(1); n > int64(l.MaxWatches) {
+		s.watchers.Add(-1)
+		return &apiError{status: http.StatusServiceUnavailable, code: "unavailable",
+			msg: fmt.Sprintf("too many open watches (limits.max_watches = %d); try again later", l.MaxWatches)}
+	}
+	defer s.watchers.Add(-1)
+
+	// Without rev the watch starts after the current revision, read through
+	// a quorum so that "now" is never behind a write the client has seen.
+	// The read also fails fast, with 503, while etcd is unreachable.
+	tctx, cancel := s.withTimeout(r)
+	var current int64
+	err = s.etcd.Do(tctx, func(ctx context.Context, cli *clientv3.Client) error {
+		resp, err := cli.Get(ctx, key, clientv3.WithCountOnly())
+		if err == nil {
+			current = resp.Header.Revision
+		}
+		return err
+	})
+	cancel()
+	if err != nil {
+		return err
+	}
+	if startRev == 0 {
+		startRev = current + 1
+	}
+
+	st := &stream{s: s, w: w, r: r, key: key, prefix: prefix, lastRev: startRev - 1}
+	st.rc = http.NewResponseController(w)
+	// The request context carries "require leader" so a member cut off from
+	// its cluster cancels the watch (and we resume elsewhere) instead of
+	// silently going quiet.
+	st.ctx = clientv3.WithRequireLeader(r.Context())
+	if err := st.open(true); err != nil {
+		return err
+	}
+	defer st.close()
+
+	h := w.Header()
+	h.Set("Content-Type", "application/x-ndjson")
+	h.Set("X-Etcd-Revision", strconv.FormatInt(current, 10))
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	if err := st.rc.Flush(); err != nil {
+		return nil
+	}
+	st.run(heartbeat)
+	return nil
+}
+
+// stream is one watch request's state, owned by its handler goroutine.
+type stream struct {
+	s      *Server
+	w      http.ResponseWriter
+	rc     *http.ResponseController
+	r      *http.Request
+	ctx    context.Context
+	key    string
+	prefix bool
+
+	wch         clientv3.WatchChan
+	cancelWatch context.CancelFunc
+	// lastRev: every event with mod_revision ≤ lastRev has been delivered.
+	lastRev     int64
+	progressRev int64 // etcd's latest progress notification
+	buf         []byte
+}
+
+// open starts an etcd watch from lastRev+1. The first open waits for etcd to
+// confirm it, so that a compacted start revision is answered with 410 before
+// the stream begins.
+func (st *stream) open(first bool) error {
+	ctx, cancel := context.WithCancel(st.ctx)
+	opts := []clientv3.OpOption{clientv3.WithRev(st.lastRev + 1), clientv3.WithCreatedNotify()}
+	if st.prefix {
+		opts = append(opts, clientv3.WithPrefix())
+	}
+	wch, err := st.s.etcd.Watch(ctx, st.key, opts...)
+	if err != nil {
+		cancel()
+		return err
+	}
+	st.wch, st.cancelWatch = wch, cancel
+	if !first {
+		return nil
+	}
+	timeout := time.NewTimer(st.s.limits.Load().RequestTimeout)
+	defer timeout.Stop()
+	select {
+	case resp, ok := <-wch:
+		switch {
+		case !ok:
+			st.close()
+			return st.ctxErr()
+		case resp.CompactRevision != 0:
+			st.close()
+			return gone(resp.CompactRevision)
+		case resp.Err() != nil:
+			st.close()
+			return resp.Err()
+		}
+		// The created notification carries no events.
+		return nil
+	case <-timeout.C:
+		st.close()
+		return context.DeadlineExceeded
+	}
+}
+
+func (st *stream) ctxErr() error {
+	if err := st.r.Context().Err(); err != nil {
+		return err
+	}
+	return fmt.Errorf("etcd watch closed before it started")
+}
+
+func gone(compactRev int64) *apiError {
+	return &apiError{status: http.StatusGone, code: "gone",
+		msg:   fmt.Sprintf("revision compacted; the oldest revision still available is %d", compactRev),
+		extra: map[string]any{"compact_revision": compactRev}}
+}
+
+func (st *stream) close() {
+	if st.cancelWatch != nil {
+		st.cancelWatch()
+		st.cancelWatch = nil
+	}
+	st.wch = nil
+}
+
+// run delivers events until the client leaves, the agent stops, or the
+// stream can no longer be continued without a gap.
+func (st *stream) run(heartbeat time.Duration) {
+	hb := time.NewTicker(heartbeat)
+	defer hb.Stop()
+	bo := backoff.Backoff{Policy: resumeBackoff}
+	var retry <-chan time.Time
+	for {
+		select {
+		case <-st.r.Context().Done():
+			return
+		case <-st.s.stopping:
+			st.writeError("unavailable", "the agent is shutting down; resume from the last revision", nil)
+			return
+		case <-hb.C:
+			if !st.write(st.progressLine()) {
+				return
+			}
+			// Ask etcd for a fresher progress revision for the next beat.
+			// Best effort: heartbeats continue from lastRev without it.
+			go st.s.etcd.RequestProgress(st.ctx)
+		case <-retry:
+			retry = nil
+			if err := st.open(false); err != nil {
+				retry = time.After(bo.Next())
+			}
+		case resp, ok := <-st.wch:
+			if ok && resp.CompactRevision != 0 {
+				st.writeError("gone", fmt.Sprintf("events after revision %d were compacted away; re-read and watch again", st.lastRev),
+					map[string]any{"compact_revision": resp.CompactRevision})
+				return
+			}
+			if !ok || resp.Canceled || resp.Err() != nil {
+				if st.r.Context().Err() != nil {
+					return
+				}
+				// A member went away, lost its leader, or the client was
+				// replaced by an endpoint reload: resume where we are.
+				st.close()
+				retry = time.After(bo.Next())
+				continue
+			}
+			bo.Reset()
+			if resp.IsProgressNotify() {
+				st.progressRev = max(st.progressRev, resp.Header.Revision)
+				continue
+			}
+			if !st.deliver(resp) {
+				return
+			}
+		}
+	}
+}
+
+// deliver writes the response's events that were not delivered before: after
+// a resume etcd may send again what came before lastRev+1 (it never does,
+// but a repeat would break the contract, so it is checked, not assumed).
+func (st *stream) deliver(resp clientv3.WatchResponse) bool {
+	st.buf = st.buf[:0]
+	last := st.lastRev
+	for _, ev := range resp.Events {
+		if ev.Kv.ModRevision <= st.lastRev {
+			continue
+		}
+		st.buf = appendEvent(st.buf, ev)
+		last = max(last, ev.Kv.ModRevision)
+	}
+	if len(st.buf) == 0 {
+		return true
+	}
+	if !st.write(st.buf) {
+		return false
+	}
+	st.lastRev = last
+	return true
+}
+
+func (st *stream) progressLine() []byte {
+	b := append(st.buf[:0], `{"type":"PROGRESS",`...)
+	b = appendIntField(b, "revision", max(st.lastRev, st.progressRev))
+	st.buf = append(b, "}\n"...)
+	return st.buf
+}
+
+func (st *stream) writeError(code, msg string, extra map[string]any) {
+	b := append(st.buf[:0], `{"type":"ERROR","code":`...)
+	b = appendJSONString(b, []byte(code))
+	b = append(b, `,"error":`...)
+	b = appendJSONString(b, []byte(msg))
+	for k, v := range extra {
+		if n, ok := v.(int64); ok {
+			b = append(b, ',')
+			b = appendIntField(b, k, n)
+		}
+	}
+	st.write(append(b, "}\n"...))
+}
+
+// write sends b and flushes it, giving a client that stopped reading
+// watchWriteTimeout before the stream is ended.
+func (st *stream) write(b []byte) bool {
+	st.rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout))
+	if _, err := st.w.Write(b); err != nil {
+		return false
+	}
+	return st.rc.Flush() == nil
+}
