@@ -33,9 +33,15 @@ func appendIntField(b []byte, name string, v int64) []byte {
 	return strconv.AppendInt(b, v, 10)
 }
 
-// appendKV appends one key-value object of a listing or a PUT event.
+// appendKV appends one key-value object of a listing.
 func appendKV(b []byte, kv *mvccpb.KeyValue, withValue bool) []byte {
 	b = append(b, '{')
+	b = appendKVFields(b, kv, withValue)
+	return append(b, '}')
+}
+
+// appendKVFields appends a key-value's fields, without braces.
+func appendKVFields(b []byte, kv *mvccpb.KeyValue, withValue bool) []byte {
 	b = appendBytesField(b, "key", kv.Key)
 	if withValue {
 		b = append(b, ',')
@@ -48,8 +54,7 @@ func appendKV(b []byte, kv *mvccpb.KeyValue, withValue bool) []byte {
 	b = append(b, ',')
 	b = appendIntField(b, "version", kv.Version)
 	b = append(b, ',')
-	b = appendIntField(b, "lease", kv.Lease)
-	return append(b, '}')
+	return appendIntField(b, "lease", kv.Lease)
 }
 
 // appendEvent appends one watch event line, newline included.
@@ -62,8 +67,8 @@ func appendEvent(b []byte, ev *mvccpb.Event) []byte {
 		return append(b, "}\n"...)
 	}
 	b = append(b, `{"type":"PUT",`...)
-	b = appendKV(b, ev.Kv, true)[1:] // reuse appendKV's fields after its '{'
-	return append(b, '\n')
+	b = appendKVFields(b, ev.Kv, true)
+	return append(b, "}\n"...)
 }
 
 const hexDigits = "0123456789abcdef"

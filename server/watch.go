@@ -69,19 +69,26 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, rawKey string) er
 
 	// Without rev the watch starts after the current revision, read through
 	// a quorum so that "now" is never behind a write the client has seen.
-	// The read also fails fast, with 503, while etcd is unreachable.
+	// The read also fails fast, with 503, while etcd is unreachable. With a
+	// past rev, a range read at it tells a compacted start (410) before the
+	// stream begins: etcd confirms a compacted watch first and cancels it
+	// only afterwards.
 	tctx, cancel := s.withTimeout(r)
 	var current int64
 	err = s.etcd.Do(tctx, func(ctx context.Context, cli *clientv3.Client) error {
 		resp, err := cli.Get(ctx, key, clientv3.WithCountOnly())
-		if err == nil {
-			current = resp.Header.Revision
+		if err != nil {
+			return err
+		}
+		current = resp.Header.Revision
+		if startRev > 0 && startRev <= current {
+			_, err = cli.Get(ctx, key, clientv3.WithCountOnly(), clientv3.WithRev(startRev))
 		}
 		return err
 	})
 	cancel()
 	if err != nil {
-		return err
+		return s.readError(r, err, startRev)
 	}
 	if startRev == 0 {
 		startRev = current + 1

@@ -1,0 +1,181 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"udp_iaasd/internal/etcdtest"
+)
+
+func TestWatchEventsInOrder(t *testing.T) {
+	e := newEnv(t, nil)
+	ws := e.watch("/v1/watch/w1/?prefix&heartbeat=200ms")
+	if ws.resp.StatusCode != 200 || ws.resp.Header.Get("Content-Type") != "application/x-ndjson" {
+		t.Fatalf("watch answered %d %s", ws.resp.StatusCode, ws.resp.Header.Get("Content-Type"))
+	}
+	e.do("PUT", "/v1/kv/w1/a", nil, []byte("1"))
+	e.do("PUT", "/v1/kv/w1/b", nil, []byte{0xff})
+	e.do("DELETE", "/v1/kv/w1/a", nil, nil)
+	e.do("PUT", "/v1/kv/w2/outside", nil, []byte("x")) // not under the prefix
+
+	ev := ws.next()
+	if ev["type"] != "PUT" || ev["key"] != "w1/a" || ev["value"] != "1" || ev["version"] != 1.0 || ev["create_revision"] == nil {
+		t.Fatalf("first event %v", ev)
+	}
+	rev1 := ev["mod_revision"].(float64)
+	ev = ws.next()
+	if ev["type"] != "PUT" || ev["key"] != "w1/b" || ev["value_base64"] != "/w==" || ev["mod_revision"].(float64) <= rev1 {
+		t.Fatalf("second event %v", ev)
+	}
+	ev = ws.next()
+	if ev["type"] != "DELETE" || ev["key"] != "w1/a" {
+		t.Fatalf("third event %v", ev)
+	}
+	if _, has := ev["value"]; has {
+		t.Fatalf("DELETE carries a value: %v", ev)
+	}
+	// Heartbeats arrive and never claim less than what was delivered.
+	delRev := ev["mod_revision"].(float64)
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case m := <-ws.lines:
+			if m["type"] == "PROGRESS" {
+				if m["revision"].(float64) < delRev {
+					t.Fatalf("PROGRESS %v below the delivered revision %v", m, delRev)
+				}
+				return
+			}
+			t.Fatalf("unexpected line %v (w2/outside leaked in?)", m)
+		case <-deadline:
+			t.Fatal("no PROGRESS heartbeat within 5s at heartbeat=200ms")
+		}
+	}
+}
+
+func TestWatchReplayFromRevision(t *testing.T) {
+	e := newEnv(t, nil)
+	var revs []float64
+	for i := range 5 {
+		r := e.do("PUT", "/v1/kv/replay/k", nil, []byte(fmt.Sprint(i)))
+		revs = append(revs, r.json(t)["revision"].(float64))
+	}
+	ws := e.watch(fmt.Sprintf("/v1/watch/replay/k?rev=%d", int64(revs[1])))
+	for i := 1; i < 5; i++ {
+		ev := ws.next()
+		if ev["value"] != fmt.Sprint(i) || ev["mod_revision"] != revs[i] {
+			t.Fatalf("replayed event %d = %v, want value %d at %v", i, ev, i, revs[i])
+		}
+	}
+	// A transaction's events share a revision: all are delivered.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := e.direct.Txn(ctx).Then(clientv3.OpPut("replay/k", "t1"), clientv3.OpPut("replay/kk", "t2")).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	ws2 := e.watch("/v1/watch/replay/?prefix&rev=1")
+	var got []string
+	for range 7 {
+		got = append(got, ws2.next()["value"].(string))
+	}
+	if want := []string{"0", "1", "2", "3", "4", "t1", "t2"}; !slices.Equal(got, want) {
+		t.Fatalf("prefix replay = %v, want %v", got, want)
+	}
+}
+
+// A watch ends when its client goes away and leaves nothing behind.
+func TestWatchClientGoesAway(t *testing.T) {
+	e := newEnv(t, nil)
+	ws := e.watch("/v1/watch/gone/k")
+	waitUntil(t, "one watcher", func() bool { return e.srv.watchers.Load() == 1 })
+	ws.conn.Close()
+	waitUntil(t, "no watchers", func() bool { return e.srv.watchers.Load() == 0 })
+}
+
+func TestWatchLimit(t *testing.T) {
+	e := newEnv(t, nil, func(o *Options) { o.Limits.MaxWatches = 2 })
+	e.watch("/v1/watch/lim/a")
+	e.watch("/v1/watch/lim/b")
+	r := e.do("GET", "/v1/watch/lim/c", nil, nil)
+	e.expect(r, http.StatusServiceUnavailable, "unavailable")
+	if r.header.Get("Retry-After") == "" {
+		t.Fatal("503 without Retry-After")
+	}
+}
+
+// The stream survives a member's loss and an endpoint change (which
+// replaces the client when it switches plain/TLS, and re-balances otherwise)
+// without missing or repeating an event.
+func TestWatchSurvivesMemberLossAndReload(t *testing.T) {
+	cluster := etcdtest.New(t, 3)
+	e := newEnv(t, cluster)
+	ws := e.watch("/v1/watch/surv/?prefix&heartbeat=500ms")
+
+	const n = 60
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := range n {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			// Write directly so that writes do not depend on the agent under test.
+			for {
+				if _, err := e.direct.Put(ctx, fmt.Sprintf("surv/%03d", i), "v"); err == nil || ctx.Err() != nil {
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			cancel()
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	time.Sleep(200 * time.Millisecond)
+	eps := cluster.Endpoints()
+	for i, m := range cluster.Members {
+		m.Stop()
+		time.Sleep(300 * time.Millisecond)
+		if err := e.ec.UpdateEndpoints(append(eps[i+1:], eps[:i+1]...)); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Restart(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+	var last float64
+	for i := range n {
+		ev := ws.next()
+		if want := fmt.Sprintf("surv/%03d", i); ev["key"] != want || ev["type"] != "PUT" {
+			t.Fatalf("event %d = %v, want PUT %s", i, ev, want)
+		}
+		if rev := ev["mod_revision"].(float64); rev <= last {
+			t.Fatalf("event %d at revision %v after %v", i, rev, last)
+		} else {
+			last = rev
+		}
+	}
+	// Nothing repeated after the last one.
+	select {
+	case m := <-ws.lines:
+		if m["type"] != "PROGRESS" {
+			t.Fatalf("extra line after all events: %v", m)
+		}
+	case <-time.After(time.Second):
+	}
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
