@@ -1,0 +1,450 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"udp_iaasd/client"
+	"udp_iaasd/config"
+	"udp_iaasd/internal/etcdtest"
+)
+
+// harness runs an agent on real files, a real socket and a real cluster.
+type harness struct {
+	t       *testing.T
+	cluster *etcdtest.Cluster
+	dir     string
+	cfgPath string
+	epsPath string
+	sock    string
+	agent   *Agent
+	c       *client.Client
+	http    *http.Client
+	notes   *notes
+	cancel  context.CancelFunc
+	done    chan error
+}
+
+// notes records what the agent would tell systemd.
+type notes struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (n *notes) add(s string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.lines = append(n.lines, s)
+}
+
+func (n *notes) all() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return slices.Clone(n.lines)
+}
+
+func endpointsFile(eps ...string) string {
+	var b strings.Builder
+	b.WriteString("endpoints:\n")
+	for _, ep := range eps {
+		fmt.Fprintf(&b, "  - %s\n", ep)
+	}
+	return b.String()
+}
+
+// start writes config.yaml (extra appended) and, unless eps is nil, the
+// endpoints file, then runs the agent.
+func start(t *testing.T, cluster *etcdtest.Cluster, eps []string, extra string) *harness {
+	t.Helper()
+	dir := t.TempDir()
+	h := &harness{t: t, cluster: cluster, dir: dir, cfgPath: filepath.Join(dir, "config.yaml"),
+		epsPath: filepath.Join(dir, "etc", "endpoints.yaml"), sock: filepath.Join(dir, "run", "endpointd.sock"), notes: &notes{}}
+	if err := os.MkdirAll(filepath.Dir(h.epsPath), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(`endpoints_file: %s
+min_cluster_size: 2
+socket: {path: %s}
+etcd: {request_timeout: 2s, dial_timeout: 2s}
+backoff: {initial: 50ms, max: 1s}
+watch: {debounce: 50ms, resync_interval: 1s}
+%s`, h.epsPath, h.sock, extra)
+	if err := os.WriteFile(h.cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if eps != nil {
+		h.write(endpointsFile(eps...))
+	}
+	c, err := config.Load(h.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.agent, err = New(Options{Config: c, ConfigPath: h.cfgPath, Version: "test", Notify: h.notes.add,
+		HealthInterval: 200 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel, h.done = cancel, make(chan error, 1)
+	go func() { h.done <- h.agent.Run(ctx) }()
+	t.Cleanup(h.stop)
+	h.c = client.New(h.sock, client.Options{RetryMax: -1})
+	h.http = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", h.sock)
+	}}}
+	h.eventually("the socket serves", func() bool { _, err := os.Stat(h.sock); return err == nil })
+	return h
+}
+
+func (h *harness) stop() {
+	if h.cancel == nil {
+		return
+	}
+	h.cancel()
+	h.cancel = nil
+	if err := <-h.done; err != nil {
+		h.t.Errorf("Run: %v", err)
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func (h *harness) write(data string) {
+	h.t.Helper()
+	if err := os.WriteFile(h.epsPath, []byte(data), 0o644); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+func (h *harness) status() *client.Status {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, _, err := h.c.Status(ctx)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return st
+}
+
+// eventually polls cond; the bound is for a broken agent, not a speed claim.
+func (h *harness) eventually(what string, cond func() bool) time.Duration {
+	h.t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > 15*time.Second {
+			h.t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func (h *harness) get(path string) (int, string) {
+	h.t.Helper()
+	resp, err := h.http.Get("http://localhost" + path)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func (h *harness) appliedEndpoints() []string { return h.status().Endpoints }
+
+func TestStartAppliesAndServes(t *testing.T) {
+	cluster := etcdtest.New(t, 3)
+	h := start(t, cluster, cluster.Endpoints(), "")
+	h.eventually("ready", func() bool { return h.status().Ready })
+	st := h.status()
+	if !slices.Equal(st.Endpoints, cluster.Endpoints()) || st.Config.Reloads != 1 || st.Config.SHA256 == "" ||
+		st.Config.AppliedAt == "" || st.Config.LastError != "" || !st.Etcd.Connected || len(st.Etcd.Members) != 3 {
+		t.Fatalf("status = %+v", st)
+	}
+	if code, _ := h.get("/readyz"); code != 200 {
+		t.Fatalf("/readyz = %d", code)
+	}
+	ctx := context.Background()
+	if _, err := h.c.Put(ctx, "agent/k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	if kv, err := h.c.Get(ctx, "agent/k"); err != nil || string(kv.Value) != "v" {
+		t.Fatalf("Get = %v, %v", kv, err)
+	}
+	// READY=1 came once the socket served, and a STATUS line said so.
+	if n := h.notes.all(); !slices.Contains(n, "READY=1") {
+		t.Fatalf("notifications %q lack READY=1", n)
+	}
+	_, metrics := h.get("/metrics")
+	for _, name := range []string{
+		`endpointd_config_reloads_total{result="success"} 1`,
+		`endpointd_config_reloads_total{result="failure"} 0`,
+		"endpointd_config_last_reload_successful 1",
+		"endpointd_config_last_reload_success_timestamp_seconds",
+		"endpointd_endpoints 3",
+		"endpointd_etcd_up 1",
+		"endpointd_etcd_reconnects_total 0",
+		`endpointd_http_requests_total{code="200",method="PUT"}`,
+		"endpointd_http_request_duration_seconds_bucket",
+		"endpointd_watchers 0",
+	} {
+		if !strings.Contains(metrics, name) {
+			t.Errorf("/metrics lacks %q", name)
+		}
+	}
+}
+
+// Every way config management, editors and Kubernetes replace a file is
+// picked up and applied; the measured time is logged, not asserted.
+func TestReplacementStylesApplied(t *testing.T) {
+	cluster := etcdtest.New(t, 3)
+	eps := cluster.Endpoints()
+	h := start(t, cluster, eps, "")
+	h.eventually("first apply", func() bool { return h.status().Config.Reloads == 1 })
+
+	sets := [][]string{{eps[1], eps[2], eps[0]}, {eps[2], eps[0]}, eps, {eps[0], eps[1]}, {eps[1], eps[0], eps[2]}, eps[1:]}
+	styles := []struct {
+		name    string
+		replace func(data string)
+	}{
+		{"truncate and write", func(data string) { h.write(data) }},
+		{"temp file and rename", func(data string) {
+			tmp := filepath.Join(filepath.Dir(h.epsPath), ".ansible_tmp")
+			os.WriteFile(tmp, []byte(data), 0o644)
+			os.Rename(tmp, h.epsPath)
+		}},
+		{"sed -i", func(data string) {
+			// sed rewrites through a temp file and renames it over.
+			script := filepath.Join(h.dir, "script.sed")
+			os.WriteFile(script, []byte("1,$d\n"), 0o644)
+			exec.Command("sed", "-i", "-f", script, h.epsPath).Run()
+			f, _ := os.OpenFile(h.epsPath, os.O_WRONLY|os.O_APPEND, 0)
+			f.WriteString(data)
+			f.Close()
+		}},
+		{"delete and recreate", func(data string) {
+			os.Remove(h.epsPath)
+			h.write(data)
+		}},
+		{"editor backup rename", func(data string) {
+			os.Rename(h.epsPath, h.epsPath+"~")
+			h.write(data)
+		}},
+		{"directory removed and recreated", func(data string) {
+			os.RemoveAll(filepath.Dir(h.epsPath))
+			time.Sleep(100 * time.Millisecond)
+			os.MkdirAll(filepath.Dir(h.epsPath), 0o755)
+			h.write(data)
+		}},
+	}
+	for i, st := range styles {
+		want := sets[i]
+		st.replace(endpointsFile(want...))
+		took := h.eventually(st.name, func() bool { return slices.Equal(h.appliedEndpoints(), want) })
+		t.Logf("%s: applied %v after the change", st.name, took)
+	}
+	if st := h.status(); st.Config.LastError != "" && !strings.Contains(st.Config.LastError, "missing") {
+		t.Fatalf("last_error %q after valid replacements", st.Config.LastError)
+	}
+}
+
+func TestKubernetesConfigMapSwap(t *testing.T) {
+	cluster := etcdtest.New(t, 3)
+	eps := cluster.Endpoints()
+	h := start(t, cluster, nil, "")
+	dir := filepath.Dir(h.epsPath)
+	version := func(name string, list []string) {
+		os.Mkdir(filepath.Join(dir, name), 0o755)
+		os.WriteFile(filepath.Join(dir, name, "endpoints.yaml"), []byte(endpointsFile(list...)), 0o644)
+		os.Symlink(name, filepath.Join(dir, "..data_tmp"))
+		os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data"))
+	}
+	version("..v1", eps)
+	os.Symlink("..data/endpoints.yaml", h.epsPath)
+	h.eventually("v1 applied", func() bool { return slices.Equal(h.appliedEndpoints(), eps) })
+	want := []string{eps[2], eps[1]}
+	version("..v2", want)
+	h.eventually("v2 applied through the ..data swap", func() bool { return slices.Equal(h.appliedEndpoints(), want) })
+}
+
+// A bad file never takes effect: the last good set stays, and status and
+// metrics say why.
+func TestBadEditsKeepLastGood(t *testing.T) {
+	cluster := etcdtest.New(t, 3)
+	eps := cluster.Endpoints()
+	h := start(t, cluster, eps, "")
+	h.eventually("first apply", func() bool { return h.status().Config.Reloads == 1 })
+	good := h.status()
+
+	bad := []struct {
+		name, data, wantErr string
+	}{
+		{"too few", endpointsFile(eps[0]), "1 endpoint, fewer than min_cluster_size 2"},
+		{"bad port", endpointsFile(eps[0], "10.0.0.1:99999"), `endpoints.yaml:3:5: endpoint "10.0.0.1:99999": port out of range 1-65535`},
+		{"syntax", "endpoints: [a:1,\n", "YAML syntax"},
+		{"unknown key", endpointsFile(eps...) + "extra: 1\n", `unknown key "extra"`},
+		{"empty", "", "file is empty"},
+		{"duplicate", endpointsFile(eps[0], eps[0]), "duplicate"},
+	}
+	failures := 0
+	for _, b := range bad {
+		h.write(b.data)
+		failures++
+		h.eventually(b.name+" rejected", func() bool { return strings.Contains(h.status().Config.LastError, b.wantErr) })
+		st := h.status()
+		if !slices.Equal(st.Endpoints, eps) || st.Config.Reloads != 1 || st.Config.SHA256 != good.Config.SHA256 || st.Config.LastErrorAt == "" {
+			t.Fatalf("%s: status changed: %+v", b.name, st)
+		}
+		if !strings.Contains(st.Config.LastError, h.epsPath) {
+			t.Fatalf("%s: last_error %q does not name the file", b.name, st.Config.LastError)
+		}
+		if _, err := h.c.Put(context.Background(), "still/works", []byte(b.name)); err != nil {
+			t.Fatalf("%s: KV failed while a bad file was in place: %v", b.name, err)
+		}
+	}
+	_, m := h.get("/metrics")
+	if !strings.Contains(m, fmt.Sprintf(`endpointd_config_reloads_total{result="failure"} %d`, failures)) ||
+		!strings.Contains(m, "endpointd_config_last_reload_successful 0") {
+		t.Fatalf("metrics after %d rejections:\n%s", failures, grep(m, "endpointd_config"))
+	}
+
+	// Deleting the file is a rejection too.
+	os.Remove(h.epsPath)
+	h.eventually("missing file reported", func() bool { return strings.Contains(h.status().Config.LastError, "missing") })
+	if !slices.Equal(h.appliedEndpoints(), eps) {
+		t.Fatal("deleting the file changed the applied set")
+	}
+
+	// The same set, valid again after a rejection, is applied and counted.
+	h.write(endpointsFile(eps...))
+	h.eventually("good file applied again", func() bool { return h.status().Config.Reloads == 2 })
+	if st := h.status(); st.Config.LastError != "" {
+		t.Fatalf("last_error not cleared: %+v", st.Config)
+	}
+	// Identical bytes are not processed again.
+	h.write(endpointsFile(eps...))
+	time.Sleep(500 * time.Millisecond)
+	if n := h.status().Config.Reloads; n != 2 {
+		t.Fatalf("identical bytes counted as a reload: %d", n)
+	}
+}
+
+func grep(s, sub string) string {
+	var out []string
+	for l := range strings.SplitSeq(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// With no valid endpoints file at start the agent serves health, status and
+// metrics, answers KV with 503, is not ready, and applies the first valid
+// file that appears.
+func TestStartWithoutEndpointsFile(t *testing.T) {
+	cluster := etcdtest.New(t, 3)
+	h := start(t, cluster, nil, "")
+	h.eventually("missing file reported", func() bool { return strings.Contains(h.status().Config.LastError, "missing") })
+	if code, _ := h.get("/healthz"); code != 200 {
+		t.Fatalf("/healthz = %d", code)
+	}
+	if code, body := h.get("/readyz"); code != 503 || !strings.Contains(body, "no valid endpoint set") {
+		t.Fatalf("/readyz = %d %s", code, body)
+	}
+	if _, err := h.c.Get(context.Background(), "k"); !errors.Is(err, client.ErrUnavailable) {
+		t.Fatalf("KV before endpoints = %v, want ErrUnavailable", err)
+	}
+	h.write(endpointsFile(cluster.Endpoints()...))
+	h.eventually("ready after the file appears", func() bool { return h.status().Ready })
+}
+
+// A whole-cluster outage shows in status and readiness, requests fail fast,
+// and the agent reconnects by itself.
+func TestWholeClusterOutage(t *testing.T) {
+	cluster := etcdtest.New(t, 3)
+	h := start(t, cluster, cluster.Endpoints(), "")
+	h.eventually("ready", func() bool { return h.status().Ready })
+
+	cluster.StopAll()
+	h.eventually("disconnected", func() bool { return !h.status().Etcd.Connected })
+	if code, body := h.get("/readyz"); code != 503 || !strings.Contains(body, "etcd unreachable") {
+		t.Fatalf("/readyz during outage = %d %s", code, body)
+	}
+	start := time.Now()
+	_, err := h.c.Put(context.Background(), "outage/k", []byte("v"))
+	if !errors.Is(err, client.ErrUnavailable) && !errors.Is(err, client.ErrTimeout) {
+		t.Fatalf("Put during outage = %v", err)
+	}
+	if took := time.Since(start); took > 3*time.Second { // request_timeout 2s plus margin: a hang, not a speed claim
+		t.Fatalf("Put during outage took %v", took)
+	}
+	if code, _ := h.get("/healthz"); code != 200 {
+		t.Fatal("the agent stopped serving health during the outage")
+	}
+
+	if err := cluster.RestartAll(); err != nil {
+		t.Fatal(err)
+	}
+	h.eventually("ready again", func() bool { return h.status().Ready })
+	if _, err := h.c.Put(context.Background(), "outage/k", []byte("after")); err != nil {
+		t.Fatalf("Put after recovery: %v", err)
+	}
+	if st := h.status(); st.Etcd.Reconnects < 1 {
+		t.Fatalf("reconnects = %d", st.Etcd.Reconnects)
+	}
+}
+
+// Reload (SIGHUP) re-reads config.yaml: live settings apply, a bad file is
+// rejected with the running config kept, and the endpoints file is re-read.
+func TestReload(t *testing.T) {
+	cluster := etcdtest.New(t, 3)
+	eps := cluster.Endpoints()
+	h := start(t, cluster, eps[:2], "")
+	h.eventually("applied", func() bool { return h.status().Config.Reloads == 1 })
+
+	// Raise min_cluster_size to 3: the same two-endpoint file is now
+	// rejected on the re-read the reload does.
+	cfg, _ := os.ReadFile(h.cfgPath)
+	os.WriteFile(h.cfgPath, []byte(strings.Replace(string(cfg), "min_cluster_size: 2", "min_cluster_size: 3", 1)), 0o644)
+	h.agent.Reload()
+	h.eventually("re-read under the new minimum", func() bool {
+		return strings.Contains(h.status().Config.LastError, "fewer than min_cluster_size 3")
+	})
+	if !slices.Equal(h.appliedEndpoints(), eps[:2]) {
+		t.Fatal("the applied set changed on a rejected re-read")
+	}
+	notes := h.notes.all()
+	if !slices.ContainsFunc(notes, func(s string) bool { return strings.HasPrefix(s, "RELOADING=1\nMONOTONIC_USEC=") }) {
+		t.Fatalf("no RELOADING=1 with MONOTONIC_USEC in %q", notes)
+	}
+
+	// A bad config.yaml is rejected; the running config (min 3) stays.
+	os.WriteFile(h.cfgPath, []byte("min_cluster_size: zero\n"), 0o644)
+	h.agent.Reload()
+	h.write(endpointsFile(eps...))
+	h.eventually("three endpoints applied under the kept config", func() bool { return slices.Equal(h.appliedEndpoints(), eps) })
+	if h.agent.cfg.Load().MinClusterSize != 3 {
+		t.Fatal("a bad config.yaml replaced the running one")
+	}
+}
