@@ -1,0 +1,356 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"udp_iaasd/internal/etcdtest"
+)
+
+// invoke runs the command line in-process and returns exit code and output.
+func invoke(t *testing.T, stdin string, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(context.Background(), args, strings.NewReader(stdin), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestValidateCorpus(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "config.yaml")
+	os.WriteFile(cfg, []byte("min_cluster_size: 3\n"), 0o644)
+	files, _ := filepath.Glob("../../config/testdata/endpoints/*.yml")
+	if len(files) < 10 {
+		t.Fatalf("corpus too small: %d files", len(files))
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			code, stdout, stderr := invoke(t, "", "validate", "-config", cfg, f)
+			if strings.HasSuffix(f, ".good.yml") {
+				if code != 0 || !strings.Contains(stdout, "valid: ") || stderr != "" {
+					t.Fatalf("exit %d, stdout %q, stderr %q", code, stdout, stderr)
+				}
+				return
+			}
+			want, err := os.ReadFile(strings.TrimSuffix(f, ".yml") + ".err")
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The corpus names files by base name; validate names them as given.
+			wantText := strings.ReplaceAll(string(want), filepath.Base(f), f)
+			if code != 1 || stderr != wantText || stdout != "" {
+				t.Fatalf("exit %d\nstderr:\n%s\nwant:\n%s", code, stderr, wantText)
+			}
+		})
+	}
+}
+
+func TestValidateExitCodes(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	os.WriteFile(good, []byte("endpoints: [a:1, b:1, c:1]\n"), 0o644)
+	badCfg := filepath.Join(dir, "bad-config.yaml")
+	os.WriteFile(badCfg, []byte("min_cluster_size: 0\nlog: {level: loud}\n"), 0o644)
+	cfgNamesFile := filepath.Join(dir, "names.yaml")
+	os.WriteFile(cfgNamesFile, []byte("endpoints_file: good.yaml\nmin_cluster_size: 1\n"), 0o644)
+
+	tests := []struct {
+		name      string
+		args      []string
+		code      int
+		stderrHas string
+	}{
+		{"valid with defaults (no config.yaml anywhere)", []string{"validate", good}, 0, ""},
+		{"missing endpoints file", []string{"validate", filepath.Join(dir, "nope.yaml")}, 2, "nope.yaml: cannot read: no such file"},
+		{"missing explicit config", []string{"validate", "-config", filepath.Join(dir, "nope-config.yaml"), good}, 2, "cannot read"},
+		{"bad config", []string{"validate", "-config", badCfg, good}, 1, "bad-config.yaml:1:19: min_cluster_size: must be at least 1"},
+		{"bad config reports every problem", []string{"validate", "-config", badCfg, good}, 1, `bad-config.yaml:2:14: log.level: "loud"`},
+		{"file named by config (relative to it)", []string{"validate", "-config", cfgNamesFile}, 0, ""},
+		{"two files", []string{"validate", good, good}, 2, "one endpoints file at most"},
+		{"unknown flag", []string{"validate", "-bogus"}, 2, "flag provided but not defined"},
+	}
+	if _, err := os.Stat("/etc/endpointd/config.yaml"); err == nil {
+		t.Skip("this machine has /etc/endpointd/config.yaml; the defaults case cannot be tested here")
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, stderr := invoke(t, "", tt.args...)
+			if code != tt.code || !strings.Contains(stderr, tt.stderrHas) {
+				t.Fatalf("exit %d (want %d), stderr %q (want %q)", code, tt.code, stderr, tt.stderrHas)
+			}
+		})
+	}
+}
+
+func TestUsageAndVersion(t *testing.T) {
+	if code, _, stderr := invoke(t, ""); code != 2 || !strings.Contains(stderr, "usage:") {
+		t.Fatalf("no args: %d %q", code, stderr)
+	}
+	if code, _, _ := invoke(t, "", "frobnicate"); code != 2 {
+		t.Fatalf("unknown command: %d", code)
+	}
+	if code, stdout, _ := invoke(t, "", "version"); code != 0 || !strings.HasPrefix(stdout, "endpointd v") {
+		t.Fatalf("version: %d %q", code, stdout)
+	}
+}
+
+// agentUnderTest runs `endpointd run` in-process against a real cluster and
+// returns its socket. It stops the agent with SIGTERM at cleanup.
+type agentUnderTest struct {
+	sock, cfg, dir string
+	notify         chan string
+	code           chan int
+	stderr         *syncBuf
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// runAgent starts `endpointd run` with NOTIFY_SOCKET pointing at a datagram
+// socket the test reads, as systemd would.
+func runAgent(t *testing.T, cluster *etcdtest.Cluster, extraEnv map[string]string) *agentUnderTest {
+	t.Helper()
+	dir := t.TempDir()
+	a := &agentUnderTest{dir: dir, sock: filepath.Join(dir, "run", "endpointd.sock"), cfg: filepath.Join(dir, "config.yaml"),
+		notify: make(chan string, 100), code: make(chan int, 1), stderr: &syncBuf{}}
+	eps := "endpoints:\n"
+	for _, ep := range cluster.Endpoints() {
+		eps += "  - " + ep + "\n"
+	}
+	os.WriteFile(filepath.Join(dir, "endpoints.yaml"), []byte(eps), 0o644)
+	os.WriteFile(a.cfg, []byte(fmt.Sprintf("endpoints_file: endpoints.yaml\nmin_cluster_size: 1\nsocket: {path: %s, mode: \"0600\"}\nwatch: {debounce: 50ms}\n", a.sock)), 0o644)
+
+	notifyPath := filepath.Join(dir, "notify.sock")
+	nconn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nconn.Close() })
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := nconn.Read(buf)
+			if err != nil {
+				return
+			}
+			a.notify <- string(buf[:n])
+		}
+	}()
+	t.Setenv("NOTIFY_SOCKET", notifyPath)
+	for k, v := range extraEnv {
+		t.Setenv(k, v)
+	}
+	go func() {
+		a.code <- run(context.Background(), []string{"run", "-config", a.cfg}, strings.NewReader(""), &bytes.Buffer{}, a.stderr)
+	}()
+	a.await(t, "READY=1")
+	return a
+}
+
+// await waits for a notification that starts with prefix.
+func (a *agentUnderTest) await(t *testing.T, prefix string) string {
+	t.Helper()
+	timeout := time.After(15 * time.Second)
+	for {
+		select {
+		case n := <-a.notify:
+			if strings.HasPrefix(n, prefix) {
+				return n
+			}
+		case <-timeout:
+			t.Fatalf("no %q notification; log:\n%s", prefix, a.stderr.String())
+		}
+	}
+}
+
+func (a *agentUnderTest) stop(t *testing.T) int {
+	t.Helper()
+	syscall.Kill(os.Getpid(), syscall.SIGTERM)
+	select {
+	case c := <-a.code:
+		return c
+	case <-time.After(20 * time.Second):
+		t.Fatal("the agent did not stop on SIGTERM")
+		return -1
+	}
+}
+
+// The systemd life cycle: READY once serving, WATCHDOG pings after
+// self-checks, RELOADING then READY on SIGHUP, STOPPING on SIGTERM, exit 0,
+// socket removed.
+func TestRunLifecycle(t *testing.T) {
+	cluster := etcdtest.New(t, 1)
+	a := runAgent(t, cluster, map[string]string{"WATCHDOG_USEC": "400000"})
+	if fi, err := os.Stat(a.sock); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket %v, %v; want mode 0600", fi, err)
+	}
+	a.await(t, "WATCHDOG=1")
+
+	// A second agent on the live socket refuses to start; the first serves on.
+	code, _, stderr := invoke(t, "", "run", "-config", a.cfg)
+	if code != exitFailure || !strings.Contains(stderr, "another endpointd running") {
+		t.Fatalf("second agent: exit %d, %q", code, stderr)
+	}
+	if code, _, _ := invoke(t, "", "kv", "put", "-socket", a.sock, "life", "still"); code != 0 {
+		t.Fatalf("the first agent stopped serving (kv put exit %d)", code)
+	}
+
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	n := a.await(t, "RELOADING=1")
+	if !strings.Contains(n, "MONOTONIC_USEC=") {
+		t.Fatalf("RELOADING without MONOTONIC_USEC: %q", n)
+	}
+	a.await(t, "READY=1")
+
+	if c := a.stop(t); c != 0 {
+		t.Fatalf("exit %d after SIGTERM; log:\n%s", c, a.stderr.String())
+	}
+	if _, err := os.Stat(a.sock); !os.IsNotExist(err) {
+		t.Fatalf("socket left behind: %v", err)
+	}
+}
+
+func TestRunBadConfigExits78(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "config.yaml")
+	os.WriteFile(cfg, []byte("backoff: {jitter: 2}\n"), 0o644)
+	code, _, stderr := invoke(t, "", "run", "-config", cfg)
+	if code != 78 || !strings.Contains(stderr, "config.yaml:1:19: backoff.jitter") {
+		t.Fatalf("exit %d, %q", code, stderr)
+	}
+	code, _, _ = invoke(t, "", "run", "-config", filepath.Join(t.TempDir(), "missing.yaml"))
+	if code != 78 {
+		t.Fatalf("missing explicit config: exit %d, want 78", code)
+	}
+}
+
+func TestKVCommands(t *testing.T) {
+	cluster := etcdtest.New(t, 1)
+	a := runAgent(t, cluster, nil)
+	t.Cleanup(func() { a.stop(t) })
+	s := a.sock
+	t.Setenv("ENDPOINTD_SOCKET", s) // the environment names the socket below
+
+	steps := []struct {
+		stdin      string
+		args       []string
+		code       int
+		stdout     string // exact, when not ""
+		stdoutHas  string
+		stderrHas  string
+		skipStdout bool
+	}{
+		{args: []string{"kv", "get", "cli/k"}, code: 1, stderrHas: "not found"},
+		{args: []string{"kv", "put", "cli/k", "hello"}, code: 0, stdoutHas: "revision "},
+		{args: []string{"kv", "get", "cli/k"}, code: 0, stdout: "hello"},
+		{stdin: "from\x00stdin\xff", args: []string{"kv", "put", "cli/bin"}, code: 0, stdoutHas: "revision "},
+		{args: []string{"kv", "get", "cli/bin"}, code: 0, stdout: "from\x00stdin\xff"},
+		{args: []string{"kv", "put", "cli/k", "again", "-if-absent"}, code: 1, stderrHas: "precondition_failed"},
+		{args: []string{"kv", "put", "-if-exists", "cli/k", "again"}, code: 0, stdoutHas: "revision "},
+		{args: []string{"kv", "put", "cli/k", "x", "-if-revision", "1"}, code: 1, stderrHas: "precondition_failed"},
+		{args: []string{"kv", "ls", "cli/"}, code: 0, stdout: "cli/bin\ncli/k\n"},
+		{args: []string{"kv", "ls", "cli/", "-json"}, code: 0, stdoutHas: `"value_base64":"ZnJvbQBzdGRpbv8="`},
+		{args: []string{"kv", "del", "cli/", "-prefix"}, code: 0, stdoutHas: "deleted 2"},
+		{args: []string{"kv", "del", "cli/k"}, code: 0, stdoutHas: "deleted 0"},
+		{args: []string{"kv", "get"}, code: 2, stderrHas: "wrong number of arguments"},
+		{args: []string{"kv", "frob"}, code: 2, stderrHas: "unknown subcommand"},
+		{args: []string{"kv", "put", "cli/k", "v", "-if-absent", "-if-exists"}, code: 2, stderrHas: "exclude each other"},
+		{args: []string{"kv", "get", "-socket", filepath.Join(a.dir, "nobody.sock"), "cli/k"}, code: 3, stderrHas: "not reachable"},
+		{args: []string{"status"}, code: 0, stdoutHas: ": ready"},
+		{args: []string{"status", "-socket", filepath.Join(a.dir, "nobody.sock")}, code: 3},
+	}
+	for _, st := range steps {
+		code, stdout, stderr := invoke(t, st.stdin, st.args...)
+		if code != st.code || (st.stdout != "" && stdout != st.stdout) || !strings.Contains(stdout, st.stdoutHas) ||
+			!strings.Contains(stderr, st.stderrHas) {
+			t.Fatalf("%v: exit %d (want %d)\nstdout %q\nstderr %q", st.args, code, st.code, stdout, stderr)
+		}
+	}
+
+	code, stdout, _ := invoke(t, "", "status", "-json")
+	var st map[string]any
+	if code != 0 || json.Unmarshal([]byte(stdout), &st) != nil || st["ready"] != true {
+		t.Fatalf("status -json: %d %q", code, stdout)
+	}
+
+	// kv watch from a revision prints events as JSON lines until interrupted.
+	_, out, _ := invoke(t, "", "kv", "put", "cli/w", "1")
+	rev := strings.TrimSpace(strings.TrimPrefix(out, "revision "))
+	invoke(t, "", "kv", "put", "cli/w", "2")
+	invoke(t, "", "kv", "del", "cli/w")
+	ctx, cancel := context.WithCancel(context.Background())
+	var wout syncBuf
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"kv", "watch", "cli/w", "-rev", rev}, strings.NewReader(""), &wout, &bytes.Buffer{})
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(wout.String(), "\n") < 3 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if c := <-done; c != 0 {
+		t.Fatalf("kv watch exit %d after interrupt", c)
+	}
+	lines := strings.Split(strings.TrimSpace(wout.String()), "\n")
+	if len(lines) != 3 || !strings.Contains(lines[0], `"value":"1"`) || !strings.Contains(lines[1], `"value":"2"`) ||
+		!strings.Contains(lines[2], `"type":"DELETE"`) {
+		t.Fatalf("kv watch printed:\n%s", wout.String())
+	}
+}
+
+// `endpointd dev` comes up with one command and cleans up on Ctrl-C.
+func TestDev(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errb syncBuf
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, []string{"dev"}, strings.NewReader(""), &out, &errb) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(out.String(), "Ctrl-C stops everything") {
+		if time.Now().After(deadline) {
+			t.Fatalf("dev never printed its instructions:\n%s\n%s", out.String(), errb.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var sock string
+	for l := range strings.SplitSeq(out.String(), "\n") {
+		if f := strings.Fields(l); len(f) == 2 && f[0] == "export" {
+			sock = strings.TrimPrefix(f[1], "ENDPOINTD_SOCKET=")
+		}
+	}
+	if code, _, stderr := invoke(t, "", "kv", "put", "-socket", sock, "hello", "world"); code != 0 {
+		t.Fatalf("kv put against dev: %d %s", code, stderr)
+	}
+	if code, stdout, _ := invoke(t, "", "kv", "get", "-socket", sock, "hello"); code != 0 || stdout != "world" {
+		t.Fatalf("kv get against dev: %d %q", code, stdout)
+	}
+	cancel()
+	if c := <-done; c != 0 {
+		t.Fatalf("dev exit %d:\n%s", c, errb.String())
+	}
+	if _, err := os.Stat(filepath.Dir(sock)); !os.IsNotExist(err) {
+		t.Fatalf("dev left %s behind", filepath.Dir(sock))
+	}
+}
