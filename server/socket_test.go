@@ -229,3 +229,28 @@ func TestNoEndpointsIsUnavailable(t *testing.T) {
 	}
 	e.expect(e.do("GET", "/healthz", nil, nil), http.StatusOK, "")
 }
+
+// Past limits.max_connections, new connections wait in the backlog until one
+// closes; they are not refused and the others are not disturbed.
+func TestConnectionCap(t *testing.T) {
+	e := newEnv(t, nil, func(o *Options) { o.MaxConnections = 2 })
+	a, b := rawConn(t, e.sock), rawConn(t, e.sock)
+	for _, c := range []net.Conn{a, b} { // both accepted and served (keep-alive)
+		fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+		if r := readResp(t, c, "GET"); r.status != 200 {
+			t.Fatalf("status %d", r.status)
+		}
+	}
+	third := rawConn(t, e.sock)
+	fmt.Fprintf(third, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	third.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	buf := make([]byte, 1)
+	if _, err := third.Read(buf); err == nil {
+		t.Fatal("a third connection was served past max_connections=2")
+	}
+	a.Close()
+	third.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if r := readResp(t, third, "GET"); r.status != 200 {
+		t.Fatalf("the waiting connection got %d after a slot freed", r.status)
+	}
+}
