@@ -228,6 +228,7 @@ func TestRunLifecycle(t *testing.T) {
 	if c := a.stop(t); c != 0 {
 		t.Fatalf("exit %d after SIGTERM; log:\n%s", c, a.stderr.String())
 	}
+	a.await(t, "STOPPING=1")
 	if _, err := os.Stat(a.sock); !os.IsNotExist(err) {
 		t.Fatalf("socket left behind: %v", err)
 	}
