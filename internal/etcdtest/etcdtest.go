@@ -142,25 +142,8 @@ func (c *Cluster) waitReady(timeout time.Duration) error {
 }
 
 func (m *Member) start(initialCluster, state string) error {
-	cfg := embed.NewConfig()
-	cfg.Name = m.Name
-	cfg.Dir = m.Dir
-	cfg.ListenClientUrls = []url.URL{m.ClientURL}
-	cfg.AdvertiseClientUrls = []url.URL{m.ClientURL}
-	cfg.ListenPeerUrls = []url.URL{m.PeerURL}
-	cfg.AdvertisePeerUrls = []url.URL{m.PeerURL}
-	cfg.InitialCluster = initialCluster
-	cfg.InitialClusterToken = m.cluster.token
-	cfg.ClusterState = state
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	cfg.UnsafeNoFsync = !m.fsync
-	// Elections in a few hundred milliseconds keep member-loss tests short;
-	// still 5 heartbeats per election timeout, as etcd recommends.
-	cfg.TickMs = 50
-	cfg.ElectionMs = 500
-	cfg.EnableGRPCGateway = false
-	cfg.SnapshotCount = 10000
-	e, err := embed.StartEtcd(cfg)
+	e, err := embed.StartEtcd(memberConfig(memberSpec{Name: m.Name, Dir: m.Dir, ClientURL: m.ClientURL.String(),
+		PeerURL: m.PeerURL.String(), InitialCluster: initialCluster, State: state, Token: m.cluster.token, Fsync: m.fsync}))
 	if err != nil {
 		return fmt.Errorf("etcdtest: start member %s: %w", m.Name, err)
 	}
@@ -168,6 +151,41 @@ func (m *Member) start(initialCluster, state string) error {
 	m.etcd = e
 	m.mu.Unlock()
 	return nil
+}
+
+// memberSpec is everything a member needs to start, in-process or in a
+// process of its own (where it travels as JSON).
+type memberSpec struct {
+	Name, Dir          string
+	ClientURL, PeerURL string
+	InitialCluster     string
+	State              string // embed.ClusterStateFlagNew or Existing
+	Token              string
+	Fsync              bool
+}
+
+func memberConfig(s memberSpec) *embed.Config {
+	curl, _ := url.Parse(s.ClientURL)
+	purl, _ := url.Parse(s.PeerURL)
+	cfg := embed.NewConfig()
+	cfg.Name = s.Name
+	cfg.Dir = s.Dir
+	cfg.ListenClientUrls = []url.URL{*curl}
+	cfg.AdvertiseClientUrls = []url.URL{*curl}
+	cfg.ListenPeerUrls = []url.URL{*purl}
+	cfg.AdvertisePeerUrls = []url.URL{*purl}
+	cfg.InitialCluster = s.InitialCluster
+	cfg.InitialClusterToken = s.Token
+	cfg.ClusterState = s.State
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	cfg.UnsafeNoFsync = !s.Fsync
+	// Elections in a few hundred milliseconds keep member-loss tests short;
+	// still 5 heartbeats per election timeout, as etcd recommends.
+	cfg.TickMs = 50
+	cfg.ElectionMs = 500
+	cfg.EnableGRPCGateway = false
+	cfg.SnapshotCount = 10000
+	return cfg
 }
 
 func (m *Member) server() *embed.Etcd {

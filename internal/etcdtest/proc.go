@@ -1,0 +1,243 @@
+package etcdtest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// envMember carries a member's spec to a re-executed test binary.
+const envMember = "ETCDTEST_MEMBER"
+
+// RunMemberIfRequested turns this process into an etcd member when a
+// ProcCluster started it; otherwise it returns at once. Call it first in the
+// TestMain of any package that uses ProcCluster:
+//
+//	func TestMain(m *testing.M) { etcdtest.RunMemberIfRequested(); os.Exit(m.Run()) }
+func RunMemberIfRequested() {
+	raw := os.Getenv(envMember)
+	if raw == "" {
+		return
+	}
+	var spec memberSpec
+	if err := json.Unmarshal([]byte(raw), &spec); err != nil {
+		fmt.Fprintf(os.Stderr, "etcdtest member: bad spec: %v\n", err)
+		os.Exit(2)
+	}
+	e, err := embed.StartEtcd(memberConfig(spec))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "etcdtest member %s: %v\n", spec.Name, err)
+		os.Exit(1)
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	select {
+	case <-sig:
+		e.Close()
+		os.Exit(0)
+	case err := <-e.Err():
+		fmt.Fprintf(os.Stderr, "etcdtest member %s: %v\n", spec.Name, err)
+		os.Exit(1)
+	}
+}
+
+// ProcCluster is a cluster whose members run as separate processes (this
+// test binary, re-executed), so that kill -9 is real: no deferred cleanup,
+// no graceful leadership transfer, file descriptors dropped by the kernel.
+type ProcCluster struct {
+	Members []*ProcMember
+	t       testing.TB
+}
+
+// ProcMember is one member process.
+type ProcMember struct {
+	Name string
+	spec memberSpec
+	log  string // the member's stderr, for failures
+
+	mu  sync.Mutex // guards cmd
+	cmd *exec.Cmd
+}
+
+// NewProc starts n member processes and waits for the cluster to serve. The
+// package's TestMain must call RunMemberIfRequested.
+func NewProc(t testing.TB, n int) *ProcCluster {
+	t.Helper()
+	dir := t.TempDir()
+	ports, err := freePorts(2 * n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &ProcCluster{t: t}
+	var initial []string
+	for i := range n {
+		name := fmt.Sprintf("p%d", i)
+		m := &ProcMember{Name: name, spec: memberSpec{
+			Name:      name,
+			Dir:       filepath.Join(dir, name),
+			ClientURL: fmt.Sprintf("http://127.0.0.1:%d", ports[2*i]),
+			PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1]),
+			State:     embed.ClusterStateFlagNew,
+			Token:     fmt.Sprintf("proc-%d", time.Now().UnixNano()),
+			Fsync:     true, // a kill -9 must find only what etcd itself made durable
+		}, log: filepath.Join(dir, name+".log")}
+		initial = append(initial, name+"="+m.spec.PeerURL)
+		c.Members = append(c.Members, m)
+	}
+	for _, m := range c.Members {
+		m.spec.InitialCluster = strings.Join(initial, ",")
+		m.spec.Token = c.Members[0].spec.Token
+		if err := m.spawn(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(c.KillAll)
+	if err := c.waitServing(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range c.Members {
+		m.spec.State = embed.ClusterStateFlagExisting
+	}
+	return c
+}
+
+func (m *ProcMember) spawn() error {
+	spec, _ := json.Marshal(m.spec)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), envMember+"="+string(spec))
+	logf, err := os.OpenFile(m.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("etcdtest: start member process %s: %w", m.Name, err)
+	}
+	logf.Close()
+	m.mu.Lock()
+	m.cmd = cmd
+	m.mu.Unlock()
+	return nil
+}
+
+// Endpoint is the member's client URL.
+func (m *ProcMember) Endpoint() string { return m.spec.ClientURL }
+
+// Kill sends SIGKILL and reaps the process.
+func (m *ProcMember) Kill() {
+	m.mu.Lock()
+	cmd := m.cmd
+	m.cmd = nil
+	m.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+}
+
+// Running reports whether the member's process is up.
+func (m *ProcMember) Running() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.cmd != nil
+}
+
+// Restart starts a killed member again from its data directory and waits
+// until it answers.
+func (m *ProcMember) Restart() error {
+	if m.Running() {
+		return fmt.Errorf("etcdtest: member %s is running", m.Name)
+	}
+	if err := m.spawn(); err != nil {
+		return err
+	}
+	return waitAnswers(m.Endpoint(), 30*time.Second, m.log)
+}
+
+// Endpoints returns the members' client URLs.
+func (c *ProcCluster) Endpoints() []string {
+	out := make([]string, len(c.Members))
+	for i, m := range c.Members {
+		out[i] = m.Endpoint()
+	}
+	return out
+}
+
+// KillAll kills every member at once.
+func (c *ProcCluster) KillAll() {
+	var wg sync.WaitGroup
+	for _, m := range c.Members {
+		wg.Go(m.Kill)
+	}
+	wg.Wait()
+}
+
+// RestartAll restarts every killed member concurrently (a lone member cannot
+// serve without a quorum).
+func (c *ProcCluster) RestartAll() error {
+	var errs []error
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, m := range c.Members {
+		if m.Running() {
+			continue
+		}
+		wg.Go(func() {
+			if err := m.Restart(); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (c *ProcCluster) waitServing(timeout time.Duration) error {
+	for _, m := range c.Members {
+		if err := waitAnswers(m.Endpoint(), timeout, m.log); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// waitAnswers polls a member with a serializable read until it answers.
+func waitAnswers(endpoint string, timeout time.Duration, logPath string) error {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	deadline := time.Now().Add(timeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := cli.Get(ctx, "etcdtest-probe", clientv3.WithSerializable())
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(logPath)
+			return fmt.Errorf("etcdtest: member at %s not serving after %v: %w\n%s", endpoint, timeout, err, log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
