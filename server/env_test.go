@@ -31,6 +31,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	etcdtest.RunMemberIfRequested()
 	code := m.Run()
 	if sharedCluster != nil {
 		sharedCluster.Close()
@@ -59,13 +60,16 @@ type env struct {
 
 type envOpt func(*Options)
 
-func newEnv(t *testing.T, cluster *etcdtest.Cluster, opts ...envOpt) *env {
+// endpointer is a cluster of either kind, in-process or member processes.
+type endpointer interface{ Endpoints() []string }
+
+func newEnv(t *testing.T, cluster endpointer, opts ...envOpt) *env {
 	t.Helper()
-	if cluster == nil {
+	if cluster == nil || cluster == (*etcdtest.Cluster)(nil) {
 		cluster = shared(t)
 	}
 	e := serve(t, newEtcd(t, cluster.Endpoints()), opts...)
-	e.direct = cluster.Client(t)
+	e.direct = etcdtest.DirectClient(t, cluster.Endpoints())
 	return e
 }
 

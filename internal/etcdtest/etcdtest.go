@@ -322,8 +322,15 @@ func New(t testing.TB, n int) *Cluster {
 // t.Cleanup: the baseline that tests check endpointd's answers against.
 func (c *Cluster) Client(t testing.TB) *clientv3.Client {
 	t.Helper()
+	return DirectClient(t, c.Endpoints())
+}
+
+// DirectClient returns a plain clientv3 client of endpoints, closed in
+// t.Cleanup.
+func DirectClient(t testing.TB, endpoints []string) *clientv3.Client {
+	t.Helper()
 	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   c.Endpoints(),
+		Endpoints:   endpoints,
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
 	})

@@ -60,7 +60,6 @@ func RunMemberIfRequested() {
 // no graceful leadership transfer, file descriptors dropped by the kernel.
 type ProcCluster struct {
 	Members []*ProcMember
-	t       testing.TB
 }
 
 // ProcMember is one member process.
@@ -73,16 +72,28 @@ type ProcMember struct {
 	cmd *exec.Cmd
 }
 
-// NewProc starts n member processes and waits for the cluster to serve. The
-// package's TestMain must call RunMemberIfRequested.
+// NewProc starts n member processes for a test and kills them in
+// t.Cleanup. The package's TestMain must call RunMemberIfRequested.
 func NewProc(t testing.TB, n int) *ProcCluster {
 	t.Helper()
-	dir := t.TempDir()
-	ports, err := freePorts(2 * n)
+	c, err := StartProc(t.TempDir(), n)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &ProcCluster{t: t}
+	t.Cleanup(c.KillAll)
+	return c
+}
+
+// StartProc starts n member processes with their data under dir and waits
+// for the cluster to serve. The program's main (or TestMain) must call
+// RunMemberIfRequested first. The caller kills them with KillAll.
+func StartProc(dir string, n int) (*ProcCluster, error) {
+	ports, err := freePorts(2 * n)
+	if err != nil {
+		return nil, err
+	}
+	c := &ProcCluster{}
+	token := fmt.Sprintf("proc-%d", time.Now().UnixNano())
 	var initial []string
 	for i := range n {
 		name := fmt.Sprintf("p%d", i)
@@ -92,7 +103,7 @@ func NewProc(t testing.TB, n int) *ProcCluster {
 			ClientURL: fmt.Sprintf("http://127.0.0.1:%d", ports[2*i]),
 			PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1]),
 			State:     embed.ClusterStateFlagNew,
-			Token:     fmt.Sprintf("proc-%d", time.Now().UnixNano()),
+			Token:     token,
 			Fsync:     true, // a kill -9 must find only what etcd itself made durable
 		}, log: filepath.Join(dir, name+".log")}
 		initial = append(initial, name+"="+m.spec.PeerURL)
@@ -100,23 +111,35 @@ func NewProc(t testing.TB, n int) *ProcCluster {
 	}
 	for _, m := range c.Members {
 		m.spec.InitialCluster = strings.Join(initial, ",")
-		m.spec.Token = c.Members[0].spec.Token
 		if err := m.spawn(); err != nil {
-			t.Fatal(err)
+			c.KillAll()
+			return nil, err
 		}
 	}
-	t.Cleanup(c.KillAll)
 	if err := c.waitServing(30 * time.Second); err != nil {
-		t.Fatal(err)
+		c.KillAll()
+		return nil, err
 	}
 	for _, m := range c.Members {
 		m.spec.State = embed.ClusterStateFlagExisting
 	}
-	return c
+	return c, nil
+}
+
+// PID is the member's process id, 0 when it is not running.
+func (m *ProcMember) PID() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cmd == nil {
+		return 0
+	}
+	return m.cmd.Process.Pid
 }
 
 func (m *ProcMember) spawn() error {
 	spec, _ := json.Marshal(m.spec)
+	// A test binary re-executed runs no tests (-test.run); RunMemberIfRequested
+	// takes over before flags are parsed in any case.
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), envMember+"="+string(spec))
 	logf, err := os.OpenFile(m.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)

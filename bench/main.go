@@ -1,0 +1,114 @@
+// Command bench measures endpointd side by side with direct clientv3 and
+// etcd's grpc-proxy against one local three-member etcd cluster, in one run:
+//
+//	go run ./bench                       # the full table (a few minutes)
+//	go run ./bench -cell 1s -rounds 2    # quicker, noisier
+//
+// Every etcd member, the agent and the proxy run in processes of their own
+// (this binary, re-executed), so the agent's and the proxy's CPU per request
+// and memory come from their own /proc entries. Targets alternate within each
+// round (A/B/C, rotated), so drift on a shared 2-core machine is spread over
+// all three. The endpointd target is a plain keep-alive net/http client over
+// the unix socket, as any HTTP client would be.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/proxy/grpcproxy"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+
+	"udp_iaasd/agent"
+	"udp_iaasd/config"
+	"udp_iaasd/internal/etcdtest"
+)
+
+func main() {
+	etcdtest.RunMemberIfRequested()
+	role := flag.String("role", "", "internal: agent or proxy")
+	cfgPath := flag.String("config", "", "internal: the agent's config.yaml")
+	endpoints := flag.String("endpoints", "", "internal: the proxy's etcd endpoints, comma-separated")
+	listen := flag.String("listen", "", "internal: the proxy's listen address")
+	var o options
+	flag.DurationVar(&o.cell, "cell", 2e9, "how long each measurement runs")
+	flag.IntVar(&o.rounds, "rounds", 3, "rounds of A/B/C alternation per cell")
+	flag.IntVar(&o.keys, "keys", 100, "keys read and written")
+	flag.IntVar(&o.reloads, "reloads", 100, "endpoints file reloads to time")
+	flag.IntVar(&o.watchers, "watchers", 100, "local watchers for the fan-out measurement")
+	flag.StringVar(&o.only, "only", "", "measure only operations whose name contains this")
+	flag.Parse()
+	switch *role {
+	case "agent":
+		os.Exit(runAgent(*cfgPath))
+	case "proxy":
+		os.Exit(runProxy(*endpoints, *listen))
+	}
+	os.Exit(run(o))
+}
+
+// runAgent is the agent child: the real agent on its config, until SIGTERM.
+func runAgent(cfgPath string) int {
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 78
+	}
+	a, err := agent.New(agent.Options{Config: cfg, Version: "bench",
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	if err := a.Run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// runProxy is the grpc-proxy child, assembled as `etcd grpc-proxy start`
+// assembles it (etcdmain.newGRPCProxyServer), without its optional features.
+func runProxy(endpoints, listen string) int {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: splitComma(endpoints), Logger: zap.NewNop()})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer cli.Close()
+	kvp, _ := grpcproxy.NewKvProxy(cli)
+	watchp, _ := grpcproxy.NewWatchProxy(cli.Ctx(), zap.NewNop(), cli)
+	leasep, _ := grpcproxy.NewLeaseProxy(cli.Ctx(), cli)
+	srv := grpc.NewServer(grpc.MaxConcurrentStreams(1 << 30))
+	etcdserverpb.RegisterKVServer(srv, kvp)
+	etcdserverpb.RegisterWatchServer(srv, watchp)
+	etcdserverpb.RegisterLeaseServer(srv, leasep)
+	etcdserverpb.RegisterMaintenanceServer(srv, grpcproxy.NewMaintenanceProxy(cli))
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	go func() {
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGTERM)
+		<-sig
+		srv.Stop()
+	}()
+	if err := srv.Serve(ln); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
