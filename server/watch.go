@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -133,6 +134,9 @@ type stream struct {
 	lastRev     int64
 	progressRev int64 // etcd's latest progress notification
 	buf         []byte
+	// progressAsked is set while a progress request is in flight, so a slow
+	// etcd gets one per stream, not one per heartbeat.
+	progressAsked atomic.Bool
 }
 
 // open starts an etcd watch from lastRev+1. The first open waits for etcd to
@@ -216,8 +220,14 @@ func (st *stream) run(heartbeat time.Duration) {
 				return
 			}
 			// Ask etcd for a fresher progress revision for the next beat.
-			// Best effort: heartbeats continue from lastRev without it.
-			go st.s.etcd.RequestProgress(st.ctx)
+			// Best effort: heartbeats continue from lastRev without it. The
+			// goroutine ends with the request's context at the latest.
+			if st.progressAsked.CompareAndSwap(false, true) {
+				go func() {
+					defer st.progressAsked.Store(false)
+					st.s.etcd.RequestProgress(st.ctx)
+				}()
+			}
 		case <-retry:
 			retry = nil
 			if err := st.open(false); err != nil {

@@ -88,6 +88,9 @@ func NewProc(t testing.TB, n int) *ProcCluster {
 // for the cluster to serve. The program's main (or TestMain) must call
 // RunMemberIfRequested first. The caller kills them with KillAll.
 func StartProc(dir string, n int) (*ProcCluster, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("etcdtest: %w", err)
+	}
 	ports, err := freePorts(2 * n)
 	if err != nil {
 		return nil, err
