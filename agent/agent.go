@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"udp_iaasd/backoff"
+	"udp_iaasd/cache"
 	"udp_iaasd/config"
 	"udp_iaasd/etcd"
 	"udp_iaasd/server"
@@ -61,6 +62,7 @@ type Agent struct {
 	opts    Options
 	log     *slog.Logger
 	etcd    *etcd.EtcdClient
+	cache   *cache.Cache // nil without cache.prefixes
 	srv     *server.Server
 	reg     *prometheus.Registry
 	metrics *metrics
@@ -125,8 +127,12 @@ func New(opts Options) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	a.metrics = newMetrics(a.reg, a.etcd, opts.Version)
+	if len(cfg.Cache.Prefixes) > 0 {
+		a.cache = cache.New(a.etcd, cfg.Cache.Prefixes, a.log)
+	}
 	a.srv = server.New(server.Options{
 		Etcd:              a.etcd,
+		Cache:             a.cache,
 		Limits:            serverLimits(cfg),
 		Status:            a.Status,
 		Registry:          a.reg,
@@ -201,6 +207,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { srvDone <- a.srv.Serve(srvCtx, ln) }()
 
 	w := a.startWatcher(cfg)
+	cacheCtx, stopCache := context.WithCancel(context.Background())
+	cacheDone := make(chan struct{})
+	go func() {
+		defer close(cacheDone)
+		if a.cache != nil {
+			a.cache.Run(cacheCtx)
+		}
+	}()
 	a.notify("READY=1")
 	a.notify("STATUS=" + a.statusLine())
 
@@ -238,6 +252,8 @@ loop:
 			a.log.Warn("server shutdown", "error", err)
 		}
 	}
+	stopCache()
+	<-cacheDone
 	a.etcd.Close()
 	a.log.Info("stopped")
 	return runErr

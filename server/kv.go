@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -142,6 +143,9 @@ func (s *Server) getKV(w http.ResponseWriter, r *http.Request, rawKey string) er
 		return err
 	}
 
+	if serializable && rev == 0 && s.cache != nil && s.fromCache(w, key, prefix, limit, keysOnly) {
+		return nil
+	}
 	var opts []clientv3.OpOption
 	if rev > 0 {
 		opts = append(opts, clientv3.WithRev(rev))
@@ -168,31 +172,67 @@ func (s *Server) getKV(w http.ResponseWriter, r *http.Request, rawKey string) er
 	if err != nil {
 		return s.readError(r, err, rev)
 	}
-	h := w.Header()
-	h.Set("X-Etcd-Revision", strconv.FormatInt(resp.Header.Revision, 10))
 	if prefix {
-		b := make([]byte, 0, 64+len(resp.Kvs)*64)
-		b = append(b, '{')
-		b = appendIntField(b, "revision", resp.Header.Revision)
-		b = append(b, ',')
-		b = appendIntField(b, "count", resp.Count)
-		b = append(b, `,"more":`...)
-		b = strconv.AppendBool(b, resp.More)
-		b = append(b, `,"kvs":[`...)
-		for i, kv := range resp.Kvs {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = appendKV(b, kv, !keysOnly)
-		}
-		b = append(b, "]}\n"...)
-		writeBody(w, http.StatusOK, "application/json", b)
+		writeListing(w, resp.Header.Revision, resp.Count, resp.More, resp.Kvs, keysOnly)
 		return nil
 	}
-	if len(resp.Kvs) == 0 {
+	var kv *mvccpb.KeyValue
+	if len(resp.Kvs) > 0 {
+		kv = resp.Kvs[0]
+	}
+	return writeValue(w, key, resp.Header.Revision, kv)
+}
+
+// fromCache answers a serializable read from the cache, if it can; it
+// reports whether it did.
+func (s *Server) fromCache(w http.ResponseWriter, key string, prefix bool, limit int64, keysOnly bool) bool {
+	if prefix {
+		kvs, count, more, rev, ok := s.cache.List(key, limit)
+		if ok {
+			w.Header().Set("X-Endpointd-Cache", "hit")
+			writeListing(w, rev, count, more, kvs, keysOnly)
+		}
+		return ok
+	}
+	kv, rev, ok := s.cache.Get(key)
+	if ok {
+		w.Header().Set("X-Endpointd-Cache", "hit")
+		if err := writeValue(w, key, rev, kv); err != nil {
+			writeError(w, http.StatusNotFound, "not_found", err.Error(), nil)
+		}
+	}
+	return ok
+}
+
+// writeListing writes a prefix listing (API.md) read at revision rev.
+func writeListing(w http.ResponseWriter, rev, count int64, more bool, kvs []*mvccpb.KeyValue, keysOnly bool) {
+	w.Header().Set("X-Etcd-Revision", strconv.FormatInt(rev, 10))
+	b := make([]byte, 0, 64+len(kvs)*64)
+	b = append(b, '{')
+	b = appendIntField(b, "revision", rev)
+	b = append(b, ',')
+	b = appendIntField(b, "count", count)
+	b = append(b, `,"more":`...)
+	b = strconv.AppendBool(b, more)
+	b = append(b, `,"kvs":[`...)
+	for i, kv := range kvs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendKV(b, kv, !keysOnly)
+	}
+	b = append(b, "]}\n"...)
+	writeBody(w, http.StatusOK, "application/json", b)
+}
+
+// writeValue writes a single-key read at revision rev: the raw value with
+// its metadata headers, or 404 (an *apiError) when kv is nil.
+func writeValue(w http.ResponseWriter, key string, rev int64, kv *mvccpb.KeyValue) error {
+	h := w.Header()
+	h.Set("X-Etcd-Revision", strconv.FormatInt(rev, 10))
+	if kv == nil {
 		return &apiError{status: http.StatusNotFound, code: "not_found", msg: fmt.Sprintf("key %q not found", key)}
 	}
-	kv := resp.Kvs[0]
 	h.Set("X-Etcd-Create-Revision", strconv.FormatInt(kv.CreateRevision, 10))
 	h.Set("X-Etcd-Mod-Revision", strconv.FormatInt(kv.ModRevision, 10))
 	h.Set("X-Etcd-Version", strconv.FormatInt(kv.Version, 10))
@@ -362,6 +402,7 @@ func (s *Server) putKV(w http.ResponseWriter, r *http.Request, rawKey string) er
 	if failed {
 		return preconditionFailed(key, currentRev)
 	}
+	s.cache.Wrote(key, rev)
 	if peer, ok := peerFrom(r.Context()); ok {
 		s.log.Debug("put", "key", key, "revision", rev, "uid", peer.UID, "pid", peer.PID)
 	}
@@ -471,6 +512,7 @@ func (s *Server) deleteKV(w http.ResponseWriter, r *http.Request, rawKey string)
 	if failed {
 		return preconditionFailed(key, currentRev)
 	}
+	s.cache.Wrote(key, rev)
 	if peer, ok := peerFrom(r.Context()); ok {
 		s.log.Debug("delete", "key", key, "prefix", prefix, "deleted", deleted, "uid", peer.UID, "pid", peer.PID)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"udp_iaasd/cache"
 	"udp_iaasd/etcd"
 )
 
@@ -40,7 +41,9 @@ type Limits struct {
 
 // Options configure New.
 type Options struct {
-	Etcd   *etcd.EtcdClient
+	Etcd *etcd.EtcdClient
+	// Cache, when set, answers serializable reads under its prefixes.
+	Cache  *cache.Cache
 	Limits Limits
 	// Status reports the agent's state for /v1/status and /readyz.
 	Status func() Status
@@ -59,6 +62,7 @@ type Options struct {
 // Server serves the local API. Build it with New.
 type Server struct {
 	etcd    *etcd.EtcdClient
+	cache   *cache.Cache
 	status  func() Status
 	log     *slog.Logger
 	opts    Options
@@ -86,6 +90,7 @@ func New(opts Options) *Server {
 	}
 	s := &Server{
 		etcd:     opts.Etcd,
+		cache:    opts.Cache,
 		status:   opts.Status,
 		log:      opts.Logger,
 		opts:     opts,

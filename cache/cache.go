@@ -1,0 +1,294 @@
+// Package cache keeps chosen key prefixes of etcd in memory (the informer
+// pattern: list at a revision, then follow a watch from the next one) so
+// that serializable reads under them can be answered without a round trip.
+//
+// It owns the cached copies and their consistency rules; it does not decide
+// which requests may use them (the server does: serializable reads without a
+// revision). A prefix's copy is a snapshot of that prefix at the revision it
+// reports — every event up to that revision applied, none after — which is
+// exactly what a serializable read from an etcd member promises. It follows
+// the watch, so writers elsewhere never leave it behind for longer than event
+// delivery; it is never used while it is not synced.
+package cache
+
+import (
+	"context"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"udp_iaasd/backoff"
+	"udp_iaasd/etcd"
+)
+
+// Cache is a set of cached prefixes. The zero value caches nothing.
+type Cache struct {
+	prefixes []*prefixCache
+	log      *slog.Logger
+}
+
+// progressEvery is how often a synced prefix asks etcd how far its watch
+// has come, so its revision advances even when nothing under it changes.
+// staleAfter is how long a prefix may go without hearing from its watch
+// (events or progress) before it stops answering: with etcd away, reads fall
+// through and fail fast rather than serve an ever older copy.
+const (
+	progressEvery = 100 * time.Millisecond
+	staleAfter    = time.Second
+)
+
+// New returns a cache of prefixes, fed through ec. Run starts it.
+func New(ec *etcd.EtcdClient, prefixes []string, log *slog.Logger) *Cache {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c := &Cache{log: log}
+	for _, p := range prefixes {
+		c.prefixes = append(c.prefixes, &prefixCache{prefix: p, ec: ec, log: log})
+	}
+	// Longest first, so a key under nested prefixes uses the closest one.
+	sort.Slice(c.prefixes, func(i, j int) bool { return len(c.prefixes[i].prefix) > len(c.prefixes[j].prefix) })
+	return c
+}
+
+// Run keeps every prefix synced until ctx ends.
+func (c *Cache) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, p := range c.prefixes {
+		wg.Go(func() { p.run(ctx) })
+	}
+	wg.Wait()
+}
+
+// covering returns the cached prefix that holds every key starting with key,
+// or nil.
+func (c *Cache) covering(key string) *prefixCache {
+	if c == nil {
+		return nil
+	}
+	for _, p := range c.prefixes {
+		if strings.HasPrefix(key, p.prefix) {
+			return p
+		}
+	}
+	return nil
+}
+
+// Wrote tells the cache that a write through this agent got revision rev on
+// key, so that cached reads wait for it (read-your-writes through the agent).
+func (c *Cache) Wrote(key string, rev int64) {
+	if p := c.covering(key); p != nil {
+		for {
+			cur := p.minRev.Load()
+			if rev <= cur || p.minRev.CompareAndSwap(cur, rev) {
+				return
+			}
+		}
+	}
+}
+
+// Get answers a serializable read of key from memory. ok is false when the
+// key is not under a cached prefix, or its prefix is not synced or has not
+// caught up with this agent's writes: ask etcd then.
+func (c *Cache) Get(key string) (kv *mvccpb.KeyValue, rev int64, ok bool) {
+	p := c.covering(key)
+	if p == nil {
+		return nil, 0, false
+	}
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if !p.usable() {
+		return nil, 0, false
+	}
+	return p.data[key], p.rev, true
+}
+
+// List answers a serializable prefix listing from memory, sorted by key,
+// with the total count and whether limit cut it. ok as for Get.
+func (c *Cache) List(prefix string, limit int64) (kvs []*mvccpb.KeyValue, count int64, more bool, rev int64, ok bool) {
+	p := c.covering(prefix)
+	if p == nil {
+		return nil, 0, false, 0, false
+	}
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if !p.usable() {
+		return nil, 0, false, 0, false
+	}
+	i := sort.SearchStrings(p.keys, prefix)
+	for ; i < len(p.keys) && strings.HasPrefix(p.keys[i], prefix); i++ {
+		count++
+		if limit > 0 && int64(len(kvs)) >= limit {
+			more = true
+			continue
+		}
+		kvs = append(kvs, p.data[p.keys[i]])
+	}
+	return kvs, count, more, p.rev, true
+}
+
+// Synced reports whether every prefix is synced (for tests and status).
+func (c *Cache) Synced() bool {
+	for _, p := range c.prefixes {
+		p.mu.RLock()
+		s := p.synced
+		p.mu.RUnlock()
+		if !s {
+			return false
+		}
+	}
+	return true
+}
+
+// prefixCache is one prefix's copy. run's goroutine is its only writer.
+type prefixCache struct {
+	prefix string
+	ec     *etcd.EtcdClient
+	log    *slog.Logger
+	minRev atomic.Int64 // highest revision written through this agent under the prefix
+	heard  atomic.Int64 // unix nanoseconds of the watch's last events or progress
+
+	mu     sync.RWMutex
+	synced bool
+	rev    int64                       // every event up to rev is applied
+	data   map[string]*mvccpb.KeyValue // key → its current value
+	keys   []string                    // sorted keys of data
+}
+
+// usable: synced, recently heard from, and caught up with this agent's own
+// writes. p.mu held.
+func (p *prefixCache) usable() bool {
+	return p.synced && p.rev >= p.minRev.Load() && time.Since(time.Unix(0, p.heard.Load())) < staleAfter
+}
+
+func (p *prefixCache) run(ctx context.Context) {
+	b := backoff.Backoff{Policy: backoff.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second, Multiplier: 2, Jitter: 0.2}}
+	for ctx.Err() == nil {
+		err := p.syncOnce(ctx)
+		p.mu.Lock()
+		p.synced = false
+		p.mu.Unlock()
+		if ctx.Err() != nil {
+			return
+		}
+		p.log.Warn("cache: prefix out of sync; relisting", "prefix", p.prefix, "error", err)
+		if b.Wait(ctx, b.Next()) != nil {
+			return
+		}
+	}
+}
+
+// syncOnce lists the prefix, then follows its watch until the watch fails.
+func (p *prefixCache) syncOnce(ctx context.Context) error {
+	var resp *clientv3.GetResponse
+	err := p.ec.Do(ctx, func(ctx context.Context, cli *clientv3.Client) error {
+		var err error
+		resp, err = cli.Get(ctx, p.prefix, clientv3.WithPrefix())
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	data := make(map[string]*mvccpb.KeyValue, len(resp.Kvs))
+	keys := make([]string, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		data[string(kv.Key)] = kv
+		keys = append(keys, string(kv.Key))
+	}
+	p.mu.Lock()
+	p.data, p.keys, p.rev, p.synced = data, keys, resp.Header.Revision, true
+	p.heard.Store(time.Now().UnixNano())
+	p.mu.Unlock()
+	p.log.Info("cache: prefix synced", "prefix", p.prefix, "keys", len(keys), "revision", resp.Header.Revision)
+
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	wch, err := p.ec.Watch(wctx, p.prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
+	if err != nil {
+		return err
+	}
+	tick := time.NewTicker(progressEvery)
+	defer tick.Stop()
+	var asked atomic.Bool // one progress request in flight at most
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+			// A watch that has said nothing for this long (no events, no
+			// progress, though progress is asked for) cannot be trusted to
+			// resume: start over from a fresh list.
+			if time.Since(time.Unix(0, p.heard.Load())) > 5*staleAfter {
+				return errSilent
+			}
+			// Advance rev without events: etcd answers with a progress
+			// notification once everything up to its revision was sent.
+			if asked.CompareAndSwap(false, true) {
+				go func() {
+					defer asked.Store(false)
+					p.ec.RequestProgress(wctx)
+				}()
+			}
+		case wr, ok := <-wch:
+			if !ok {
+				return errWatchClosed
+			}
+			if err := wr.Err(); err != nil {
+				return err
+			}
+			if wr.Canceled || wr.CompactRevision != 0 {
+				return errWatchClosed
+			}
+			p.apply(wr)
+		}
+	}
+}
+
+type cacheError string
+
+func (e cacheError) Error() string { return string(e) }
+
+const (
+	errWatchClosed = cacheError("cache: watch closed")
+	errSilent      = cacheError("cache: watch silent; no events or progress")
+)
+
+// apply folds one watch response into the copy.
+func (p *prefixCache) apply(wr clientv3.WatchResponse) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, ev := range wr.Events {
+		k := string(ev.Kv.Key)
+		_, had := p.data[k]
+		switch ev.Type {
+		case mvccpb.Event_PUT:
+			p.data[k] = ev.Kv
+			if !had {
+				i := sort.SearchStrings(p.keys, k)
+				p.keys = append(p.keys, "")
+				copy(p.keys[i+1:], p.keys[i:])
+				p.keys[i] = k
+			}
+		case mvccpb.Event_DELETE:
+			if had {
+				delete(p.data, k)
+				i := sort.SearchStrings(p.keys, k)
+				p.keys = append(p.keys[:i], p.keys[i+1:]...)
+			}
+		}
+		p.rev = max(p.rev, ev.Kv.ModRevision)
+	}
+	// Only a progress notification says every event up to its header's
+	// revision has been sent; an event batch's header may be ahead of events
+	// still to come.
+	if wr.IsProgressNotify() && wr.Header.Revision > p.rev {
+		p.rev = wr.Header.Revision
+	}
+	p.heard.Store(time.Now().UnixNano())
+}

@@ -1,0 +1,144 @@
+package cache
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"udp_iaasd/etcd"
+	"udp_iaasd/internal/etcdtest"
+)
+
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(p []byte) (int, error) { l.t.Log(string(p)); return len(p), nil }
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func start(t *testing.T, cluster *etcdtest.Cluster, prefixes ...string) (*Cache, *clientv3.Client) {
+	t.Helper()
+	ec, err := etcd.New(etcd.Config{Endpoints: cluster.Endpoints(), HealthInterval: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := New(ec, prefixes, slog.New(slog.NewTextHandler(testLog{t}, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; ec.Close() })
+	return c, cluster.Client(t)
+}
+
+// The cache follows writers elsewhere: every change made directly in etcd
+// shows, at a revision that includes it, and a read never sees a revision
+// older than one it saw before.
+func TestFollowsWritersElsewhere(t *testing.T) {
+	cluster := etcdtest.New(t, 3)
+	ctx := context.Background()
+	direct := cluster.Client(t)
+	for i := range 5 {
+		direct.Put(ctx, fmt.Sprintf("app/%d", i), "initial")
+	}
+	c, _ := start(t, cluster, "app/", "app/nested/")
+	eventually(t, "synced", c.Synced)
+
+	kvs, count, more, _, ok := c.List("app/", 3)
+	if !ok || len(kvs) != 3 || count != 5 || !more || string(kvs[0].Key) != "app/0" {
+		t.Fatalf("List = %d kvs, count %d, more %v, ok %v", len(kvs), count, more, ok)
+	}
+	var lastRev int64
+	for i := range 30 {
+		resp, err := direct.Put(ctx, fmt.Sprintf("app/%d", i%7), fmt.Sprint(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := resp.Header.Revision
+		eventually(t, "the write to show", func() bool {
+			kv, rev, ok := c.Get(fmt.Sprintf("app/%d", i%7))
+			if ok && rev < lastRev {
+				t.Fatalf("revision went back from %d to %d", lastRev, rev)
+			}
+			if ok {
+				lastRev = rev
+			}
+			return ok && kv != nil && string(kv.Value) == fmt.Sprint(i) && kv.ModRevision == want && rev >= want
+		})
+	}
+	resp, _ := direct.Delete(ctx, "app/3")
+	eventually(t, "the delete to show", func() bool {
+		kv, rev, ok := c.Get("app/3")
+		return ok && kv == nil && rev >= resp.Header.Revision
+	})
+	// Keys outside every prefix are not answered.
+	if _, _, ok := c.Get("other/x"); ok {
+		t.Fatal("a key outside the cached prefixes was answered")
+	}
+	// Writes outside the prefix still advance its revision (progress).
+	resp2, _ := direct.Put(ctx, "elsewhere", "x")
+	eventually(t, "progress past an unrelated write", func() bool {
+		_, rev, ok := c.Get("app/0")
+		return ok && rev >= resp2.Header.Revision
+	})
+	// Every cached value equals etcd's at the cache's revision.
+	_, rev, _ := c.Get("app/0")
+	got, _, _, _, _ := c.List("app/", 0)
+	want, err := direct.Get(ctx, "app/", clientv3.WithPrefix(), clientv3.WithRev(rev))
+	if err != nil || len(want.Kvs) != len(got) {
+		t.Fatalf("etcd at %d has %d keys, cache %d (%v)", rev, len(want.Kvs), len(got), err)
+	}
+	for i := range got {
+		if string(got[i].Key) != string(want.Kvs[i].Key) || string(got[i].Value) != string(want.Kvs[i].Value) ||
+			got[i].ModRevision != want.Kvs[i].ModRevision {
+			t.Fatalf("entry %d: cache %s=%s@%d, etcd %s=%s@%d", i, got[i].Key, got[i].Value, got[i].ModRevision,
+				want.Kvs[i].Key, want.Kvs[i].Value, want.Kvs[i].ModRevision)
+		}
+	}
+}
+
+// A write through the agent is not hidden by an older copy: reads wait for
+// the cache to catch up with it (they fall through to etcd meanwhile).
+func TestReadYourWrites(t *testing.T) {
+	cluster := etcdtest.New(t, 1)
+	c, direct := start(t, cluster, "app/")
+	eventually(t, "synced", c.Synced)
+	c.Wrote("app/k", 1<<40) // a revision the store has not reached
+	if _, _, ok := c.Get("app/k"); ok {
+		t.Fatal("answered before catching up with this agent's own write")
+	}
+	resp, _ := direct.Put(context.Background(), "app/k", "v")
+	c2, _ := start(t, cluster, "app/")
+	eventually(t, "second cache synced", c2.Synced)
+	c2.Wrote("app/k", resp.Header.Revision)
+	eventually(t, "caught up", func() bool {
+		kv, _, ok := c2.Get("app/k")
+		return ok && kv != nil && string(kv.Value) == "v"
+	})
+}
+
+// With etcd away the cache stops answering (within staleAfter) instead of
+// serving an ever older copy, and resyncs when etcd returns.
+func TestStopsAnsweringWhenEtcdIsAway(t *testing.T) {
+	cluster := etcdtest.New(t, 1)
+	c, _ := start(t, cluster, "app/")
+	eventually(t, "synced", c.Synced)
+	eventually(t, "answering", func() bool { _, _, ok := c.Get("app/x"); return ok })
+	cluster.StopAll()
+	eventually(t, "no longer answering", func() bool { _, _, ok := c.Get("app/x"); return !ok })
+	if err := cluster.RestartAll(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "answering again", func() bool { _, _, ok := c.Get("app/x"); return ok })
+}
