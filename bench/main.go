@@ -9,7 +9,8 @@
 // and memory come from their own /proc entries. Targets alternate within each
 // round (A/B/C, rotated), so drift on a shared 2-core machine is spread over
 // all three. The endpointd target is a plain keep-alive net/http client over
-// the unix socket, as any HTTP client would be.
+// the unix socket, as any HTTP client would be; the agent runs with
+// cache.prefixes [bench/], so its serializable gets come from memory.
 package main
 
 import (

@@ -322,7 +322,9 @@ func setup() (*env, error) {
 		return nil, err
 	}
 	cfg := filepath.Join(dir, "config.yaml")
-	os.WriteFile(cfg, []byte("endpoints_file: endpoints.yaml\nsocket: {path: "+e.sock+"}\n"), 0o644)
+	// cache.prefixes covers the keys, as the side-by-side run asks:
+	// serializable gets are then answered from the agent's watched copy.
+	os.WriteFile(cfg, []byte("endpoints_file: endpoints.yaml\nsocket: {path: "+e.sock+"}\ncache: {prefixes: [bench/]}\n"), 0o644)
 	e.agent = exec.Command(os.Args[0], "-role", "agent", "-config", cfg)
 	e.agent.Stderr = os.Stderr
 	if err := e.agent.Start(); err != nil {

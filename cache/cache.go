@@ -13,6 +13,7 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sort"
 	"strings"
@@ -177,7 +178,12 @@ func (p *prefixCache) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		p.log.Warn("cache: prefix out of sync; relisting", "prefix", p.prefix, "error", err)
+		if errors.Is(err, etcd.ErrNoEndpoints) {
+			// Start-up: the first endpoints file is not applied yet.
+			p.log.Debug("cache: waiting for endpoints", "prefix", p.prefix)
+		} else {
+			p.log.Warn("cache: prefix out of sync; relisting", "prefix", p.prefix, "error", err)
+		}
 		if b.Wait(ctx, b.Next()) != nil {
 			return
 		}

@@ -139,10 +139,14 @@ type stream struct {
 	progressAsked atomic.Bool
 }
 
-// open starts an etcd watch from lastRev+1. The first open waits for etcd to
-// confirm it, so that a compacted start revision is answered with 410 before
-// the stream begins.
+// open follows etcd from lastRev+1: through a shared hub when one can take
+// the stream from there, else on a watch of its own. A first own watch waits
+// for etcd to confirm it before the stream begins.
 func (st *stream) open(first bool) error {
+	if sub := st.s.hubs.subscribe(st.key, st.prefix, st.lastRev+1); sub != nil {
+		st.wch, st.cancelWatch = sub.ch, sub.unsubscribe
+		return nil
+	}
 	ctx, cancel := context.WithCancel(st.ctx)
 	opts := []clientv3.OpOption{clientv3.WithRev(st.lastRev + 1), clientv3.WithCreatedNotify()}
 	if st.prefix {

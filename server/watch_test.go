@@ -1,7 +1,9 @@
 package server
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"slices"
@@ -215,5 +217,101 @@ func TestWatchSurvivesWholeClusterRestart(t *testing.T) {
 	}
 	if ev := ws.next(); ev["key"] != "outage/after" || ev["type"] != "PUT" {
 		t.Fatalf("event after the outage: %v", ev)
+	}
+}
+
+// Streams on one prefix share one etcd watch, and each still gets every
+// event from its own start exactly once, in order.
+func TestWatchCoalescing(t *testing.T) {
+	e := newEnv(t, nil)
+	const n = 20
+	streams := make([]*watchStream, n)
+	for i := range streams {
+		streams[i] = e.watch("/v1/watch/coal/?prefix")
+	}
+	if got := e.srv.hubs.count(); got != 1 {
+		t.Fatalf("%d hubs for %d streams on one prefix, want 1", got, n)
+	}
+	for i := range 30 {
+		e.do("PUT", fmt.Sprintf("/v1/kv/coal/%02d", i), nil, []byte("v"))
+	}
+	// A stream that starts now, after those writes, must not see them.
+	late := e.watch("/v1/watch/coal/?prefix")
+	e.do("PUT", "/v1/kv/coal/late", nil, []byte("v"))
+	for i, ws := range streams {
+		var last float64
+		for j := range 31 {
+			ev := ws.next()
+			want := fmt.Sprintf("coal/%02d", j)
+			if j == 30 {
+				want = "coal/late"
+			}
+			if ev["key"] != want || ev["mod_revision"].(float64) <= last {
+				t.Fatalf("stream %d event %d = %v, want %s after revision %v", i, j, ev, want, last)
+			}
+			last = ev["mod_revision"].(float64)
+		}
+	}
+	if ev := late.next(); ev["key"] != "coal/late" {
+		t.Fatalf("the late stream's first event is %v, want coal/late", ev)
+	}
+	// Streams leaving stop the hub once the last one is gone.
+	for _, ws := range append(streams, late) {
+		ws.conn.Close()
+	}
+	waitUntil(t, "the hub to stop", func() bool { return e.srv.hubs.count() == 0 })
+}
+
+// A stream whose client stops reading is detached from the shared watch
+// (the hub never waits for it) and, once its client reads again, still gets
+// every event exactly once, from a watch of its own.
+func TestWatchSlowSubscriberDetached(t *testing.T) {
+	old := subBuffer
+	subBuffer = 2
+	t.Cleanup(func() { subBuffer = old })
+	e := newEnv(t, nil)
+	// The slow client: a raw connection that reads nothing for now.
+	slow := rawConn(t, e.sock)
+	slow.SetDeadline(time.Now().Add(60 * time.Second))
+	fmt.Fprintf(slow, "GET /v1/watch/slowsub/?prefix HTTP/1.1\r\nHost: x\r\n\r\n")
+	waitUntil(t, "the slow stream", func() bool { return e.srv.watchers.Load() == 1 })
+	fast := e.watch("/v1/watch/slowsub/?prefix")
+	big := make([]byte, 256<<10)
+	// 2 MiB fills the unix socket's buffer, then the 2-slot channel; the
+	// slow period stays well inside the stream's 10s write timeout.
+	const n = 8
+	for i := range n {
+		e.do("PUT", fmt.Sprintf("/v1/kv/slowsub/%02d", i), nil, big)
+	}
+	for i := range n {
+		if ev := fast.next(); ev["key"] != fmt.Sprintf("slowsub/%02d", i) {
+			t.Fatalf("fast stream event %d = %v", i, ev["key"])
+		}
+	}
+	if e.srv.hubs.detached.Load() == 0 {
+		t.Fatal("the slow subscriber was never detached")
+	}
+	// Now the slow client reads: everything, once, in order.
+	resp, err := http.ReadResponse(bufio.NewReader(slow), &http.Request{Method: "GET"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, 1<<20), 4<<20)
+	var last float64
+	for i := 0; i < n; {
+		if !sc.Scan() {
+			t.Fatalf("slow stream ended after %d events: %v", i, sc.Err())
+		}
+		var ev map[string]any
+		json.Unmarshal(sc.Bytes(), &ev)
+		if ev["type"] == "PROGRESS" {
+			continue
+		}
+		if ev["key"] != fmt.Sprintf("slowsub/%02d", i) || ev["mod_revision"].(float64) <= last {
+			t.Fatalf("slow stream event %d = %v after revision %v", i, ev["key"], last)
+		}
+		last = ev["mod_revision"].(float64)
+		i++
 	}
 }
