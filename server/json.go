@@ -73,45 +73,55 @@ func appendEvent(b []byte, ev *mvccpb.Event) []byte {
 
 const hexDigits = "0123456789abcdef"
 
+// jsonSafe marks the ASCII bytes that need no escaping in a JSON string.
+var jsonSafe = func() (t [128]bool) {
+	for c := 0x20; c < 0x80; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
 // appendJSONString appends s, valid UTF-8, as a JSON string. Unlike
-// encoding/json it does not escape <, > and &: nothing here is HTML.
+// encoding/json it does not escape <, > and &: nothing here is HTML. Runs of
+// safe bytes are copied whole; since s is valid UTF-8, the only multi-byte
+// sequences that need escaping are U+2028 and U+2029 (E2 80 A8/A9), valid
+// JSON but not valid JavaScript.
 func appendJSONString(b []byte, s []byte) []byte {
 	b = append(b, '"')
 	start := 0
 	for i := 0; i < len(s); {
 		c := s[i]
-		if c >= utf8.RuneSelf {
-			r, size := utf8.DecodeRune(s[i:])
-			if r == '\u2028' || r == '\u2029' { // valid JSON, but not JavaScript
-				b = append(b, s[start:i]...)
-				b = append(b, `\u202`...)
-				b = append(b, hexDigits[r&0xF])
-				i += size
-				start = i
+		if c < 0x80 {
+			if jsonSafe[c] {
+				i++
 				continue
 			}
-			i += size
-			continue
-		}
-		if c >= 0x20 && c != '"' && c != '\\' {
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
+			}
 			i++
+			start = i
 			continue
 		}
-		b = append(b, s[start:i]...)
-		switch c {
-		case '"', '\\':
-			b = append(b, '\\', c)
-		case '\n':
-			b = append(b, '\\', 'n')
-		case '\r':
-			b = append(b, '\\', 'r')
-		case '\t':
-			b = append(b, '\\', 't')
-		default:
-			b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
+		if c == 0xE2 && i+2 < len(s) && s[i+1] == 0x80 && (s[i+2] == 0xA8 || s[i+2] == 0xA9) {
+			b = append(b, s[start:i]...)
+			b = append(b, `\u202`...)
+			b = append(b, hexDigits[s[i+2]&0xF])
+			i += 3
+			start = i
+			continue
 		}
 		i++
-		start = i
 	}
 	b = append(b, s[start:]...)
 	return append(b, '"')

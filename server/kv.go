@@ -207,7 +207,11 @@ func (s *Server) fromCache(w http.ResponseWriter, key string, prefix bool, limit
 // writeListing writes a prefix listing (API.md) read at revision rev.
 func writeListing(w http.ResponseWriter, rev, count int64, more bool, kvs []*mvccpb.KeyValue, keysOnly bool) {
 	w.Header().Set("X-Etcd-Revision", strconv.FormatInt(rev, 10))
-	b := make([]byte, 0, 64+len(kvs)*64)
+	size := 64
+	for _, kv := range kvs {
+		size += len(kv.Key) + len(kv.Value) + 112 // field names and numbers; base64 may grow it once
+	}
+	b := make([]byte, 0, size)
 	b = append(b, '{')
 	b = appendIntField(b, "revision", rev)
 	b = append(b, ',')
