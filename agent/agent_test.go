@@ -106,7 +106,14 @@ watch: {debounce: 50ms, resync_interval: 1s}
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", h.sock)
 	}}}
-	h.eventually("the socket serves", func() bool { _, err := os.Stat(h.sock); return err == nil })
+	// Wait for an answer, not for the file: the socket exists from bind(),
+	// a moment before listen(), when a connect is refused.
+	h.eventually("the socket serves", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, _, err := h.c.Status(ctx)
+		return err == nil
+	})
 	return h
 }
 
