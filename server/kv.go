@@ -105,21 +105,26 @@ func (s *Server) key(raw string, prefix bool) (string, error) {
 	return key, nil
 }
 
+// keyRequest parses what every key path shares: the query, checked against
+// the parameters the method accepts; the prefix flag; and the key.
+func (s *Server) keyRequest(r *http.Request, rawKey string, allowed ...string) (p params, key string, prefix bool, err error) {
+	if p, err = parseParams(r, allowed...); err != nil {
+		return nil, "", false, err
+	}
+	if prefix, err = p.flag("prefix"); err != nil {
+		return nil, "", false, err
+	}
+	key, err = s.key(rawKey, prefix)
+	return p, key, prefix, err
+}
+
 // withTimeout bounds one request's etcd work by etcd.request_timeout.
 func (s *Server) withTimeout(r *http.Request) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(r.Context(), s.limits.Load().RequestTimeout)
 }
 
 func (s *Server) getKV(w http.ResponseWriter, r *http.Request, rawKey string) error {
-	p, err := parseParams(r, "prefix", "limit", "keys_only", "rev", "serializable")
-	if err != nil {
-		return err
-	}
-	prefix, err := p.flag("prefix")
-	if err != nil {
-		return err
-	}
-	key, err := s.key(rawKey, prefix)
+	p, key, prefix, err := s.keyRequest(r, rawKey, "prefix", "limit", "keys_only", "rev", "serializable")
 	if err != nil {
 		return err
 	}
@@ -329,11 +334,7 @@ func parseCondition(r *http.Request, key string) (condition, error) {
 }
 
 func (s *Server) putKV(w http.ResponseWriter, r *http.Request, rawKey string) error {
-	p, err := parseParams(r, "ttl")
-	if err != nil {
-		return err
-	}
-	key, err := s.key(rawKey, false)
+	p, key, _, err := s.keyRequest(r, rawKey, "ttl")
 	if err != nil {
 		return err
 	}
@@ -456,15 +457,7 @@ func (s *Server) readValue(w http.ResponseWriter, r *http.Request) ([]byte, erro
 }
 
 func (s *Server) deleteKV(w http.ResponseWriter, r *http.Request, rawKey string) error {
-	p, err := parseParams(r, "prefix")
-	if err != nil {
-		return err
-	}
-	prefix, err := p.flag("prefix")
-	if err != nil {
-		return err
-	}
-	key, err := s.key(rawKey, prefix)
+	_, key, prefix, err := s.keyRequest(r, rawKey, "prefix")
 	if err != nil {
 		return err
 	}

@@ -35,15 +35,7 @@ func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, rawKey strin
 // the stream starts are answered as JSON errors; once it has started, the
 // stream ends with an ERROR line instead.
 func (s *Server) watch(w http.ResponseWriter, r *http.Request, rawKey string) error {
-	p, err := parseParams(r, "prefix", "rev", "heartbeat")
-	if err != nil {
-		return err
-	}
-	prefix, err := p.flag("prefix")
-	if err != nil {
-		return err
-	}
-	key, err := s.key(rawKey, prefix)
+	p, key, prefix, err := s.keyRequest(r, rawKey, "prefix", "rev", "heartbeat")
 	if err != nil {
 		return err
 	}
