@@ -428,8 +428,11 @@ func TestBadRequests(t *testing.T) {
 		{"unknown watch parameter", "GET", "/v1/watch/x?limit=1", nil, nil, 400, "invalid_argument"},
 		{"bad percent-encoding", "GET", "/v1/kv/%zz", nil, nil, 400, ""},
 	}
+	parent := e.t
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			e.t = t // failures belong to the subtest
+			defer func() { e.t = parent }()
 			r := e.do(tt.method, tt.target, tt.header, tt.body)
 			e.expect(r, tt.status, tt.code)
 			if tt.status == 405 && r.header.Get("Allow") == "" {
@@ -441,7 +444,6 @@ func TestBadRequests(t *testing.T) {
 		t.Fatal("a rejected request wrote key x")
 	}
 	// A body whose size is only known while reading (chunked) is cut off too.
-	e.t = t
 	conn := rawConn(t, e.sock)
 	fmt.Fprintf(conn, "PUT /v1/kv/chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
 	for range 3 {
