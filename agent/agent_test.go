@@ -69,6 +69,12 @@ func endpointsFile(eps ...string) string {
 // endpoints file, then runs the agent.
 func start(t *testing.T, cluster *etcdtest.Cluster, eps []string, extra string) *harness {
 	t.Helper()
+	return startWith(t, cluster, eps, extra, "")
+}
+
+// startWith is start with more keys for config.yaml's etcd section.
+func startWith(t *testing.T, cluster *etcdtest.Cluster, eps []string, extra, etcdExtra string) *harness {
+	t.Helper()
 	dir := t.TempDir()
 	h := &harness{t: t, cluster: cluster, dir: dir, cfgPath: filepath.Join(dir, "config.yaml"),
 		epsPath: filepath.Join(dir, "etc", "endpoints.yaml"), sock: filepath.Join(dir, "run", "endpointd.sock"), notes: &notes{}}
@@ -78,10 +84,10 @@ func start(t *testing.T, cluster *etcdtest.Cluster, eps []string, extra string) 
 	cfg := fmt.Sprintf(`endpoints_file: %s
 min_cluster_size: 2
 socket: {path: %s}
-etcd: {request_timeout: 2s, dial_timeout: 2s}
+etcd: {request_timeout: 2s, dial_timeout: 2s%s}
 backoff: {initial: 50ms, max: 1s}
 watch: {debounce: 50ms, resync_interval: 1s}
-%s`, h.epsPath, h.sock, extra)
+%s`, h.epsPath, h.sock, etcdExtra, extra)
 	if err := os.WriteFile(h.cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -453,5 +459,31 @@ func TestReload(t *testing.T) {
 	h.eventually("three endpoints applied under the kept config", func() bool { return slices.Equal(h.appliedEndpoints(), eps) })
 	if h.agent.cfg.Load().MinClusterSize != 3 {
 		t.Fatal("a bad config.yaml replaced the running one")
+	}
+}
+
+// etcd.tls in config.yaml reaches the client: bare host:port entries in the
+// endpoints file become https and are verified against ca_file.
+func TestAgentOverTLS(t *testing.T) {
+	files, err := etcdtest.NewTLSFiles(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cluster, err := etcdtest.Start(etcdtest.Options{Members: 1, Dir: t.TempDir(), TLS: files})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	host := cluster.Members[0].TLSClientURL.Host
+	port := strings.Split(host, ":")[1]
+	// Two spellings of the one member (the certificate names both), so the
+	// file meets min_cluster_size 2.
+	h := startWith(t, cluster, []string{host, "localhost:" + port}, "", ", tls: {ca_file: "+files.CAFile+"}")
+	h.eventually("ready over TLS", func() bool { return h.status().Ready })
+	if eps := h.status().Endpoints; eps[0] != "https://"+host {
+		t.Fatalf("applied %v, want https entries", eps)
+	}
+	if _, err := h.c.Put(context.Background(), "tls/agent", []byte("v")); err != nil {
+		t.Fatalf("Put through the agent over TLS: %v", err)
 	}
 }

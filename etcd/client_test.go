@@ -457,3 +457,58 @@ func TestTLSSwitchReplacesClient(t *testing.T) {
 		t.Fatalf("Get after switching back = %q, %v", v, err)
 	}
 }
+
+// Against members that serve TLS: bare host:port entries become https when
+// TLS is configured, certificates are really verified, and switching between
+// the plain and the TLS URLs of one cluster works both ways.
+func TestTLSCluster(t *testing.T) {
+	files, err := etcdtest.NewTLSFiles(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cluster, err := etcdtest.Start(etcdtest.Options{Members: 1, Dir: t.TempDir(), TLS: files})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	tlsCfg, err := files.ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := cluster.Members[0]
+	ctx := ctxT(t, 20*time.Second)
+
+	c := newTestClient(t, Config{Endpoints: []string{m.TLSClientURL.Host}, TLS: tlsCfg})
+	if got := c.Endpoints(); len(got) != 1 || got[0] != m.TLSClientURL.String() {
+		t.Fatalf("Endpoints = %v, want the https form %s", got, m.TLSClientURL.String())
+	}
+	if err := c.Put(ctx, "tls/k", "over TLS"); err != nil {
+		t.Fatalf("Put over TLS: %v", err)
+	}
+	waitFor(t, 10*time.Second, "the health loop to connect over TLS", func() bool { return c.Health().Connected })
+
+	// A CA that did not sign the member's certificate: nothing gets through.
+	other, err := etcdtest.NewTLSFiles(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrongCfg, _ := other.ClientConfig()
+	wrong := newTestClient(t, Config{Endpoints: []string{m.TLSClientURL.String()}, TLS: wrongCfg, RequestTimeout: time.Second})
+	if err := wrong.Put(ctxT(t, 2*time.Second), "tls/k", "x"); err == nil {
+		t.Fatal("a client with the wrong CA wrote over TLS")
+	}
+
+	// Plain -> TLS -> plain on one cluster, each step a real round trip.
+	for i, ep := range []string{m.ClientURL.String(), m.TLSClientURL.String(), m.ClientURL.String()} {
+		if err := c.UpdateEndpoints([]string{ep}); err != nil {
+			t.Fatalf("switch %d to %s: %v", i, ep, err)
+		}
+		want := fmt.Sprintf("step %d", i)
+		if err := c.Put(ctx, "tls/k", want); err != nil {
+			t.Fatalf("Put after switching to %s: %v", ep, err)
+		}
+		if v, err := c.Get(ctx, "tls/k"); err != nil || v != want {
+			t.Fatalf("Get after switching to %s = %q, %v", ep, v, err)
+		}
+	}
+}

@@ -34,6 +34,9 @@ type Options struct {
 	Fsync bool
 	// StartTimeout bounds waiting for the cluster to elect a leader.
 	StartTimeout time.Duration // default 30s
+	// TLS, when set, makes every member also serve clients over TLS on a
+	// second port (Member.TLSClientURL), with these files.
+	TLS *TLSFiles
 }
 
 // Cluster is a running set of members.
@@ -51,6 +54,9 @@ type Member struct {
 	Dir       string
 	ClientURL url.URL
 	PeerURL   url.URL
+	// TLSClientURL is the member's https client URL when Options.TLS is set.
+	TLSClientURL url.URL
+	tls          *TLSFiles
 
 	cluster *Cluster
 	fsync   bool
@@ -93,7 +99,7 @@ func Start(opts Options) (*Cluster, error) {
 }
 
 func (c *Cluster) start(opts Options) error {
-	ports, err := freePorts(2 * opts.Members)
+	ports, err := freePorts(3 * opts.Members)
 	if err != nil {
 		return err
 	}
@@ -103,11 +109,13 @@ func (c *Cluster) start(opts Options) error {
 		name := fmt.Sprintf("m%d", i)
 		m := &Member{
 			Name:      name,
-			Dir:       filepath.Join(c.dir, fmt.Sprintf("%s-%d", name, ports[2*i])),
-			ClientURL: url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[2*i])},
-			PeerURL:   url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[2*i+1])},
-			cluster:   c,
-			fsync:     opts.Fsync,
+			Dir:          filepath.Join(c.dir, fmt.Sprintf("%s-%d", name, ports[3*i])),
+			ClientURL:    url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[3*i])},
+			PeerURL:      url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[3*i+1])},
+			TLSClientURL: url.URL{Scheme: "https", Host: fmt.Sprintf("127.0.0.1:%d", ports[3*i+2])},
+			cluster:      c,
+			fsync:        opts.Fsync,
+			tls:          opts.TLS,
 		}
 		c.Members[i] = m
 		initial = append(initial, name+"="+m.PeerURL.String())
@@ -142,8 +150,12 @@ func (c *Cluster) waitReady(timeout time.Duration) error {
 }
 
 func (m *Member) start(initialCluster, state string) error {
-	e, err := embed.StartEtcd(memberConfig(memberSpec{Name: m.Name, Dir: m.Dir, ClientURL: m.ClientURL.String(),
-		PeerURL: m.PeerURL.String(), InitialCluster: initialCluster, State: state, Token: m.cluster.token, Fsync: m.fsync}))
+	spec := memberSpec{Name: m.Name, Dir: m.Dir, ClientURL: m.ClientURL.String(),
+		PeerURL: m.PeerURL.String(), InitialCluster: initialCluster, State: state, Token: m.cluster.token, Fsync: m.fsync}
+	if m.tls != nil {
+		spec.TLSClientURL, spec.TLS = m.TLSClientURL.String(), *m.tls
+	}
+	e, err := embed.StartEtcd(memberConfig(spec))
 	if err != nil {
 		return fmt.Errorf("etcdtest: start member %s: %w", m.Name, err)
 	}
@@ -162,6 +174,8 @@ type memberSpec struct {
 	State              string // embed.ClusterStateFlagNew or Existing
 	Token              string
 	Fsync              bool
+	TLSClientURL       string   // also serve clients over TLS here, when set
+	TLS                TLSFiles // the server certificate for TLSClientURL
 }
 
 func memberConfig(s memberSpec) *embed.Config {
@@ -172,6 +186,12 @@ func memberConfig(s memberSpec) *embed.Config {
 	cfg.Dir = s.Dir
 	cfg.ListenClientUrls = []url.URL{*curl}
 	cfg.AdvertiseClientUrls = []url.URL{*curl}
+	if s.TLSClientURL != "" {
+		turl, _ := url.Parse(s.TLSClientURL)
+		cfg.ListenClientUrls = append(cfg.ListenClientUrls, *turl)
+		cfg.AdvertiseClientUrls = append(cfg.AdvertiseClientUrls, *turl)
+		cfg.ClientTLSInfo.CertFile, cfg.ClientTLSInfo.KeyFile = s.TLS.CertFile, s.TLS.KeyFile
+	}
 	cfg.ListenPeerUrls = []url.URL{*purl}
 	cfg.AdvertisePeerUrls = []url.URL{*purl}
 	cfg.InitialCluster = s.InitialCluster
