@@ -108,7 +108,7 @@ func (c *Cluster) start(opts Options) error {
 	for i := range c.Members {
 		name := fmt.Sprintf("m%d", i)
 		m := &Member{
-			Name:      name,
+			Name:         name,
 			Dir:          filepath.Join(c.dir, fmt.Sprintf("%s-%d", name, ports[3*i])),
 			ClientURL:    url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[3*i])},
 			PeerURL:      url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[3*i+1])},
