@@ -212,7 +212,6 @@ func (e *env) directGet(key string) (string, bool) {
 type watchStream struct {
 	t     *testing.T
 	conn  net.Conn
-	r     *bufio.Reader
 	resp  *http.Response
 	lines chan map[string]any
 }
