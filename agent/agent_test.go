@@ -465,15 +465,7 @@ func TestReload(t *testing.T) {
 // etcd.tls in config.yaml reaches the client: bare host:port entries in the
 // endpoints file become https and are verified against ca_file.
 func TestAgentOverTLS(t *testing.T) {
-	files, err := etcdtest.NewTLSFiles(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cluster, err := etcdtest.Start(etcdtest.Options{Members: 1, Dir: t.TempDir(), TLS: files})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cluster.Close)
+	cluster, files := etcdtest.NewTLS(t, 1)
 	host := cluster.Members[0].TLSClientURL.Host
 	port := strings.Split(host, ":")[1]
 	// Two spellings of the one member (the certificate names both), so the

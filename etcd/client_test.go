@@ -462,15 +462,7 @@ func TestTLSSwitchReplacesClient(t *testing.T) {
 // TLS is configured, certificates are really verified, and switching between
 // the plain and the TLS URLs of one cluster works both ways.
 func TestTLSCluster(t *testing.T) {
-	files, err := etcdtest.NewTLSFiles(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cluster, err := etcdtest.Start(etcdtest.Options{Members: 1, Dir: t.TempDir(), TLS: files})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cluster.Close)
+	cluster, files := etcdtest.NewTLS(t, 1)
 	tlsCfg, err := files.ClientConfig()
 	if err != nil {
 		t.Fatal(err)

@@ -384,17 +384,12 @@ func (s *Server) putKV(w http.ResponseWriter, r *http.Request, rawKey string) er
 			rev = resp.Header.Revision
 			return nil
 		}
-		resp, err := cli.Txn(ctx).If(cond.cmp).
-			Then(clientv3.OpPut(key, string(value), opts...)).
-			Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).Commit()
+		resp, current, err := conditional(ctx, cli, cond.cmp, key, clientv3.OpPut(key, string(value), opts...))
 		if err != nil {
 			return err
 		}
 		if !resp.Succeeded {
-			failed = true
-			if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
-				currentRev = kvs[0].ModRevision
-			}
+			failed, currentRev = true, current
 			revoke()
 			return nil
 		}
@@ -414,6 +409,20 @@ func (s *Server) putKV(w http.ResponseWriter, r *http.Request, rawKey string) er
 	w.Header().Set("ETag", etag(rev))
 	writeBody(w, http.StatusOK, "application/json", appendRevision(nil, rev, -1))
 	return nil
+}
+
+// conditional runs op only if cmp holds, in one etcd transaction: the
+// transaction's result decides the answer. When cmp does not hold it returns
+// the key's current mod_revision (0: absent) for the 412.
+func conditional(ctx context.Context, cli *clientv3.Client, cmp clientv3.Cmp, key string, op clientv3.Op) (*clientv3.TxnResponse, int64, error) {
+	resp, err := cli.Txn(ctx).If(cmp).Then(op).Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).Commit()
+	if err != nil || resp.Succeeded {
+		return resp, 0, err
+	}
+	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+		return resp, kvs[0].ModRevision, nil
+	}
+	return resp, 0, nil
 }
 
 func preconditionFailed(key string, current int64) error {
@@ -487,17 +496,12 @@ func (s *Server) deleteKV(w http.ResponseWriter, r *http.Request, rawKey string)
 			rev, deleted = resp.Header.Revision, resp.Deleted
 			return nil
 		}
-		resp, err := cli.Txn(ctx).If(cond.cmp).
-			Then(clientv3.OpDelete(key)).
-			Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).Commit()
+		resp, current, err := conditional(ctx, cli, cond.cmp, key, clientv3.OpDelete(key))
 		if err != nil {
 			return err
 		}
 		if !resp.Succeeded {
-			failed = true
-			if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
-				currentRev = kvs[0].ModRevision
-			}
+			failed, currentRev = true, current
 			return nil
 		}
 		rev, deleted = resp.Header.Revision, resp.Responses[0].GetResponseDeleteRange().Deleted

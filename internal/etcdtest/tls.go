@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"testing"
 	"time"
 )
 
@@ -69,6 +70,22 @@ func NewTLSFiles(dir string) (*TLSFiles, error) {
 		}
 	}
 	return f, nil
+}
+
+// NewTLS starts an n-member cluster for a test whose members also serve
+// TLS, with a fresh CA; both are cleaned up with t.
+func NewTLS(t testing.TB, n int) (*Cluster, *TLSFiles) {
+	t.Helper()
+	files, err := NewTLSFiles(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Start(Options{Members: n, Dir: t.TempDir(), TLS: files})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c, files
 }
 
 // ClientConfig is a TLS config that trusts the CA.
