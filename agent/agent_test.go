@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -34,6 +35,7 @@ type harness struct {
 	c       *client.Client
 	http    *http.Client
 	notes   *notes
+	logs    *logBuffer // everything the agent logged
 	cancel  context.CancelFunc
 	done    chan error
 }
@@ -77,7 +79,8 @@ func startWith(t *testing.T, cluster *etcdtest.Cluster, eps []string, extra, etc
 	t.Helper()
 	dir := t.TempDir()
 	h := &harness{t: t, cluster: cluster, dir: dir, cfgPath: filepath.Join(dir, "config.yaml"),
-		epsPath: filepath.Join(dir, "etc", "endpoints.yaml"), sock: filepath.Join(dir, "run", "endpointd.sock"), notes: &notes{}}
+		epsPath: filepath.Join(dir, "etc", "endpoints.yaml"), sock: filepath.Join(dir, "run", "endpointd.sock"), notes: &notes{},
+		logs: &logBuffer{}}
 	if err := os.MkdirAll(filepath.Dir(h.epsPath), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +102,7 @@ watch: {debounce: 50ms, resync_interval: 1s}
 		t.Fatal(err)
 	}
 	h.agent, err = New(Options{Config: c, ConfigPath: h.cfgPath, Version: "test", Notify: h.notes.add,
-		HealthInterval: 200 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
+		HealthInterval: 200 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, h.logs), nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,6 +135,36 @@ func (h *harness) stop() {
 	if err := <-h.done; err != nil {
 		h.t.Errorf("Run: %v", err)
 	}
+}
+
+// logBuffer keeps the agent's log lines for assertions.
+type logBuffer struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, strings.Split(strings.TrimRight(string(p), "\n"), "\n")...)
+	return len(p), nil
+}
+
+// matching returns the logged lines that contain every one of subs.
+func (l *logBuffer) matching(subs ...string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, line := range l.lines {
+		all := true
+		for _, s := range subs {
+			all = all && strings.Contains(line, s)
+		}
+		if all {
+			out = append(out, line)
+		}
+	}
+	return out
 }
 
 type testWriter struct{ t *testing.T }
@@ -477,5 +510,33 @@ func TestAgentOverTLS(t *testing.T) {
 	}
 	if _, err := h.c.Put(context.Background(), "tls/agent", []byte("v")); err != nil {
 		t.Fatalf("Put through the agent over TLS: %v", err)
+	}
+}
+
+// CONFIG.md: each apply and each rejection is one log line with the file's
+// sha256 and, on rejection, the message.
+func TestApplyAndRejectionLogLines(t *testing.T) {
+	cluster := etcdtest.New(t, 3)
+	eps := cluster.Endpoints()
+	h := start(t, cluster, eps, "")
+	h.eventually("applied", func() bool { return h.status().Config.Reloads == 1 })
+	sum := h.status().Config.SHA256
+	if got := h.logs.matching("endpoints applied", "sha256="+sum); len(got) != 1 {
+		t.Fatalf("%d apply lines with sha256=%s, want 1: %q", len(got), sum, got)
+	}
+
+	bad := endpointsFile(eps[0], "10.0.0.1:99999")
+	h.write(bad)
+	h.eventually("rejected", func() bool { return h.status().Config.LastError != "" })
+	badSum := fmt.Sprintf("%x", sha256.Sum256([]byte(bad)))
+	got := h.logs.matching("endpoints file rejected", "sha256="+badSum)
+	if len(got) != 1 || !strings.Contains(got[0], "port out of range 1-65535") || !strings.Contains(got[0], h.epsPath+":3:5") {
+		t.Fatalf("rejection lines %q, want one with the sha256, FILE:LINE:COL and the message", got)
+	}
+	// The same bad bytes again: not processed, so not logged again.
+	h.write(bad)
+	time.Sleep(500 * time.Millisecond)
+	if n := len(h.logs.matching("endpoints file rejected")); n != 1 {
+		t.Fatalf("%d rejection lines after rewriting identical bytes, want 1", n)
 	}
 }
