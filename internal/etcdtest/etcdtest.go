@@ -37,6 +37,8 @@ type Options struct {
 	// TLS, when set, makes every member also serve clients over TLS on a
 	// second port (Member.TLSClientURL), with these files.
 	TLS *TLSFiles
+	// MaxTxnOps is etcd's --max-txn-ops; default etcd's (128).
+	MaxTxnOps uint
 }
 
 // Cluster is a running set of members.
@@ -58,8 +60,9 @@ type Member struct {
 	TLSClientURL url.URL
 	tls          *TLSFiles
 
-	cluster *Cluster
-	fsync   bool
+	cluster   *Cluster
+	fsync     bool
+	maxTxnOps uint
 
 	mu   sync.Mutex // guards etcd
 	etcd *embed.Etcd
@@ -115,6 +118,7 @@ func (c *Cluster) start(opts Options) error {
 			TLSClientURL: url.URL{Scheme: "https", Host: fmt.Sprintf("127.0.0.1:%d", ports[3*i+2])},
 			cluster:      c,
 			fsync:        opts.Fsync,
+			maxTxnOps:    opts.MaxTxnOps,
 			tls:          opts.TLS,
 		}
 		c.Members[i] = m
@@ -151,7 +155,8 @@ func (c *Cluster) waitReady(timeout time.Duration) error {
 
 func (m *Member) start(initialCluster, state string) error {
 	spec := memberSpec{Name: m.Name, Dir: m.Dir, ClientURL: m.ClientURL.String(),
-		PeerURL: m.PeerURL.String(), InitialCluster: initialCluster, State: state, Token: m.cluster.token, Fsync: m.fsync}
+		PeerURL: m.PeerURL.String(), InitialCluster: initialCluster, State: state, Token: m.cluster.token, Fsync: m.fsync,
+		MaxTxnOps: m.maxTxnOps}
 	if m.tls != nil {
 		spec.TLSClientURL, spec.TLS = m.TLSClientURL.String(), *m.tls
 	}
@@ -174,6 +179,7 @@ type memberSpec struct {
 	State              string // embed.ClusterStateFlagNew or Existing
 	Token              string
 	Fsync              bool
+	MaxTxnOps          uint     // etcd's --max-txn-ops; 0: etcd's default
 	TLSClientURL       string   // also serve clients over TLS here, when set
 	TLS                TLSFiles // the server certificate for TLSClientURL
 }
@@ -205,6 +211,9 @@ func memberConfig(s memberSpec) *embed.Config {
 	cfg.ElectionMs = 500
 	cfg.EnableGRPCGateway = false
 	cfg.SnapshotCount = 10000
+	if s.MaxTxnOps > 0 {
+		cfg.MaxTxnOps = s.MaxTxnOps
+	}
 	return cfg
 }
 
