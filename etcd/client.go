@@ -133,6 +133,7 @@ type EtcdClient struct {
 	endpoints []string         // normalized, in the order given
 	closed    bool
 
+	reads   reader // batches concurrent linearizable reads (batch.go)
 	health  *healthLoop
 	retired sync.WaitGroup // clients replaced by UpdateEndpoints, closing
 }
@@ -154,6 +155,7 @@ func New(cfg Config) (*EtcdClient, error) {
 		return nil, fmt.Errorf("etcd: %w", err)
 	}
 	c := &EtcdClient{cfg: cfg, log: cfg.Logger, minSize: cfg.MinClusterSize}
+	c.reads.c = c
 	if len(cfg.Endpoints) > 0 {
 		eps, err := endpoint.ParseList(cfg.Endpoints, cfg.TLS != nil, cfg.MinClusterSize)
 		if err != nil {
@@ -202,7 +204,9 @@ func NewCustomClient(endpoints []string, timeout time.Duration) *EtcdClient {
 func newOrBroken(cfg Config) *EtcdClient {
 	c, err := New(cfg)
 	if err != nil {
-		return &EtcdClient{cfg: cfg.withDefaults(), log: slog.New(slog.DiscardHandler), initErr: err}
+		c := &EtcdClient{cfg: cfg.withDefaults(), log: slog.New(slog.DiscardHandler), initErr: err}
+		c.reads.c = c
+		return c
 	}
 	return c
 }
@@ -244,19 +248,14 @@ func (c *EtcdClient) Put(ctx context.Context, key, value string) error {
 
 // Get returns key's value, or an error wrapping ErrKeyNotFound.
 func (c *EtcdClient) Get(ctx context.Context, key string) (string, error) {
-	var value string
-	err := c.Do(ctx, func(ctx context.Context, cli *clientv3.Client) error {
-		resp, err := cli.Get(ctx, key)
-		if err != nil {
-			return fmt.Errorf("etcd: get %q: %w", key, err)
-		}
-		if len(resp.Kvs) == 0 {
-			return fmt.Errorf("etcd: get %q: %w", key, ErrKeyNotFound)
-		}
-		value = string(resp.Kvs[0].Value)
-		return nil
-	})
-	return value, err
+	resp, err := c.Range(ctx, key)
+	if err != nil {
+		return "", fmt.Errorf("etcd: get %q: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return "", fmt.Errorf("etcd: get %q: %w", key, ErrKeyNotFound)
+	}
+	return string(resp.Kvs[0].Value), nil
 }
 
 // Delete removes key. Deleting an absent key is not an error.

@@ -169,11 +169,7 @@ func (s *Server) getKV(w http.ResponseWriter, r *http.Request, rawKey string) er
 	}
 	ctx, cancel := s.withTimeout(r)
 	defer cancel()
-	var resp *clientv3.GetResponse
-	err = s.etcd.Do(ctx, func(ctx context.Context, cli *clientv3.Client) error {
-		resp, err = cli.Get(ctx, key, opts...)
-		return err
-	})
+	resp, err := s.etcd.Range(ctx, key, opts...)
 	if err != nil {
 		return s.readError(r, err, rev)
 	}
