@@ -569,6 +569,14 @@ func newMetrics(reg *prometheus.Registry, ec *etcd.EtcdClient, version string) *
 			Name: "endpointd_etcd_reconnects_total",
 			Help: "Times the connection to etcd was re-established after every member was unreachable.",
 		}, func() float64 { return float64(ec.Health().Reconnects) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "endpointd_etcd_read_batches_total",
+			Help: "Read-only transactions that carried two or more concurrent linearizable reads.",
+		}, func() float64 { return float64(ec.ReadStats().Batches) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "endpointd_etcd_batched_reads_total",
+			Help: "Linearizable reads sent to etcd inside a batch rather than alone.",
+		}, func() float64 { return float64(ec.ReadStats().Reads) }),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

@@ -250,6 +250,8 @@ func TestStartAppliesAndServes(t *testing.T) {
 		"endpointd_endpoints 3",
 		"endpointd_etcd_up 1",
 		"endpointd_etcd_reconnects_total 0",
+		"endpointd_etcd_read_batches_total",
+		"endpointd_etcd_batched_reads_total",
 		`endpointd_http_requests_total{code="200",method="PUT"}`,
 		"endpointd_http_request_duration_seconds_bucket",
 		"endpointd_watchers 0",
