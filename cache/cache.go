@@ -213,9 +213,15 @@ func (p *prefixCache) syncOnce(ctx context.Context) error {
 	p.mu.Unlock()
 	p.log.Info("cache: prefix synced", "prefix", p.prefix, "keys", len(keys), "revision", resp.Header.Revision)
 
+	// The watch starts at the listed revision, not the one after it: etcd
+	// answers a progress request only once every watcher's start revision
+	// is at or below the store's (watchableStore.progressIfSync), so a watch
+	// from rev+1 on a quiet cluster would never hear progress, and the copy
+	// would go stale and be relisted over and over. Events at rev itself are
+	// already in the list; applying them again changes nothing.
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	wch, err := p.ec.Watch(wctx, p.prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
+	wch, err := p.ec.Watch(wctx, p.prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision))
 	if err != nil {
 		return err
 	}

@@ -142,3 +142,40 @@ func TestStopsAnsweringWhenEtcdIsAway(t *testing.T) {
 	}
 	eventually(t, "answering again", func() bool { _, _, ok := c.Get("app/x"); return ok })
 }
+
+// A prefix nobody writes to stays usable: its watch keeps hearing progress
+// from etcd, so the copy is neither stale after staleAfter nor relisted.
+// (etcd answers progress requests only for watches whose start revision it
+// has reached; a watch from the list's revision + 1 never heard any.) Both
+// waits end before a silent watch would be relisted (5 × staleAfter), which
+// would make the copy usable again for the wrong reason.
+func TestQuietPrefixStaysUsable(t *testing.T) {
+	cluster := etcdtest.New(t, 1)
+	direct := cluster.Client(t)
+	if _, err := direct.Put(context.Background(), "quiet/k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := start(t, cluster, "quiet/")
+	eventually(t, "synced", c.Synced)
+	p := c.prefixes[0]
+	synced := p.heard.Load()
+	within := func(d time.Duration, what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(d); !cond(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %s within %v", what, d)
+			}
+		}
+	}
+	within(2*staleAfter, "progress notification on a quiet prefix", func() bool { return p.heard.Load() > synced })
+
+	// Past staleAfter with no writes anywhere, the copy still answers.
+	time.Sleep(staleAfter + 500*time.Millisecond)
+	within(staleAfter, "answer from the quiet copy", func() bool {
+		_, _, ok := c.Get("quiet/k")
+		return ok
+	})
+	if kv, rev, ok := c.Get("quiet/k"); !ok || string(kv.Value) != "v" || rev < kv.ModRevision {
+		t.Fatalf("Get = %v at %d, ok %v", kv, rev, ok)
+	}
+}
