@@ -234,16 +234,32 @@ func writeListing(w http.ResponseWriter, rev, count int64, more bool, kvs []*mvc
 // its metadata headers, or 404 (an *apiError) when kv is nil.
 func writeValue(w http.ResponseWriter, key string, rev int64, kv *mvccpb.KeyValue) error {
 	h := w.Header()
-	h.Set("X-Etcd-Revision", strconv.FormatInt(rev, 10))
 	if kv == nil {
+		h.Set("X-Etcd-Revision", strconv.FormatInt(rev, 10))
 		return &apiError{status: http.StatusNotFound, code: "not_found", msg: fmt.Sprintf("key %q not found", key)}
 	}
-	h.Set("X-Etcd-Create-Revision", strconv.FormatInt(kv.CreateRevision, 10))
-	h.Set("X-Etcd-Mod-Revision", strconv.FormatInt(kv.ModRevision, 10))
-	h.Set("X-Etcd-Version", strconv.FormatInt(kv.Version, 10))
-	h.Set("X-Etcd-Lease", strconv.FormatInt(kv.Lease, 10))
-	h.Set("ETag", etag(kv.ModRevision))
-	writeBody(w, http.StatusOK, "application/octet-stream", kv.Value)
+	// The hot path of every single-key read. The keys are canonical already,
+	// so they are assigned, not Set (which canonicalizes each key), and one
+	// backing array holds every value (Set allocates a slice per header).
+	v := make([]string, 8)
+	v[0] = strconv.FormatInt(rev, 10)
+	v[1] = strconv.FormatInt(kv.CreateRevision, 10)
+	v[2] = strconv.FormatInt(kv.ModRevision, 10)
+	v[3] = strconv.FormatInt(kv.Version, 10)
+	v[4] = strconv.FormatInt(kv.Lease, 10)
+	v[5] = `"` + v[2] + `"`
+	v[6] = "application/octet-stream"
+	v[7] = strconv.Itoa(len(kv.Value))
+	h["X-Etcd-Revision"] = v[0:1:1]
+	h["X-Etcd-Create-Revision"] = v[1:2:2]
+	h["X-Etcd-Mod-Revision"] = v[2:3:3]
+	h["X-Etcd-Version"] = v[3:4:4]
+	h["X-Etcd-Lease"] = v[4:5:5]
+	h["Etag"] = v[5:6:6]
+	h["Content-Type"] = v[6:7:7]
+	h["Content-Length"] = v[7:8:8]
+	w.WriteHeader(http.StatusOK)
+	w.Write(kv.Value)
 	return nil
 }
 
