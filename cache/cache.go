@@ -23,6 +23,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/metadata"
 
 	"udp_iaasd/backoff"
 	"udp_iaasd/etcd"
@@ -219,7 +220,12 @@ func (p *prefixCache) syncOnce(ctx context.Context) error {
 	// from rev+1 on a quiet cluster would never hear progress, and the copy
 	// would go stale and be relisted over and over. Events at rev itself are
 	// already in the list; applying them again changes nothing.
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	// For the same reason the cache's watches get a gRPC stream of their
+	// own (clientv3 keys streams by outgoing metadata): etcd checks every
+	// watcher of a stream, and an API watch from the current revision + 1
+	// on a quiet key would silence the cache's progress too.
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(
+		metadata.NewOutgoingContext(ctx, metadata.Pairs("endpointd-watch-stream", "cache"))))
 	defer cancel()
 	wch, err := p.ec.Watch(wctx, p.prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision))
 	if err != nil {

@@ -158,6 +158,18 @@ func TestQuietPrefixStaysUsable(t *testing.T) {
 	c, _ := start(t, cluster, "quiet/")
 	eventually(t, "synced", c.Synced)
 	p := c.prefixes[0]
+	// A watch such as the API opens (require-leader, from the current
+	// revision + 1 on a quiet key): etcd withholds progress from every
+	// watcher of its gRPC stream, so it must not share the cache's.
+	resp, err := direct.Get(context.Background(), "quiet/k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(context.Background()))
+	defer wcancel()
+	if _, err := p.ec.Watch(wctx, "elsewhere", clientv3.WithRev(resp.Header.Revision+1)); err != nil {
+		t.Fatal(err)
+	}
 	synced := p.heard.Load()
 	within := func(d time.Duration, what string, cond func() bool) {
 		t.Helper()
