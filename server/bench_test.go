@@ -84,3 +84,23 @@ func benchmarkGet(b *testing.B, path string, cached bool) {
 		b.ReportMetric(float64(misses.Load())/float64(b.N), "misses/op")
 	}
 }
+
+// BenchmarkDirectGet is BenchmarkGet's baseline: the same read with
+// clientv3, no socket in between.
+func BenchmarkDirectGet(b *testing.B) {
+	cl := etcdtest.New(b, 1)
+	cli := cl.Client(b)
+	if _, err := cli.Put(context.Background(), "bench/k", "value"); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := cli.Get(context.Background(), "bench/k"); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
