@@ -8,6 +8,7 @@
 package etcdtest
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -387,4 +388,49 @@ func freePorts(n int) ([]int, error) {
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
+}
+
+// RootPassword is the password of user "root" after EnableAuth.
+const RootPassword = "rootpw"
+
+// EnableAuth turns on etcd's authentication: user "root" (RootPassword)
+// with the root role, and user with password, which may read and write only
+// keys under prefix. Clients without credentials are refused from then on;
+// RootClient is one with them.
+func (c *Cluster) EnableAuth(t testing.TB, user, password, prefix string) {
+	t.Helper()
+	cli := c.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	role := user + "-role"
+	steps := []func() error{
+		func() error { _, err := cli.UserAdd(ctx, "root", RootPassword); return err },
+		func() error { _, err := cli.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := cli.UserAdd(ctx, user, password); return err },
+		func() error { _, err := cli.RoleAdd(ctx, role); return err },
+		func() error {
+			_, err := cli.RoleGrantPermission(ctx, role, prefix, clientv3.GetPrefixRangeEnd(prefix), clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		},
+		func() error { _, err := cli.UserGrantRole(ctx, user, role); return err },
+		func() error { _, err := cli.AuthEnable(ctx); return err },
+	}
+	for i, step := range steps {
+		if err := step(); err != nil {
+			t.Fatalf("etcdtest: enabling auth, step %d: %v", i, err)
+		}
+	}
+}
+
+// RootClient is a client authenticated as root, for a cluster after
+// EnableAuth; it is closed when the test ends.
+func (c *Cluster) RootClient(t testing.TB) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), Username: "root", Password: RootPassword,
+		DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatalf("etcdtest: root client: %v", err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
 }
