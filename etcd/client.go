@@ -130,7 +130,10 @@ type EtcdClient struct {
 	minSize   int              // fewest endpoints a list may have (SetMinClusterSize)
 	client    *clientv3.Client // the live client; nil until an endpoint set is applied
 	gen       *generation      // client with its in-flight count
+	pending   *pendingClient   // a client still to be built; set only while gen is nil
 	endpoints []string         // normalized, in the order given
+	username  string           // credentials for clients built from now on (SetCredentials)
+	password  string
 	closed    bool
 
 	reads   reader // batches concurrent linearizable reads (batch.go)
@@ -146,6 +149,17 @@ type generation struct {
 	inflight sync.WaitGroup
 }
 
+// pendingClient is an applied endpoint set whose client could not be built
+// yet. With credentials, clientv3 authenticates while it builds a client, so
+// building needs an answering etcd; until one answers (or while it refuses
+// the credentials) requests get ErrUnavailable and the health loop tries
+// again on its backoff schedule.
+type pendingClient struct {
+	urls []string
+	tls  bool
+	err  error // why the last attempt failed; written under EtcdClient.mu
+}
+
 // New builds a client from cfg. It does not wait for etcd: a client whose
 // members are down is built, reports disconnected, and connects when they
 // return.
@@ -154,7 +168,7 @@ func New(cfg Config) (*EtcdClient, error) {
 	if err := cfg.Backoff.Validate(); err != nil {
 		return nil, fmt.Errorf("etcd: %w", err)
 	}
-	c := &EtcdClient{cfg: cfg, log: cfg.Logger, minSize: cfg.MinClusterSize}
+	c := &EtcdClient{cfg: cfg, log: cfg.Logger, minSize: cfg.MinClusterSize, username: cfg.Username, password: cfg.Password}
 	c.reads.c = c
 	if len(cfg.Endpoints) > 0 {
 		eps, err := endpoint.ParseList(cfg.Endpoints, cfg.TLS != nil, cfg.MinClusterSize)
@@ -329,6 +343,8 @@ func (c *EtcdClient) acquire() (*generation, error) {
 	switch {
 	case c.closed:
 		return nil, ErrClosed
+	case c.pending != nil:
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, c.pending.err)
 	case c.gen == nil:
 		return nil, ErrNoEndpoints
 	}
@@ -427,20 +443,97 @@ func (c *EtcdClient) applyLocked(eps []endpoint.Endpoint) error {
 		c.health.kick()
 		return nil
 	}
-	cli, err := c.newClientv3(urls, useTLS)
-	if err != nil {
-		return fmt.Errorf("etcd: connect to %s: %w", strings.Join(urls, ", "), err)
-	}
-	old := c.gen
-	c.gen = &generation{cli: cli, tls: useTLS}
-	c.client = cli
-	c.endpoints = urls
-	if old != nil {
+	c.rebuildLocked(urls, useTLS)
+	return nil
+}
+
+// rebuildLocked replaces the client with one for urls, built with the
+// current credentials; the old one is retired after its in-flight requests.
+// Without credentials clientv3 builds a client without waiting for etcd, so
+// that happens here. With them it must authenticate first, which can take
+// up to DialTimeout: that is left pending for the health loop, off c.mu —
+// except in New, before anyone else can use the client. Requests get
+// ErrUnavailable while a build is pending. c.mu must be held for writing.
+func (c *EtcdClient) rebuildLocked(urls []string, useTLS bool) {
+	if old := c.gen; old != nil {
 		c.retire(old)
 		c.log.Info("etcd client replaced", "endpoints", urls, "tls", useTLS)
 	}
+	c.gen, c.client = nil, nil
+	c.endpoints = urls
+	c.pending = &pendingClient{urls: urls, tls: useTLS, err: errNotBuilt}
+	if c.username == "" || c.health == nil {
+		cli, err := c.newClientv3(urls, useTLS, c.username, c.password)
+		c.installLocked(c.pending, cli, err)
+	}
 	c.health.kick()
-	return nil
+}
+
+// errNotBuilt is a pending client's reason before its first attempt.
+var errNotBuilt = errors.New("etcd: client not built yet")
+
+// installLocked records the outcome of building p's client. c.mu must be
+// held for writing, and p must still be c.pending.
+func (c *EtcdClient) installLocked(p *pendingClient, cli *clientv3.Client, err error) {
+	if err != nil {
+		if p.err == errNotBuilt || p.err.Error() != err.Error() {
+			c.log.Warn("etcd client not built; requests get 503 until it is", "endpoints", p.urls, "error", err)
+		} else {
+			c.log.Debug("etcd client still not built", "endpoints", p.urls, "error", err)
+		}
+		p.err = err
+		return
+	}
+	c.gen = &generation{cli: cli, tls: p.tls}
+	c.client = cli
+	c.pending = nil
+}
+
+// buildPending builds a pending client; the health loop calls it before
+// each round of probes. It returns why there is still no client, or nil.
+// The build runs without c.mu, and its result is dropped if the settings
+// changed meanwhile.
+func (c *EtcdClient) buildPending() error {
+	c.mu.RLock()
+	p, user, pass := c.pending, c.username, c.password
+	c.mu.RUnlock()
+	if p == nil {
+		return nil
+	}
+	cli, err := c.newClientv3(p.urls, p.tls, user, pass)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pending != p || c.closed || c.username != user || c.password != pass {
+		if cli != nil {
+			cli.Close()
+		}
+		return errNotBuilt // superseded; the next round builds for the new settings
+	}
+	c.installLocked(p, cli, err)
+	return err
+}
+
+// SetCredentials changes the user and password the client authenticates
+// with (a config reload after a password rotation). A client already built
+// is replaced by one with the new credentials, after its in-flight requests
+// end; if etcd refuses them or does not answer, requests get ErrUnavailable
+// until the health loop succeeds. Unchanged credentials change nothing.
+func (c *EtcdClient) SetCredentials(username, password string) {
+	if c.initErr != nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || (username == c.username && password == c.password) {
+		return
+	}
+	c.username, c.password = username, password
+	switch {
+	case c.gen != nil:
+		c.rebuildLocked(c.endpoints, c.gen.tls)
+	case c.pending != nil:
+		c.rebuildLocked(c.pending.urls, c.pending.tls)
+	}
 }
 
 // retire closes a replaced client once its in-flight requests have ended.
@@ -451,7 +544,7 @@ func (c *EtcdClient) retire(g *generation) {
 	})
 }
 
-func (c *EtcdClient) newClientv3(urls []string, useTLS bool) (*clientv3.Client, error) {
+func (c *EtcdClient) newClientv3(urls []string, useTLS bool, username, password string) (*clientv3.Client, error) {
 	var tlsCfg *tls.Config
 	if useTLS {
 		tlsCfg = c.cfg.TLS
@@ -466,8 +559,8 @@ func (c *EtcdClient) newClientv3(urls []string, useTLS bool) (*clientv3.Client, 
 		DialKeepAliveTime:    c.cfg.KeepAliveTime,
 		DialKeepAliveTimeout: c.cfg.KeepAliveTimeout,
 		TLS:                  tlsCfg,
-		Username:             c.cfg.Username,
-		Password:             c.cfg.Password,
+		Username:             username,
+		Password:             password,
 		Logger:               zap.NewNop(),
 		// gRPC's own reconnect schedule (up to 120s by default) would hide a
 		// returning cluster; make it follow our policy, and let the health
@@ -490,7 +583,7 @@ func (c *EtcdClient) newClientv3(urls []string, useTLS bool) (*clientv3.Client, 
 		},
 	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("etcd: connect to %s: %w", strings.Join(urls, ", "), err)
 	}
 	cli.ActiveConnection().Connect()
 	return cli, nil

@@ -209,6 +209,10 @@ func (l *healthLoop) resetBackoff() {
 // probe sends Status to every endpoint concurrently and returns the round's
 // snapshot (Reconnects not yet set).
 func (l *healthLoop) probe(ctx context.Context) Health {
+	if err := l.c.buildPending(); err != nil {
+		l.closeConns()
+		return Health{Probed: true, LastError: err.Error(), CheckedAt: time.Now()}
+	}
 	eps, err := l.syncConns()
 	now := time.Now()
 	if err != nil {
