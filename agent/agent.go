@@ -373,6 +373,10 @@ func (a *Agent) reloadConfig() (restartWatcher bool) {
 	if err == nil {
 		_, err = next.TLSConfig()
 	}
+	var password string
+	if err == nil {
+		password, err = next.Password()
+	}
 	if err != nil {
 		a.log.Error("reload: config rejected; keeping the running config", "file", a.opts.ConfigPath, "error", err)
 		return false
@@ -383,6 +387,9 @@ func (a *Agent) reloadConfig() (restartWatcher bool) {
 	live := liveCopy(old, next)
 	a.cfg.Store(live)
 	a.etcd.SetMinClusterSize(live.MinClusterSize)
+	// The password file is read again on every reload (a rotation); the
+	// client is rebuilt only if the credentials changed.
+	a.etcd.SetCredentials(live.Etcd.Username, password)
 	a.srv.SetLimits(serverLimits(live))
 	if a.opts.LogLevel != nil {
 		a.opts.LogLevel.Set(ParseLevel(live.Log.Level))
@@ -402,7 +409,7 @@ func restartOnly(old, next *config.Config) []string {
 	diff("socket.path", old.Socket.Path, next.Socket.Path)
 	diff("socket.mode", old.Socket.Mode, next.Socket.Mode)
 	diff("socket.group", old.Socket.Group, next.Socket.Group)
-	diff("etcd (connection settings other than request_timeout)", withoutRequestTimeout(old.Etcd), withoutRequestTimeout(next.Etcd))
+	diff("etcd (connection settings other than request_timeout and credentials)", withoutLive(old.Etcd), withoutLive(next.Etcd))
 	diff("backoff", old.Backoff, next.Backoff)
 	diff("cache", old.Cache, next.Cache)
 	diff("log.format", old.Log.Format, next.Log.Format)
@@ -410,8 +417,10 @@ func restartOnly(old, next *config.Config) []string {
 	return out
 }
 
-func withoutRequestTimeout(e config.Etcd) config.Etcd {
+// withoutLive is e without the settings a reload applies live.
+func withoutLive(e config.Etcd) config.Etcd {
 	e.RequestTimeout = 0
+	e.Username, e.PasswordFile = "", ""
 	return e
 }
 
@@ -424,9 +433,9 @@ func connLimits(l config.Limits) config.Limits {
 func liveCopy(old, next *config.Config) *config.Config {
 	c := *next
 	c.Socket.Path, c.Socket.Mode, c.Socket.Group = old.Socket.Path, old.Socket.Mode, old.Socket.Group
-	rt := next.Etcd.RequestTimeout
 	c.Etcd = old.Etcd
-	c.Etcd.RequestTimeout = rt
+	c.Etcd.RequestTimeout = next.Etcd.RequestTimeout
+	c.Etcd.Username, c.Etcd.PasswordFile = next.Etcd.Username, next.Etcd.PasswordFile
 	c.Backoff, c.Cache = old.Backoff, old.Cache
 	c.Log.Format = old.Log.Format
 	lim := old.Limits

@@ -542,3 +542,62 @@ func TestApplyAndRejectionLogLines(t *testing.T) {
 		t.Fatalf("%d rejection lines after rewriting identical bytes, want 1", n)
 	}
 }
+
+// With etcd authentication: an agent started while etcd is down applies its
+// endpoints file anyway and connects once etcd is back; etcd's refusals are
+// 403; and the password file is read again on reload, both ways.
+func TestAuthentication(t *testing.T) {
+	cluster := etcdtest.New(t, 3)
+	cluster.EnableAuth(t, "agent", "agentpw", "a/")
+	pwFile := filepath.Join(t.TempDir(), "etcd-password")
+	writePW := func(pw string) {
+		t.Helper()
+		if err := os.WriteFile(pwFile, []byte(pw+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writePW("agentpw")
+	cluster.StopAll()
+
+	h := startWith(t, cluster, cluster.Endpoints(), "", ", username: agent, password_file: "+pwFile)
+	h.eventually("the endpoints file applied while etcd is down", func() bool {
+		st := h.status()
+		return st.Config.Reloads == 1 && st.Config.LastError == "" && !st.Etcd.Connected
+	})
+	if code, body := h.get("/v1/kv/a/k"); code != http.StatusServiceUnavailable {
+		t.Fatalf("GET while etcd is down: %d %s", code, body)
+	}
+	if err := cluster.RestartAll(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	h.eventually("a write once etcd is back", func() bool {
+		_, err := h.c.Put(ctx, "a/k", []byte("v"))
+		return err == nil
+	})
+	if code, body := h.get("/v1/kv/b/k"); code != http.StatusForbidden || !strings.Contains(body, `"code":"forbidden"`) {
+		t.Fatalf("GET outside the user's permissions: %d %s", code, body)
+	}
+
+	// A wrong password on reload: the client is rebuilt with it and cannot
+	// authenticate; status says why.
+	writePW("wrong")
+	h.agent.Reload()
+	h.eventually("status to report the refused password", func() bool {
+		st := h.status()
+		return !st.Etcd.Connected && strings.Contains(st.Etcd.LastError, "authentication failed")
+	})
+	if code, _ := h.get("/v1/kv/a/k"); code != http.StatusServiceUnavailable {
+		t.Fatalf("GET with a refused password: %d, want 503", code)
+	}
+	// The right one on the next reload repairs it.
+	writePW("agentpw")
+	h.agent.Reload()
+	h.eventually("a read after the password is fixed", func() bool {
+		kv, err := h.c.Get(ctx, "a/k")
+		return err == nil && string(kv.Value) == "v"
+	})
+	if lines := h.logs.matching("agentpw"); len(lines) > 0 {
+		t.Errorf("the password appears in the log: %q", lines)
+	}
+}

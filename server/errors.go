@@ -53,6 +53,10 @@ func (s *Server) classify(r *http.Request, err error) *apiError {
 		return &apiError{http.StatusServiceUnavailable, "unavailable", "etcd is unreachable: no member answers; see /v1/status", nil}
 	case errors.Is(err, etcd.ErrClosed):
 		return &apiError{http.StatusServiceUnavailable, "unavailable", "the agent is shutting down", nil}
+	case errors.Is(err, rpctypes.ErrPermissionDenied):
+		// etcd's own access control (etcd.username's roles), refused before
+		// anything was applied.
+		return &apiError{http.StatusForbidden, "forbidden", "etcd denied the agent's etcd user (etcd.username) access to this key", nil}
 	case errors.Is(err, rpctypes.ErrCompacted):
 		return &apiError{http.StatusGone, "gone", "the requested revision has been compacted", nil}
 	case errors.Is(err, rpctypes.ErrFutureRev):
