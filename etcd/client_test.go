@@ -504,3 +504,40 @@ func TestTLSCluster(t *testing.T) {
 		}
 	}
 }
+
+// unix:///path endpoints (endpoint package forms) reach real members: reads,
+// writes and the health probes.
+func TestUnixSocketEndpoints(t *testing.T) {
+	cluster, err := etcdtest.Start(etcdtest.Options{Members: 3, Dir: t.TempDir(), UnixSockets: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	var eps []string
+	for _, m := range cluster.Members {
+		eps = append(eps, m.UnixClientURL.String())
+	}
+	c := newTestClient(t, Config{Endpoints: eps, MinClusterSize: 3})
+	if got := c.Endpoints(); !slices.Equal(got, eps) {
+		t.Fatalf("Endpoints = %v, want %v", got, eps)
+	}
+	ctx := ctxT(t, 10*time.Second)
+	if err := c.Put(ctx, "unix/k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := c.Get(ctx, "unix/k"); err != nil || v != "v" {
+		t.Fatalf("Get = %q, %v", v, err)
+	}
+	waitFor(t, 10*time.Second, "every member probed healthy over its socket", func() bool {
+		h := c.Health()
+		if !h.Connected || len(h.Members) != 3 {
+			return false
+		}
+		for _, m := range h.Members {
+			if !m.Healthy {
+				return false
+			}
+		}
+		return true
+	})
+}

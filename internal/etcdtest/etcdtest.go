@@ -40,6 +40,9 @@ type Options struct {
 	TLS *TLSFiles
 	// MaxTxnOps is etcd's --max-txn-ops; default etcd's (128).
 	MaxTxnOps uint
+	// UnixSockets makes every member also serve clients on a unix socket
+	// in its data directory's parent (Member.UnixClientURL).
+	UnixSockets bool
 }
 
 // Cluster is a running set of members.
@@ -60,6 +63,9 @@ type Member struct {
 	// TLSClientURL is the member's https client URL when Options.TLS is set.
 	TLSClientURL url.URL
 	tls          *TLSFiles
+	// UnixClientURL is the member's unix:///path client URL when
+	// Options.UnixSockets is set.
+	UnixClientURL url.URL
 
 	cluster   *Cluster
 	fsync     bool
@@ -122,6 +128,10 @@ func (c *Cluster) start(opts Options) error {
 			maxTxnOps:    opts.MaxTxnOps,
 			tls:          opts.TLS,
 		}
+		if opts.UnixSockets {
+			// A socket path is limited to 107 bytes: keep it short.
+			m.UnixClientURL = url.URL{Scheme: "unix", Path: filepath.Join(c.dir, fmt.Sprintf("%s-%d.sock", name, ports[3*i]))}
+		}
 		c.Members[i] = m
 		initial = append(initial, name+"="+m.PeerURL.String())
 	}
@@ -157,7 +167,10 @@ func (c *Cluster) waitReady(timeout time.Duration) error {
 func (m *Member) start(initialCluster, state string) error {
 	spec := memberSpec{Name: m.Name, Dir: m.Dir, ClientURL: m.ClientURL.String(),
 		PeerURL: m.PeerURL.String(), InitialCluster: initialCluster, State: state, Token: m.cluster.token, Fsync: m.fsync,
-		MaxTxnOps: m.maxTxnOps}
+		MaxTxnOps: m.maxTxnOps, UnixClientURL: m.UnixClientURL.String()}
+	if m.UnixClientURL.Path == "" {
+		spec.UnixClientURL = ""
+	}
 	if m.tls != nil {
 		spec.TLSClientURL, spec.TLS = m.TLSClientURL.String(), *m.tls
 	}
@@ -181,6 +194,7 @@ type memberSpec struct {
 	Token              string
 	Fsync              bool
 	MaxTxnOps          uint     // etcd's --max-txn-ops; 0: etcd's default
+	UnixClientURL      string   // also serve clients on this unix:///path, when set
 	TLSClientURL       string   // also serve clients over TLS here, when set
 	TLS                TLSFiles // the server certificate for TLSClientURL
 }
@@ -198,6 +212,11 @@ func memberConfig(s memberSpec) *embed.Config {
 		cfg.ListenClientUrls = append(cfg.ListenClientUrls, *turl)
 		cfg.AdvertiseClientUrls = append(cfg.AdvertiseClientUrls, *turl)
 		cfg.ClientTLSInfo.CertFile, cfg.ClientTLSInfo.KeyFile = s.TLS.CertFile, s.TLS.KeyFile
+	}
+	if s.UnixClientURL != "" {
+		uurl, _ := url.Parse(s.UnixClientURL)
+		cfg.ListenClientUrls = append(cfg.ListenClientUrls, *uurl)
+		cfg.AdvertiseClientUrls = append(cfg.AdvertiseClientUrls, *uurl)
 	}
 	cfg.ListenPeerUrls = []url.URL{*purl}
 	cfg.AdvertisePeerUrls = []url.URL{*purl}
