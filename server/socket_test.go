@@ -1,13 +1,16 @@
 package server
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -253,4 +256,48 @@ func TestConnectionCap(t *testing.T) {
 	if r := readResp(t, third, "GET"); r.status != 200 {
 		t.Fatalf("the waiting connection got %d after a slot freed", r.status)
 	}
+}
+
+// Writes are logged at debug level with the writing peer's uid and pid
+// (from SO_PEERCRED), so an operator can tell which local process wrote.
+func TestWritesLogThePeer(t *testing.T) {
+	var buf syncBuffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	e := newEnv(t, nil, func(o *Options) { o.Logger = log })
+	if r := e.do("PUT", "/v1/kv/peerlog/k", nil, []byte("v")); r.status != http.StatusOK {
+		t.Fatalf("PUT: %d %s", r.status, r.body)
+	}
+	if r := e.do("DELETE", "/v1/kv/peerlog/k", nil, nil); r.status != http.StatusOK {
+		t.Fatalf("DELETE: %d %s", r.status, r.body)
+	}
+	peer := fmt.Sprintf("uid=%d pid=%d", os.Getuid(), os.Getpid())
+	for _, op := range []string{"msg=put", "msg=delete"} {
+		found := false
+		for _, line := range strings.Split(buf.String(), "\n") {
+			if strings.Contains(line, op) && strings.Contains(line, "key=peerlog/k") && strings.Contains(line, peer) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no %s line with key=peerlog/k and %s in:\n%s", op, peer, buf.String())
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the server's goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
