@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,10 +9,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"udp_iaasd/internal/syncbuf"
 )
 
 func TestListenModeAndGroup(t *testing.T) {
@@ -261,7 +261,7 @@ func TestConnectionCap(t *testing.T) {
 // Writes are logged at debug level with the writing peer's uid and pid
 // (from SO_PEERCRED), so an operator can tell which local process wrote.
 func TestWritesLogThePeer(t *testing.T) {
-	var buf syncBuffer
+	var buf syncbuf.Buffer
 	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	e := newEnv(t, nil, func(o *Options) { o.Logger = log })
 	if r := e.do("PUT", "/v1/kv/peerlog/k", nil, []byte("v")); r.status != http.StatusOK {
@@ -282,22 +282,4 @@ func TestWritesLogThePeer(t *testing.T) {
 			t.Errorf("no %s line with key=peerlog/k and %s in:\n%s", op, peer, buf.String())
 		}
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the server's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

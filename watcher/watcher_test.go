@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"udp_iaasd/internal/syncbuf"
 )
 
 // harness runs a Watcher on a file in a temporary directory and collects what
@@ -351,7 +353,7 @@ func TestQueueOverflowRecovers(t *testing.T) {
 		h.updates <- u
 	})
 	h.w.Debounce = 50 * time.Millisecond
-	var logBuf syncBuffer
+	var logBuf syncbuf.Buffer
 	h.w.Logger = slog.New(slog.NewTextHandler(&logBuf, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -375,21 +377,4 @@ func TestQueueOverflowRecovers(t *testing.T) {
 	if !strings.Contains(logBuf.String(), "queue or buffer overflow") {
 		t.Fatalf("the queue never overflowed, so recovery was not exercised; log:\n%s", logBuf.String())
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

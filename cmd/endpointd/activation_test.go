@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"udp_iaasd/internal/etcdtest"
+	"udp_iaasd/internal/syncbuf"
 )
 
 // TestMain lets tests start this test binary as the endpointd command, for
@@ -41,7 +42,7 @@ func TestSocketActivation(t *testing.T) {
 
 	cmd := exec.Command(activate, "-l", sock, "--fdname=endpointd.socket", "-E", "ENDPOINTD_BE_MAIN=1",
 		os.Args[0], "run", "-config", cfg)
-	var logs syncBuf
+	var logs syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

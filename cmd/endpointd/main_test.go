@@ -9,12 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"udp_iaasd/internal/etcdtest"
+	"udp_iaasd/internal/syncbuf"
 )
 
 // invoke runs the command line in-process and returns exit code and output.
@@ -109,24 +109,7 @@ type agentUnderTest struct {
 	sock, cfg, dir string
 	notify         chan string
 	code           chan int
-	stderr         *syncBuf
-}
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	stderr         *syncbuf.Buffer
 }
 
 // runAgent starts `endpointd run` with NOTIFY_SOCKET pointing at a datagram
@@ -135,7 +118,7 @@ func runAgent(t *testing.T, cluster *etcdtest.Cluster, extraEnv map[string]strin
 	t.Helper()
 	dir := t.TempDir()
 	a := &agentUnderTest{dir: dir, sock: filepath.Join(dir, "run", "endpointd.sock"), cfg: filepath.Join(dir, "config.yaml"),
-		notify: make(chan string, 100), code: make(chan int, 1), stderr: &syncBuf{}}
+		notify: make(chan string, 100), code: make(chan int, 1), stderr: &syncbuf.Buffer{}}
 	eps := "endpoints:\n"
 	for _, ep := range cluster.Endpoints() {
 		eps += "  - " + ep + "\n"
@@ -302,7 +285,7 @@ func TestKVCommands(t *testing.T) {
 	invoke(t, "", "kv", "put", "cli/w", "2")
 	invoke(t, "", "kv", "del", "cli/w")
 	ctx, cancel := context.WithCancel(context.Background())
-	var wout syncBuf
+	var wout syncbuf.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"kv", "watch", "cli/w", "-rev", rev}, strings.NewReader(""), &wout, &bytes.Buffer{})
@@ -325,7 +308,7 @@ func TestKVCommands(t *testing.T) {
 // `endpointd dev` comes up with one command and cleans up on Ctrl-C.
 func TestDev(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	var out, errb syncBuf
+	var out, errb syncbuf.Buffer
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, []string{"dev"}, strings.NewReader(""), &out, &errb) }()
 	deadline := time.Now().Add(30 * time.Second)
