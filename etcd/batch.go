@@ -221,11 +221,14 @@ func (r *reader) sendOne(batch []*pendingRead) {
 			p.resp = (*clientv3.GetResponse)(rr)
 		case err == nil:
 			p.alone = true // cannot happen with etcd as it is; do not guess
-		case unavailable(err):
+		case final(err):
 			p.err = err
 		default:
-			// One read can spoil a transaction for all (a permission it
-			// lacks, a response over the size limit): each goes alone.
+			// Each read goes alone. One read can spoil a transaction for
+			// all (a permission it lacks, a response over the size limit);
+			// and when the connection broke under the batch, clientv3
+			// retries a lone Range on another member, which it never does
+			// for a transaction.
 			p.alone = true
 		}
 		close(p.done)
@@ -247,17 +250,16 @@ func latest(batch []*pendingRead) (time.Time, bool) {
 	return d, true
 }
 
-// unavailable reports whether err says etcd could not be reached or did not
-// answer in time — true of each read of a batch, so sending them one by one
-// would only fail again.
-func unavailable(err error) bool {
+// final reports whether err would be every read's answer if each were sent
+// alone: nothing is reachable, the client is closed, or time ran out.
+func final(err error) bool {
 	switch {
 	case errors.Is(err, ErrUnavailable), errors.Is(err, ErrClosed), errors.Is(err, ErrNoEndpoints),
 		errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return true
 	}
 	switch status.Code(err) {
-	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
+	case codes.DeadlineExceeded, codes.Canceled:
 		return true
 	}
 	return false

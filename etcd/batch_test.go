@@ -269,3 +269,59 @@ func TestQueuedReadHonoursItsDeadline(t *testing.T) {
 		t.Fatal("a queued read outlived its deadline by 10s")
 	}
 }
+
+// A member stopped under batched reads costs no read an error: clientv3
+// retries a failed Range on another member, but not a transaction, so reads
+// of a batch that broke with its connection are sent again one by one.
+func TestBatchedReadsSurviveAMemberStop(t *testing.T) {
+	cluster := etcdtest.New(t, 3)
+	c := newTestClient(t, Config{Endpoints: cluster.Endpoints(), RequestTimeout: 5 * time.Second})
+	ctx := ctxT(t, 60*time.Second)
+	if err := c.Put(ctx, "survive", "v"); err != nil {
+		t.Fatal(err)
+	}
+	// Stop a follower: the leader's loss would add an election, which is not
+	// what this is about.
+	var follower *etcdtest.Member
+	for _, m := range cluster.Members {
+		st, err := cluster.Client(t).Status(ctx, m.Endpoint())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Leader != st.Header.MemberId {
+			follower = m
+			break
+		}
+	}
+
+	var (
+		stop   atomic.Bool
+		reads  atomic.Int64
+		failed atomic.Int64
+		first  atomic.Value
+		wg     sync.WaitGroup
+	)
+	for range 16 {
+		wg.Go(func() {
+			for !stop.Load() {
+				rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				_, err := c.Range(rctx, "survive")
+				cancel()
+				reads.Add(1)
+				if err != nil {
+					failed.Add(1)
+					first.CompareAndSwap(nil, err.Error())
+				}
+			}
+		})
+	}
+	time.Sleep(300 * time.Millisecond)
+	follower.Stop()
+	time.Sleep(time.Second)
+	stop.Store(true)
+	wg.Wait()
+	t.Logf("%d reads, %d failed, %d batched", reads.Load(), failed.Load(), c.ReadStats().Reads)
+	if n := failed.Load(); n > 0 {
+		t.Fatalf("%d reads failed while a follower stopped; first: %v", n, first.Load())
+	}
+}
