@@ -94,7 +94,7 @@ func TestAuthWrongPassword(t *testing.T) {
 func TestAuthClientBuiltWhenEtcdReturns(t *testing.T) {
 	cluster := etcdtest.New(t, 1)
 	cluster.EnableAuth(t, "agent", "agentpw", "a/")
-	c := newTestClient(t, Config{Username: "agent", Password: "agentpw", DialTimeout: time.Second})
+	c := newTestClient(t, Config{Username: "agent", Password: "agentpw"})
 	cluster.Members[0].Stop()
 
 	done := make(chan error, 1)

@@ -231,6 +231,9 @@ func memberConfig(s memberSpec) *embed.Config {
 	cfg.ElectionMs = 500
 	cfg.EnableGRPCGateway = false
 	cfg.SnapshotCount = 10000
+	// bcrypt's lowest cost: at etcd's default each Authenticate costs tens of
+	// milliseconds of CPU, and seconds under the race detector.
+	cfg.BcryptCost = 4
 	if s.MaxTxnOps > 0 {
 		cfg.MaxTxnOps = s.MaxTxnOps
 	}
