@@ -17,12 +17,16 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Options shape a cluster. The zero value is a three-member cluster under a
@@ -71,8 +75,40 @@ type Member struct {
 	fsync     bool
 	maxTxnOps uint
 
+	gate rpcGate // closed while the member stops (etcd-io/etcd#22189)
+
 	mu   sync.Mutex // guards etcd
 	etcd *embed.Etcd
+}
+
+// rpcGate keeps unary client RPCs away from a member while it stops. A stop
+// here closes etcd's backend (HardStop) while its gRPC server still serves,
+// and etcd v3.7.3 answers a Maintenance Status RPC in that window by reading
+// the closed backend: a nil-pointer panic that kills the whole test binary
+// (etcd-io/etcd#22189, open). Our health loop sends Status every few hundred
+// milliseconds, so tests that stop members hit it now and then.
+type rpcGate struct {
+	closed   atomic.Bool
+	inflight atomic.Int64
+}
+
+// interceptor counts each unary RPC in before checking the gate, so that a
+// closer who finds none in flight knows no later one will get through.
+func (g *rpcGate) interceptor(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	g.inflight.Add(1)
+	defer g.inflight.Add(-1)
+	if g.closed.Load() {
+		return nil, status.Error(codes.Unavailable, "etcdtest: member stopping")
+	}
+	return handler(ctx, req)
+}
+
+// close refuses new RPCs and waits up to d for those in flight to end.
+func (g *rpcGate) close(d time.Duration) {
+	g.closed.Store(true)
+	for deadline := time.Now().Add(d); g.inflight.Load() > 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // Start starts a cluster and waits until it has a leader.
@@ -174,7 +210,10 @@ func (m *Member) start(initialCluster, state string) error {
 	if m.tls != nil {
 		spec.TLSClientURL, spec.TLS = m.TLSClientURL.String(), *m.tls
 	}
-	e, err := embed.StartEtcd(memberConfig(spec))
+	cfg := memberConfig(spec)
+	m.gate.closed.Store(false)
+	cfg.GRPCAdditionalServerOptions = append(cfg.GRPCAdditionalServerOptions, grpc.ChainUnaryInterceptor(m.gate.interceptor))
+	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return fmt.Errorf("etcdtest: start member %s: %w", m.Name, err)
 	}
@@ -266,6 +305,9 @@ func (m *Member) stop(hard bool) {
 	if e == nil {
 		return
 	}
+	// Unary RPCs are done before the backend can close; a call still
+	// running after 5s (a read waiting for a lost quorum) is left to chance.
+	m.gate.close(5 * time.Second)
 	if hard {
 		e.Server.HardStop()
 	}
