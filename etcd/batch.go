@@ -182,11 +182,11 @@ func (r *reader) send(batch []*pendingRead) {
 // of its callers, so it runs on its own context, bounded by the latest of
 // their deadlines; each caller still stops waiting at its own.
 func (r *reader) sendOne(batch []*pendingRead) {
-	ctx, cancel := context.WithTimeout(context.Background(), r.c.cfg.RequestTimeout)
+	deadline := time.Now().Add(r.c.cfg.RequestTimeout)
 	if d, ok := latest(batch); ok {
-		cancel()
-		ctx, cancel = context.WithDeadline(context.Background(), d)
+		deadline = d
 	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 
 	if len(batch) == 1 {

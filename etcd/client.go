@@ -127,12 +127,11 @@ type EtcdClient struct {
 	initErr error // a construction error, returned by every call
 
 	mu        sync.RWMutex
-	minSize   int              // fewest endpoints a list may have (SetMinClusterSize)
-	client    *clientv3.Client // the live client; nil until an endpoint set is applied
-	gen       *generation      // client with its in-flight count
-	pending   *pendingClient   // a client still to be built; set only while gen is nil
-	endpoints []string         // normalized, in the order given
-	username  string           // credentials for clients built from now on (SetCredentials)
+	minSize   int            // fewest endpoints a list may have (SetMinClusterSize)
+	gen       *generation    // the live client (the seed's `client`) with its in-flight count; nil until one is built
+	pending   *pendingClient // a client still to be built; set only while gen is nil
+	endpoints []string       // normalized, in the order given
+	username  string         // credentials for clients built from now on (SetCredentials)
 	password  string
 	closed    bool
 
@@ -459,7 +458,7 @@ func (c *EtcdClient) rebuildLocked(urls []string, useTLS bool) {
 		c.retire(old)
 		c.log.Info("etcd client replaced", "endpoints", urls, "tls", useTLS)
 	}
-	c.gen, c.client = nil, nil
+	c.gen = nil
 	c.endpoints = urls
 	c.pending = &pendingClient{urls: urls, tls: useTLS, err: errNotBuilt}
 	if c.username == "" || c.health == nil {
@@ -485,7 +484,6 @@ func (c *EtcdClient) installLocked(p *pendingClient, cli *clientv3.Client, err e
 		return
 	}
 	c.gen = &generation{cli: cli, tls: p.tls}
-	c.client = cli
 	c.pending = nil
 }
 
@@ -602,7 +600,7 @@ func (c *EtcdClient) Close() error {
 	}
 	c.closed = true
 	g := c.gen
-	c.gen, c.client = nil, nil
+	c.gen = nil
 	c.mu.Unlock()
 
 	c.health.stop()
