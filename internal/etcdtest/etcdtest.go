@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -21,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -75,7 +77,8 @@ type Member struct {
 	fsync     bool
 	maxTxnOps uint
 
-	gate rpcGate // closed while the member stops (etcd-io/etcd#22189)
+	gate rpcGate  // closed while the member stops (etcd-io/etcd#22189)
+	rpcs rpcCount // what clients asked of this member, across restarts
 
 	mu   sync.Mutex // guards etcd
 	etcd *embed.Etcd
@@ -101,6 +104,61 @@ func (g *rpcGate) interceptor(ctx context.Context, req any, _ *grpc.UnaryServerI
 		return nil, status.Error(codes.Unavailable, "etcdtest: member stopping")
 	}
 	return handler(ctx, req)
+}
+
+// rpcCount counts the client requests a member receives: unary RPCs by
+// method, and progress requests sent on watch streams (messages, not RPCs).
+// Tests use it to check what an idle agent asks of etcd.
+type rpcCount struct {
+	mu       sync.Mutex
+	unary    map[string]int64 // full method name → calls
+	progress int64
+}
+
+func (r *rpcCount) countUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	r.mu.Lock()
+	if r.unary == nil {
+		r.unary = map[string]int64{}
+	}
+	r.unary[info.FullMethod]++
+	r.mu.Unlock()
+	return handler(ctx, req)
+}
+
+func (r *rpcCount) countStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	return handler(srv, &progressCounter{ServerStream: ss, r: r})
+}
+
+// progressCounter sees each message a client sends on a stream.
+type progressCounter struct {
+	grpc.ServerStream
+	r *rpcCount
+}
+
+func (s *progressCounter) RecvMsg(m any) error {
+	err := s.ServerStream.RecvMsg(m)
+	if wr, ok := m.(*pb.WatchRequest); ok && err == nil && wr.GetProgressRequest() != nil {
+		s.r.mu.Lock()
+		s.r.progress++
+		s.r.mu.Unlock()
+	}
+	return err
+}
+
+// UnaryRPCs returns how many unary RPCs of each method the member has
+// received since it was first started.
+func (m *Member) UnaryRPCs() map[string]int64 {
+	m.rpcs.mu.Lock()
+	defer m.rpcs.mu.Unlock()
+	return maps.Clone(m.rpcs.unary)
+}
+
+// ProgressRequests returns how many watch progress requests the member has
+// received since it was first started.
+func (m *Member) ProgressRequests() int64 {
+	m.rpcs.mu.Lock()
+	defer m.rpcs.mu.Unlock()
+	return m.rpcs.progress
 }
 
 // close refuses new RPCs and waits up to d for those in flight to end.
@@ -212,7 +270,9 @@ func (m *Member) start(initialCluster, state string) error {
 	}
 	cfg := memberConfig(spec)
 	m.gate.closed.Store(false)
-	cfg.GRPCAdditionalServerOptions = append(cfg.GRPCAdditionalServerOptions, grpc.ChainUnaryInterceptor(m.gate.interceptor))
+	cfg.GRPCAdditionalServerOptions = append(cfg.GRPCAdditionalServerOptions,
+		grpc.ChainUnaryInterceptor(m.rpcs.countUnary, m.gate.interceptor),
+		grpc.ChainStreamInterceptor(m.rpcs.countStream))
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return fmt.Errorf("etcdtest: start member %s: %w", m.Name, err)

@@ -177,6 +177,23 @@ func (m *ProcMember) Kill() {
 	cmd.Wait()
 }
 
+// Pause stops the member's process with SIGSTOP: its connections stay open
+// and nothing answers on them — a hung member, as a wedged process or a
+// black-holed network looks to its clients. Resume undoes it.
+func (m *ProcMember) Pause() error { return m.signal(syscall.SIGSTOP) }
+
+// Resume continues a paused member (SIGCONT).
+func (m *ProcMember) Resume() error { return m.signal(syscall.SIGCONT) }
+
+func (m *ProcMember) signal(sig syscall.Signal) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cmd == nil {
+		return fmt.Errorf("etcdtest: member %s is not running", m.Name)
+	}
+	return m.cmd.Process.Signal(sig)
+}
+
 // Running reports whether the member's process is up.
 func (m *ProcMember) Running() bool {
 	m.mu.Lock()
