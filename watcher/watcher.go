@@ -111,13 +111,30 @@ func (w *Watcher) Run(ctx context.Context) error {
 
 	resync := time.NewTicker(or(w.ResyncInterval, 30*time.Second))
 	defer resync.Stop()
-	rearm := time.NewTicker(or(w.RearmInterval, 200*time.Millisecond))
-	defer rearm.Stop()
+	// The re-arm ticker runs only while the directory is gone (no fsnotify
+	// watch): an agent on every host should not wake when nothing happens.
+	var rearm *time.Ticker
+	defer func() {
+		if rearm != nil {
+			rearm.Stop()
+		}
+	}()
 	quiet := time.NewTimer(time.Hour)
 	quiet.Stop()
 	defer quiet.Stop()
 
 	for {
+		var rearmc <-chan time.Time
+		switch {
+		case s.fsw == nil && rearm == nil:
+			rearm = time.NewTicker(or(w.RearmInterval, 200*time.Millisecond))
+		case s.fsw != nil && rearm != nil:
+			rearm.Stop()
+			rearm = nil
+		}
+		if rearm != nil {
+			rearmc = rearm.C
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -158,7 +175,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 				s.arm()
 			}
 			s.read(false)
-		case <-rearm.C:
+		case <-rearmc:
 			if s.fsw == nil && s.arm() {
 				s.log.Info("watching directory again", "dir", s.dir)
 				quiet.Reset(debounce)
