@@ -9,6 +9,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -53,8 +54,9 @@ type Options struct {
 	// Notify, when set, receives sd_notify-style state lines ("READY=1",
 	// "STATUS=…", "RELOADING=1", "STOPPING=1").
 	Notify func(state string)
-	// HealthInterval overrides the etcd health loop's probe interval (tests).
-	HealthInterval time.Duration
+	// StatusProbeInterval overrides how old the members' probe may be
+	// before /v1/status probes again (tests; default etcd's 30s).
+	StatusProbeInterval time.Duration
 }
 
 // Agent is the running process. Build it with New and call Run once.
@@ -115,20 +117,23 @@ func New(opts Options) (*Agent, error) {
 		RequestTimeout:   cfg.Etcd.RequestTimeout,
 		KeepAliveTime:    cfg.Etcd.KeepaliveTime,
 		KeepAliveTimeout: cfg.Etcd.KeepaliveTimeout,
+		ProbeTimeout:     cfg.Etcd.ProbeTimeout,
+		SuspectAfter:     cfg.Etcd.SuspectAfter,
+		ConnectSpread:    cfg.Etcd.ConnectSpread,
 		TLS:              tlsCfg,
 		Username:         cfg.Etcd.Username,
 		Password:         password,
 		Backoff: backoff.Policy{Initial: cfg.Backoff.Initial, Max: cfg.Backoff.Max,
 			Multiplier: cfg.Backoff.Multiplier, Jitter: cfg.Backoff.Jitter},
-		HealthInterval: opts.HealthInterval,
-		Logger:         a.log,
+		StatusProbeInterval: cmp.Or(opts.StatusProbeInterval, cfg.Etcd.StatusProbeInterval),
+		Logger:              a.log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	a.metrics = newMetrics(a.reg, a.etcd, opts.Version)
 	if len(cfg.Cache.Prefixes) > 0 {
-		a.cache = cache.New(a.etcd, cfg.Cache.Prefixes, a.log)
+		a.cache = cache.New(a.etcd, cfg.Cache.Prefixes, cfg.Cache.MaxStaleness, a.log)
 	}
 	a.srv = server.New(server.Options{
 		Etcd:              a.etcd,

@@ -102,7 +102,7 @@ watch: {debounce: 50ms, resync_interval: 1s}
 		t.Fatal(err)
 	}
 	h.agent, err = New(Options{Config: c, ConfigPath: h.cfgPath, Version: "test", Notify: h.notes.add,
-		HealthInterval: 200 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, h.logs), nil))})
+		StatusProbeInterval: time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, h.logs), nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,12 @@
 // exactly what a serializable read from an etcd member promises. It follows
 // the watch, so writers elsewhere never leave it behind for longer than event
 // delivery; it is never used while it is not synced.
+//
+// It runs on no timer. A prefix nobody reads costs etcd its watch and
+// nothing else; freshness is confirmed on demand: a read that finds the copy
+// has heard nothing from its watch for longer than maxStaleness asks etcd
+// for a progress notification (one in flight at a time for the whole
+// cache) and is answered by etcd itself meanwhile.
 package cache
 
 import (
@@ -32,27 +38,33 @@ import (
 // Cache is a set of cached prefixes. The zero value caches nothing.
 type Cache struct {
 	prefixes []*prefixCache
+	ec       *etcd.EtcdClient
 	log      *slog.Logger
+	// maxStaleness is how long a prefix may go without hearing from its
+	// watch (events or progress) and still answer. Past it a read asks for
+	// progress and falls through to etcd; with etcd away no progress comes,
+	// so reads keep falling through and fail fast rather than serve an ever
+	// older copy.
+	maxStaleness time.Duration
+	// stream carries the metadata of the cache's own gRPC watch stream
+	// (see syncOnce); set by Run before any prefix syncs.
+	stream context.Context
+	// askedAt is when the last progress request was sent (unix nanoseconds).
+	// RequestProgress returns once the request is sent, not answered, so
+	// "one in flight" is kept as "one per maxStaleness": an answer takes a
+	// round trip, and a copy confirmed by it stays fresh for maxStaleness.
+	askedAt atomic.Int64
 }
 
-// progressEvery is how often a synced prefix asks etcd how far its watch
-// has come, so its revision advances even when nothing under it changes.
-// staleAfter is how long a prefix may go without hearing from its watch
-// (events or progress) before it stops answering: with etcd away, reads fall
-// through and fail fast rather than serve an ever older copy.
-const (
-	progressEvery = 100 * time.Millisecond
-	staleAfter    = time.Second
-)
-
-// New returns a cache of prefixes, fed through ec. Run starts it.
-func New(ec *etcd.EtcdClient, prefixes []string, log *slog.Logger) *Cache {
+// New returns a cache of prefixes, fed through ec, whose answers are at most
+// maxStaleness behind their watch. Run starts it.
+func New(ec *etcd.EtcdClient, prefixes []string, maxStaleness time.Duration, log *slog.Logger) *Cache {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Cache{log: log}
+	c := &Cache{ec: ec, log: log, maxStaleness: maxStaleness}
 	for _, p := range prefixes {
-		c.prefixes = append(c.prefixes, &prefixCache{prefix: p, ec: ec, log: log})
+		c.prefixes = append(c.prefixes, &prefixCache{cache: c, prefix: p, ec: ec, log: log})
 	}
 	// Longest first, so a key under nested prefixes uses the closest one.
 	sort.Slice(c.prefixes, func(i, j int) bool { return len(c.prefixes[i].prefix) > len(c.prefixes[j].prefix) })
@@ -61,6 +73,13 @@ func New(ec *etcd.EtcdClient, prefixes []string, log *slog.Logger) *Cache {
 
 // Run keeps every prefix synced until ctx ends.
 func (c *Cache) Run(ctx context.Context) {
+	// Every prefix watches on one gRPC stream of the cache's own: clientv3
+	// keys streams by outgoing metadata, and etcd answers a progress request
+	// for every watcher of the stream it arrives on. An API watch from the
+	// current revision + 1 on a quiet key shares no stream with these, so it
+	// cannot hold their progress back (watchableStore.progressIfSync waits
+	// for every watcher of the stream to be synced).
+	c.stream = clientv3.WithRequireLeader(metadata.NewOutgoingContext(ctx, metadata.Pairs("endpointd-watch-stream", "cache")))
 	var wg sync.WaitGroup
 	for _, p := range c.prefixes {
 		wg.Go(func() { p.run(ctx) })
@@ -111,6 +130,22 @@ func (c *Cache) Get(key string) (kv *mvccpb.KeyValue, rev int64, ok bool) {
 	return p.data[key], p.rev, true
 }
 
+// askProgress asks etcd for a progress notification on the cache's stream,
+// so that a quiet prefix can answer again; at most once per maxStaleness for
+// the whole cache, however many reads find a copy stale.
+func (c *Cache) askProgress() {
+	now := time.Now().UnixNano()
+	last := c.askedAt.Load()
+	if c.stream == nil || now-last < int64(c.maxStaleness) || !c.askedAt.CompareAndSwap(last, now) {
+		return
+	}
+	go func() {
+		if err := c.ec.RequestProgress(c.stream); err != nil {
+			c.log.Debug("cache: progress request failed", "error", err)
+		}
+	}()
+}
+
 // List answers a serializable prefix listing from memory, sorted by key,
 // with the total count and whether limit cut it. ok as for Get.
 func (c *Cache) List(prefix string, limit int64) (kvs []*mvccpb.KeyValue, count int64, more bool, rev int64, ok bool) {
@@ -150,6 +185,7 @@ func (c *Cache) Synced() bool {
 
 // prefixCache is one prefix's copy. run's goroutine is its only writer.
 type prefixCache struct {
+	cache  *Cache
 	prefix string
 	ec     *etcd.EtcdClient
 	log    *slog.Logger
@@ -164,9 +200,17 @@ type prefixCache struct {
 }
 
 // usable: synced, recently heard from, and caught up with this agent's own
-// writes. p.mu held.
+// writes. A synced copy that has not heard from its watch recently asks for
+// progress, so that the reads after this one can use it. p.mu held.
 func (p *prefixCache) usable() bool {
-	return p.synced && p.rev >= p.minRev.Load() && time.Since(time.Unix(0, p.heard.Load())) < staleAfter
+	if !p.synced || p.rev < p.minRev.Load() {
+		return false
+	}
+	if time.Since(time.Unix(0, p.heard.Load())) < p.cache.maxStaleness {
+		return true
+	}
+	p.cache.askProgress()
+	return false
 }
 
 func (p *prefixCache) run(ctx context.Context) {
@@ -218,41 +262,24 @@ func (p *prefixCache) syncOnce(ctx context.Context) error {
 	// answers a progress request only once every watcher's start revision
 	// is at or below the store's (watchableStore.progressIfSync), so a watch
 	// from rev+1 on a quiet cluster would never hear progress, and the copy
-	// would go stale and be relisted over and over. Events at rev itself are
-	// already in the list; applying them again changes nothing.
-	// For the same reason the cache's watches get a gRPC stream of their
-	// own (clientv3 keys streams by outgoing metadata): etcd checks every
-	// watcher of a stream, and an API watch from the current revision + 1
-	// on a quiet key would silence the cache's progress too.
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(
-		metadata.NewOutgoingContext(ctx, metadata.Pairs("endpointd-watch-stream", "cache"))))
+	// could never be confirmed fresh. Events at rev itself are already in
+	// the list; applying them again changes nothing. The watch runs on the
+	// cache's own stream (Run).
+	//
+	// No timer watches the watch: a dead connection under it is found by
+	// gRPC keepalive (etcd accepts pings on a connection with a stream), a
+	// member that loses its leader cancels it (WithRequireLeader), and until
+	// then a silent copy only stops answering (usable).
+	wctx, cancel := context.WithCancel(p.cache.stream) // derived from Run's ctx, as ctx is
 	defer cancel()
 	wch, err := p.ec.Watch(wctx, p.prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision))
 	if err != nil {
 		return err
 	}
-	tick := time.NewTicker(progressEvery)
-	defer tick.Stop()
-	var asked atomic.Bool // one progress request in flight at most
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-tick.C:
-			// A watch that has said nothing for this long (no events, no
-			// progress, though progress is asked for) cannot be trusted to
-			// resume: start over from a fresh list.
-			if time.Since(time.Unix(0, p.heard.Load())) > 5*staleAfter {
-				return errSilent
-			}
-			// Advance rev without events: etcd answers with a progress
-			// notification once everything up to its revision was sent.
-			if asked.CompareAndSwap(false, true) {
-				go func() {
-					defer asked.Store(false)
-					p.ec.RequestProgress(wctx)
-				}()
-			}
 		case wr, ok := <-wch:
 			if !ok {
 				return errWatchClosed
@@ -272,10 +299,7 @@ type cacheError string
 
 func (e cacheError) Error() string { return string(e) }
 
-const (
-	errWatchClosed = cacheError("cache: watch closed")
-	errSilent      = cacheError("cache: watch silent; no events or progress")
-)
+const errWatchClosed = cacheError("cache: watch closed")
 
 // apply folds one watch response into the copy.
 func (p *prefixCache) apply(wr clientv3.WatchResponse) {

@@ -28,13 +28,16 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// testStaleness is the caches' max staleness in these tests.
+const testStaleness = 300 * time.Millisecond
+
 func start(t *testing.T, cluster *etcdtest.Cluster, prefixes ...string) (*Cache, *clientv3.Client) {
 	t.Helper()
-	ec, err := etcd.New(etcd.Config{Endpoints: cluster.Endpoints(), HealthInterval: 200 * time.Millisecond})
+	ec, err := etcd.New(etcd.Config{Endpoints: cluster.Endpoints(), StatusProbeInterval: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := New(ec, prefixes, slog.New(slog.NewTextHandler(testLog{t}, nil)))
+	c := New(ec, prefixes, testStaleness, slog.New(slog.NewTextHandler(testLog{t}, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { c.Run(ctx); close(done) }()
@@ -128,7 +131,7 @@ func TestReadYourWrites(t *testing.T) {
 	})
 }
 
-// With etcd away the cache stops answering (within staleAfter) instead of
+// With etcd away the cache stops answering (within maxStaleness) instead of
 // serving an ever older copy, and resyncs when etcd returns.
 func TestStopsAnsweringWhenEtcdIsAway(t *testing.T) {
 	cluster := etcdtest.New(t, 1)
@@ -143,51 +146,68 @@ func TestStopsAnsweringWhenEtcdIsAway(t *testing.T) {
 	eventually(t, "answering again", func() bool { _, _, ok := c.Get("app/x"); return ok })
 }
 
-// A prefix nobody writes to stays usable: its watch keeps hearing progress
-// from etcd, so the copy is neither stale after staleAfter nor relisted.
-// (etcd answers progress requests only for watches whose start revision it
-// has reached; a watch from the list's revision + 1 never heard any.) Both
-// waits end before a silent watch would be relisted (5 × staleAfter), which
-// would make the copy usable again for the wrong reason.
-func TestQuietPrefixStaysUsable(t *testing.T) {
+// Freshness is confirmed on demand. A prefix nobody reads costs etcd no
+// progress requests at all; a read of a copy that has heard nothing for
+// longer than maxStaleness asks for one and goes to etcd meanwhile, and the
+// reads after it are answered from the copy; under a steady read load the
+// progress requests are bounded by one per maxStaleness. The counts are the
+// member's own.
+//
+// A watch such as the API opens (require-leader, from the current revision
+// + 1 on a quiet key) is open meanwhile: etcd answers a progress request
+// only when every watcher of its gRPC stream is synced, so the cache must
+// not share its stream, and its own watch starts at the listed revision for
+// the same reason. Without either, no progress ever arrives here and the
+// copy never answers again.
+func TestProgressIsDemandDriven(t *testing.T) {
 	cluster := etcdtest.New(t, 1)
+	member := cluster.Members[0]
 	direct := cluster.Client(t)
-	if _, err := direct.Put(context.Background(), "quiet/k", "v"); err != nil {
+	put, err := direct.Put(context.Background(), "quiet/k", "v")
+	if err != nil {
 		t.Fatal(err)
 	}
 	c, _ := start(t, cluster, "quiet/")
 	eventually(t, "synced", c.Synced)
 	p := c.prefixes[0]
-	// A watch such as the API opens (require-leader, from the current
-	// revision + 1 on a quiet key): etcd withholds progress from every
-	// watcher of its gRPC stream, so it must not share the cache's.
-	resp, err := direct.Get(context.Background(), "quiet/k")
-	if err != nil {
-		t.Fatal(err)
-	}
 	wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(context.Background()))
 	defer wcancel()
-	if _, err := p.ec.Watch(wctx, "elsewhere", clientv3.WithRev(resp.Header.Revision+1)); err != nil {
+	if _, err := p.ec.Watch(wctx, "elsewhere", clientv3.WithRev(put.Header.Revision+1)); err != nil {
 		t.Fatal(err)
 	}
-	synced := p.heard.Load()
-	within := func(d time.Duration, what string, cond func() bool) {
-		t.Helper()
-		for deadline := time.Now().Add(d); !cond(); time.Sleep(10 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("no %s within %v", what, d)
-			}
-		}
-	}
-	within(2*staleAfter, "progress notification on a quiet prefix", func() bool { return p.heard.Load() > synced })
 
-	// Past staleAfter with no writes anywhere, the copy still answers.
-	time.Sleep(staleAfter + 500*time.Millisecond)
-	within(staleAfter, "answer from the quiet copy", func() bool {
-		_, _, ok := c.Get("quiet/k")
-		return ok
+	// Nobody reads: nothing is asked, however long the copy sits.
+	before := member.ProgressRequests()
+	time.Sleep(5 * testStaleness)
+	if n := member.ProgressRequests() - before; n != 0 {
+		t.Fatalf("%d progress requests with no reads, want 0", n)
+	}
+
+	// A read of the stale copy is not answered from it, and asks.
+	if _, _, ok := c.Get("quiet/k"); ok {
+		t.Fatal("a copy silent for longer than maxStaleness answered")
+	}
+	eventually(t, "an answer from the quiet copy after one read asked for progress", func() bool {
+		kv, rev, ok := c.Get("quiet/k")
+		return ok && string(kv.Value) == "v" && rev >= put.Header.Revision
 	})
-	if kv, rev, ok := c.Get("quiet/k"); !ok || string(kv.Value) != "v" || rev < kv.ModRevision {
-		t.Fatalf("Get = %v at %d, ok %v", kv, rev, ok)
+	if member.ProgressRequests() == before {
+		t.Fatal("the copy answers again, but no progress request reached etcd")
+	}
+
+	// A steady read load: at most one progress request per maxStaleness
+	// (plus the one in flight at the start), whatever the number of reads.
+	before = member.ProgressRequests()
+	start := time.Now()
+	var reads int
+	for time.Since(start) < 6*testStaleness {
+		c.Get("quiet/k")
+		reads++
+	}
+	elapsed := time.Since(start)
+	n := member.ProgressRequests() - before
+	t.Logf("%d reads in %v asked for progress %d times", reads, elapsed, n)
+	if limit := int64(elapsed/testStaleness) + 2; n > limit || n == 0 {
+		t.Fatalf("%d progress requests for %d reads over %v, want 1..%d", n, reads, elapsed, limit)
 	}
 }

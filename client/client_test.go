@@ -25,7 +25,7 @@ import (
 
 // startAgent runs the real server in front of a real cluster on a socket.
 func startAgent(cluster *etcdtest.Cluster, sock string) (stop func(), err error) {
-	ec, err := etcd.New(etcd.Config{Endpoints: cluster.Endpoints(), HealthInterval: 200 * time.Millisecond})
+	ec, err := etcd.New(etcd.Config{Endpoints: cluster.Endpoints(), StatusProbeInterval: time.Millisecond})
 	if err != nil {
 		return nil, err
 	}

@@ -59,9 +59,17 @@ type Etcd struct {
 	RequestTimeout   time.Duration
 	KeepaliveTime    time.Duration
 	KeepaliveTimeout time.Duration
-	Username         string
-	PasswordFile     string
-	TLS              TLS
+	// ProbeTimeout, SuspectAfter and StatusProbeInterval pace the member
+	// probes that replace periodic polling (etcd.Config has the details).
+	ProbeTimeout        time.Duration
+	SuspectAfter        time.Duration
+	StatusProbeInterval time.Duration
+	// ConnectSpread spreads the connections an endpoint change opens
+	// (etcd.Config.ConnectSpread); 0 applies changes at once.
+	ConnectSpread time.Duration
+	Username      string
+	PasswordFile  string
+	TLS           TLS
 }
 
 // TLS names the files of the client's TLS setup.
@@ -93,6 +101,9 @@ type Watch struct {
 // Cache lists key prefixes served from memory.
 type Cache struct {
 	Prefixes []string
+	// MaxStaleness is how long a cached prefix may go without word from its
+	// watch (events or a progress notification) and still answer.
+	MaxStaleness time.Duration
 }
 
 // Limits protect the agent from misbehaving local clients.
@@ -121,13 +132,18 @@ func Default() *Config {
 		MinClusterSize: 3,
 		Socket:         Socket{Path: "/run/endpointd/endpointd.sock", Mode: 0o660},
 		Etcd: Etcd{
-			DialTimeout:      5 * time.Second,
-			RequestTimeout:   5 * time.Second,
-			KeepaliveTime:    10 * time.Second,
-			KeepaliveTimeout: 5 * time.Second,
+			DialTimeout:         5 * time.Second,
+			RequestTimeout:      5 * time.Second,
+			KeepaliveTime:       10 * time.Second,
+			KeepaliveTimeout:    5 * time.Second,
+			ProbeTimeout:        time.Second,
+			SuspectAfter:        time.Second,
+			StatusProbeInterval: 30 * time.Second,
+			ConnectSpread:       2 * time.Second,
 		},
 		Backoff: Backoff{Initial: 100 * time.Millisecond, Max: 30 * time.Second, Multiplier: 2, Jitter: 0.2},
 		Watch:   Watch{Debounce: 100 * time.Millisecond, ResyncInterval: 30 * time.Second},
+		Cache:   Cache{MaxStaleness: time.Second},
 		Limits: Limits{
 			MaxKeyBytes:       4096,
 			MaxValueBytes:     1 << 20,
@@ -204,12 +220,16 @@ func (c *Config) fields() map[string]field {
 			"allowed_gids": intList(&c.Socket.AllowedGIDs),
 		}),
 		"etcd": section(map[string]field{
-			"dial_timeout":      duration(&c.Etcd.DialTimeout),
-			"request_timeout":   duration(&c.Etcd.RequestTimeout),
-			"keepalive_time":    duration(&c.Etcd.KeepaliveTime),
-			"keepalive_timeout": duration(&c.Etcd.KeepaliveTimeout),
-			"username":          str(&c.Etcd.Username),
-			"password_file":     str(&c.Etcd.PasswordFile),
+			"dial_timeout":          duration(&c.Etcd.DialTimeout),
+			"request_timeout":       duration(&c.Etcd.RequestTimeout),
+			"keepalive_time":        duration(&c.Etcd.KeepaliveTime),
+			"keepalive_timeout":     duration(&c.Etcd.KeepaliveTimeout),
+			"probe_timeout":         duration(&c.Etcd.ProbeTimeout),
+			"suspect_after":         duration(&c.Etcd.SuspectAfter),
+			"status_probe_interval": duration(&c.Etcd.StatusProbeInterval),
+			"connect_spread":        duration(&c.Etcd.ConnectSpread),
+			"username":              str(&c.Etcd.Username),
+			"password_file":         str(&c.Etcd.PasswordFile),
 			"tls": section(map[string]field{
 				"ca_file":     str(&c.Etcd.TLS.CAFile),
 				"cert_file":   str(&c.Etcd.TLS.CertFile),
@@ -228,7 +248,8 @@ func (c *Config) fields() map[string]field {
 			"resync_interval": duration(&c.Watch.ResyncInterval),
 		}),
 		"cache": section(map[string]field{
-			"prefixes": stringList(&c.Cache.Prefixes),
+			"prefixes":      stringList(&c.Cache.Prefixes),
+			"max_staleness": duration(&c.Cache.MaxStaleness),
 		}),
 		"limits": section(map[string]field{
 			"max_key_bytes":       integer(&c.Limits.MaxKeyBytes),
@@ -299,6 +320,12 @@ func (c *Config) Validate() error {
 	positive("etcd.request_timeout", c.Etcd.RequestTimeout)
 	positive("etcd.keepalive_time", c.Etcd.KeepaliveTime)
 	positive("etcd.keepalive_timeout", c.Etcd.KeepaliveTimeout)
+	positive("etcd.probe_timeout", c.Etcd.ProbeTimeout)
+	positive("etcd.suspect_after", c.Etcd.SuspectAfter)
+	positive("etcd.status_probe_interval", c.Etcd.StatusProbeInterval)
+	if c.Etcd.ConnectSpread < 0 {
+		bad("etcd.connect_spread", "must not be negative, got %v", c.Etcd.ConnectSpread)
+	}
 	if (c.Etcd.Username == "") != (c.Etcd.PasswordFile == "") {
 		bad("etcd.username", "username and password_file go together: set both or neither")
 	}
@@ -323,6 +350,7 @@ func (c *Config) Validate() error {
 	}
 	positive("watch.resync_interval", c.Watch.ResyncInterval)
 
+	positive("cache.max_staleness", c.Cache.MaxStaleness)
 	for _, p := range c.Cache.Prefixes {
 		if p == "" {
 			bad("cache.prefixes", "an empty prefix would cache the whole keyspace; list real prefixes")

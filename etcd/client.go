@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"strings"
 	"sync"
@@ -73,14 +74,31 @@ type Config struct {
 	Username string
 	Password string
 
-	// Backoff paces reconnection while no member answers. Default:
-	// backoff.DefaultPolicy().
+	// Backoff paces reconnection while no member answers (gRPC's own
+	// reconnect schedule follows it), and probe rounds while a member is
+	// ejected or a client waits to be built. Default: backoff.DefaultPolicy().
 	Backoff backoff.Policy
-	// HealthInterval is how often a connected client probes its members.
-	// Default 1s.
-	HealthInterval time.Duration
-	// ProbeTimeout bounds one probe of one member. Default 1s.
+	// ProbeTimeout bounds one probe of one member. Default 1s. A member that
+	// does not answer within it, while another does, is ejected until it
+	// answers again.
 	ProbeTimeout time.Duration
+	// SuspectAfter is how long requests may sit on one member's connection
+	// with none completing, while requests on another complete, before that
+	// member is probed (see outcome.go). It bounds how long a hung member
+	// keeps receiving requests. Default 1s.
+	SuspectAfter time.Duration
+	// StatusProbeInterval is the youngest a member probe round may be before
+	// CheckHealth (GET /v1/status) probes again. Default 30s.
+	StatusProbeInterval time.Duration
+	// ConnectSpread, when positive, spreads the connections an endpoint
+	// change opens: while the client is connected, addresses that a new
+	// list adds join the live client after a random delay in
+	// [0, ConnectSpread), so that a fleet of clients given a new list at
+	// once does not dial the new members at the same instant. Endpoints
+	// reports the new list at once; addresses it drops are dropped at once,
+	// unless none of the old ones stays, in which case the old connections
+	// serve until the new addresses join. Default 0: applied at once.
+	ConnectSpread time.Duration
 
 	// Logger receives connection state changes (info) and attempts (debug).
 	// Default: discard.
@@ -106,11 +124,14 @@ func (c Config) withDefaults() Config {
 	if c.Backoff == (backoff.Policy{}) {
 		c.Backoff = backoff.DefaultPolicy()
 	}
-	if c.HealthInterval <= 0 {
-		c.HealthInterval = time.Second
-	}
 	if c.ProbeTimeout <= 0 {
 		c.ProbeTimeout = time.Second
+	}
+	if c.SuspectAfter <= 0 {
+		c.SuspectAfter = time.Second
+	}
+	if c.StatusProbeInterval <= 0 {
+		c.StatusProbeInterval = 30 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -127,17 +148,22 @@ type EtcdClient struct {
 	initErr error // a construction error, returned by every call
 
 	mu        sync.RWMutex
-	minSize   int            // fewest endpoints a list may have (SetMinClusterSize)
-	gen       *generation    // the live client (the seed's `client`) with its in-flight count; nil until one is built
-	pending   *pendingClient // a client still to be built; set only while gen is nil
-	endpoints []string       // normalized, in the order given
-	username  string         // credentials for clients built from now on (SetCredentials)
+	minSize   int             // fewest endpoints a list may have (SetMinClusterSize)
+	gen       *generation     // the live client (the seed's `client`) with its in-flight count; nil until one is built
+	pending   *pendingClient  // a client still to be built; set only while gen is nil
+	endpoints []string        // normalized, in the order given
+	ejected   map[string]bool // endpoints left out of the live client's list: silent while others answer (health.go)
+	joining   *joining        // a change whose new addresses wait to join the live client (ConnectSpread)
+	username  string          // credentials for clients built from now on (SetCredentials)
 	password  string
 	closed    bool
 
-	reads   reader // batches concurrent linearizable reads (batch.go)
-	health  *healthLoop
-	retired sync.WaitGroup // clients replaced by UpdateEndpoints, closing
+	rand     func() float64 // ConnectSpread's delays; tests replace it
+	reads    reader         // batches concurrent linearizable reads (batch.go)
+	health   *healthLoop
+	outcomes *outcomes      // watches request outcomes for hung members (outcome.go)
+	conns    connTracker    // dials every connection, so an ejected member's can be closed (conns.go)
+	retired  sync.WaitGroup // clients replaced by UpdateEndpoints, closing
 }
 
 // generation is one underlying clientv3 client together with the requests
@@ -169,6 +195,8 @@ func New(cfg Config) (*EtcdClient, error) {
 	}
 	c := &EtcdClient{cfg: cfg, log: cfg.Logger, minSize: cfg.MinClusterSize, username: cfg.Username, password: cfg.Password}
 	c.reads.c = c
+	c.rand = rand.Float64
+	c.outcomes = newOutcomes(cfg.SuspectAfter, func() { c.health.suspect() })
 	if len(cfg.Endpoints) > 0 {
 		eps, err := endpoint.ParseList(cfg.Endpoints, cfg.TLS != nil, cfg.MinClusterSize)
 		if err != nil {
@@ -178,7 +206,8 @@ func New(cfg Config) (*EtcdClient, error) {
 			return nil, err
 		}
 	}
-	c.health = startHealthLoop(c)
+	c.health = newHealthLoop(c)
+	c.health.start()
 	return c, nil
 }
 
@@ -351,15 +380,19 @@ func (c *EtcdClient) acquire() (*generation, error) {
 	return c.gen, nil
 }
 
-// reachable reports whether a request is worth sending: the health loop saw a
-// member answer, has not probed yet, or gRPC has reconnected since the last
-// probe (so a returning cluster is used at once, not at the next probe).
+// reachable reports whether a request is worth sending: not while every
+// member's connection has failed (gRPC's own state, so a returning cluster
+// is used the moment a connection is up again), nor while the latest probe
+// round found every member silent behind open connections.
 func (c *EtcdClient) reachable(g *generation) bool {
-	h := c.health.snapshot()
-	if h.Connected || !h.Probed {
-		return true
+	if c.health != nil && c.health.down.Load() {
+		return false
 	}
-	return g.cli.ActiveConnection().GetState() == connectivity.Ready
+	switch g.cli.ActiveConnection().GetState() {
+	case connectivity.TransientFailure, connectivity.Shutdown:
+		return false
+	}
+	return true
 }
 
 // bound gives ctx the request timeout when it has no deadline of its own.
@@ -436,12 +469,21 @@ func (c *EtcdClient) applyLocked(eps []endpoint.Endpoint) error {
 	urls := endpoint.Strings(eps)
 	useTLS := eps[0].TLS()
 	if c.gen != nil && c.gen.tls == useTLS {
-		c.gen.cli.SetEndpoints(urls...)
+		prevLive := c.liveEndpointsLocked()
+		c.ejected = nil // a new list starts trusted; the next round judges it
 		c.endpoints = urls
-		c.log.Info("etcd endpoints updated", "endpoints", urls)
+		c.joining = c.spreadLocked(prevLive, urls)
+		c.gen.cli.SetEndpoints(c.liveEndpointsLocked()...)
+		if c.joining != nil {
+			c.log.Info("etcd endpoints updated; new addresses join after a random delay",
+				"endpoints", urls, "in_use", c.joining.live, "join_in", time.Until(c.joining.at).Round(time.Millisecond))
+		} else {
+			c.log.Info("etcd endpoints updated", "endpoints", urls)
+		}
 		c.health.kick()
 		return nil
 	}
+	c.ejected, c.joining = nil, nil
 	c.rebuildLocked(urls, useTLS)
 	return nil
 }
@@ -578,6 +620,8 @@ func (c *EtcdClient) newClientv3(urls []string, useTLS bool, username, password 
 			// idle, and leaving idle here (Connect returns after Build), keeps
 			// Build from ever running beside SetEndpoints.
 			grpc.WithIdleTimeout(0),
+			grpc.WithStatsHandler(c.outcomes),
+			grpc.WithContextDialer(c.conns.dial),
 		},
 	})
 	if err != nil {
@@ -608,5 +652,6 @@ func (c *EtcdClient) Close() error {
 		c.retire(g)
 	}
 	c.retired.Wait()
+	c.outcomes.stop()
 	return nil
 }

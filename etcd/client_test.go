@@ -25,8 +25,8 @@ func newTestClient(t *testing.T, cfg Config) *EtcdClient {
 	if cfg.Backoff == (backoff.Policy{}) {
 		cfg.Backoff = fastBackoff
 	}
-	if cfg.HealthInterval == 0 {
-		cfg.HealthInterval = 200 * time.Millisecond
+	if cfg.StatusProbeInterval == 0 {
+		cfg.StatusProbeInterval = time.Millisecond // every CheckHealth probes
 	}
 	c, err := New(cfg)
 	if err != nil {
@@ -185,7 +185,7 @@ func TestOneMemberDown(t *testing.T) {
 			}
 		}
 		waitFor(t, 10*time.Second, "the probe to mark the member unhealthy", func() bool {
-			for _, mh := range c.Health().Members {
+			for _, mh := range c.CheckHealth(ctxT(t, 5*time.Second)).Members {
 				if mh.Endpoint == m.Endpoint() {
 					return !mh.Healthy && mh.Error != ""
 				}
@@ -261,7 +261,7 @@ func TestHealthSnapshot(t *testing.T) {
 	cluster := etcdtest.New(t, 3)
 	c := newTestClient(t, Config{Endpoints: cluster.Endpoints()})
 	waitFor(t, 10*time.Second, "connected", func() bool { return c.Health().Connected })
-	h := c.Health()
+	h := c.CheckHealth(ctxT(t, 5*time.Second))
 	if h.ClusterID == "" || len(h.Members) != 3 {
 		t.Fatalf("health = %+v", h)
 	}
@@ -529,7 +529,7 @@ func TestUnixSocketEndpoints(t *testing.T) {
 		t.Fatalf("Get = %q, %v", v, err)
 	}
 	waitFor(t, 10*time.Second, "every member probed healthy over its socket", func() bool {
-		h := c.Health()
+		h := c.CheckHealth(ctxT(t, 5*time.Second))
 		if !h.Connected || len(h.Members) != 3 {
 			return false
 		}

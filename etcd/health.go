@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -17,19 +18,18 @@ import (
 	"udp_iaasd/backoff"
 )
 
-// Health is a snapshot of the connection to etcd, as the health loop last saw
-// it. It is a value: callers may keep it.
+// Health is a snapshot of the connection to etcd. It is a value: callers may
+// keep it.
 type Health struct {
-	// Connected is true when at least one member answered the latest probe
-	// with a leader and no alarm.
-	Connected bool `json:"connected"`
-	// Probed is false until the first round of probes has finished.
-	Probed     bool           `json:"-"`
+	// Connected is true while the client holds a ready connection to at
+	// least one member and the latest probe round, if any, did not find
+	// every member silent.
+	Connected  bool           `json:"connected"`
 	ClusterID  string         `json:"cluster_id"`
 	Leader     string         `json:"leader"` // the leader's endpoint when it is one of ours, else its member ID in hex
 	Reconnects uint64         `json:"reconnects"`
 	LastError  string         `json:"last_error"`
-	CheckedAt  time.Time      `json:"checked_at"`
+	CheckedAt  time.Time      `json:"checked_at"` // when Members were probed; zero before the first round
 	Members    []MemberHealth `json:"members"`
 }
 
@@ -41,7 +41,7 @@ type MemberHealth struct {
 	Error     string  `json:"error"`
 }
 
-// Health returns the latest connection snapshot.
+// Health returns the latest connection snapshot without contacting etcd.
 func (c *EtcdClient) Health() Health {
 	if c.health == nil {
 		return Health{LastError: fmt.Sprint(c.initErr)}
@@ -51,48 +51,95 @@ func (c *EtcdClient) Health() Health {
 	return h
 }
 
-// statePoll is how often a disconnected loop checks whether gRPC has
-// reconnected on its own, so that a returning cluster is noticed well before
-// the next backoff attempt.
-const statePoll = 100 * time.Millisecond
+// CheckHealth returns a snapshot whose Members were probed at most
+// StatusProbeInterval ago, probing them now if the last round is older.
+// Concurrent callers share one round, so a monitoring system polling
+// /v1/status every second costs etcd one round per StatusProbeInterval.
+func (c *EtcdClient) CheckHealth(ctx context.Context) Health {
+	if c.health == nil {
+		return c.Health()
+	}
+	done := make(chan struct{})
+	select {
+	case c.health.probec <- done:
+		select {
+		case <-done:
+		case <-ctx.Done():
+		}
+	case <-c.health.done:
+	case <-ctx.Done():
+	}
+	return c.Health()
+}
 
-// healthLoop probes the members with the etcd Status RPC. While one answers it
-// probes every HealthInterval; while none does, it paces reconnection attempts
-// with the backoff policy. One goroutine (run) owns every field below snap;
-// snap is written by it and read by anyone.
+// healthLoop keeps the Health snapshot without polling etcd. It follows the
+// live client's gRPC connectivity state (gRPC reconnects on its own, with
+// our backoff policy and jitter, see newClientv3), and probes the members
+// with the Status RPC only when there is a reason to: a state change, an
+// endpoint change, a request outcome that points at a member (outcome.go),
+// a CheckHealth caller, or — while something is wrong — the backoff
+// schedule. A member that does not answer its probe while another does is
+// ejected from the live client's endpoint list, so that requests stop
+// going to it, and restored when it answers again.
+//
+// One goroutine (run) owns every field below epoch; snap and down are
+// written by it and read by anyone.
 type healthLoop struct {
-	c      *EtcdClient
-	kickc  chan struct{} // endpoints changed: probe now
-	cancel context.CancelFunc
-	done   chan struct{}
-	snap   atomic.Pointer[Health]
+	c        *EtcdClient
+	kickc    chan struct{}      // the endpoints or the client changed
+	suspectc chan struct{}      // a request outcome points at a member
+	probec   chan chan struct{} // CheckHealth: probe if stale, then close
+	ctx      context.Context    // run's; cancelled by stop
+	cancel   context.CancelFunc
+	done     chan struct{}
+	snap     atomic.Pointer[Health]
+	// down is set when a probe round found every member silent while their
+	// connections stayed open (a hung cluster), so that requests fail fast
+	// instead of each waiting for its timeout.
+	down atomic.Bool
 	// epoch counts endpoint changes. A round of probes started under an older
 	// epoch describes endpoints that are gone, and is thrown away.
 	epoch atomic.Uint64
 
 	// owned by run
-	gen        *generation                 // the client the probe conns were dialled with
-	conns      map[string]*grpc.ClientConn // one long-lived conn per endpoint
-	b          backoff.Backoff
-	up         bool // the last kept round found a member
+	gen        *generation             // the client whose state is followed
+	statec     chan connectivity.State // state changes of gen's channel
+	unfollow   context.CancelFunc
+	state      connectivity.State // gen's channel state, as last reported
+	connected  bool
 	everUp     bool
 	reconnects uint64
+	buildDue   bool            // a pending client should be built now
+	retry      backoff.Backoff // paces rounds while something is wrong
+	// Suspicion rounds that find every member answering back off: a
+	// cluster slow everywhere makes every agent of a fleet suspicious at
+	// once, and their probes must not add to its load.
+	suspectWait backoff.Backoff
+	lastSuspect time.Time
+	nextSuspect time.Time
 }
 
-func startHealthLoop(c *EtcdClient) *healthLoop {
+// newHealthLoop builds the loop; start runs it. They are apart so that the
+// client holds the loop before the loop's goroutine can look for it.
+func newHealthLoop(c *EtcdClient) *healthLoop {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &healthLoop{
-		c:      c,
-		kickc:  make(chan struct{}, 1),
-		cancel: cancel,
-		done:   make(chan struct{}),
-		conns:  map[string]*grpc.ClientConn{},
-		b:      backoff.Backoff{Policy: c.cfg.Backoff},
+		ctx:         ctx,
+		c:           c,
+		kickc:       make(chan struct{}, 1),
+		suspectc:    make(chan struct{}, 1),
+		probec:      make(chan chan struct{}),
+		cancel:      cancel,
+		done:        make(chan struct{}),
+		retry:       backoff.Backoff{Policy: c.cfg.Backoff},
+		suspectWait: backoff.Backoff{Policy: c.cfg.Backoff},
+		buildDue:    true,
 	}
 	l.snap.Store(&Health{})
-	go l.run(ctx)
 	return l
 }
+
+func (l *healthLoop) start() { go l.run(l.ctx) }
 
 func (l *healthLoop) snapshot() Health {
 	if l == nil {
@@ -101,19 +148,32 @@ func (l *healthLoop) snapshot() Health {
 	return *l.snap.Load()
 }
 
-// kick tells the loop the endpoints changed: the snapshot is reset to
-// "not probed" (so requests are not refused on the old set's account) and a
-// probe starts now. It never blocks; it is a no-op before the loop exists (New
-// applies its endpoints first).
+// kick tells the loop the endpoints or the client changed: the members'
+// snapshot is dropped (it described the old set) and the loop re-attaches.
+// It never blocks; it is a no-op before the loop exists (New applies its
+// endpoints first).
 func (l *healthLoop) kick() {
 	if l == nil {
 		return
 	}
 	l.epoch.Add(1)
+	l.down.Store(false)
 	prev := l.snap.Load()
-	l.snap.Store(&Health{Reconnects: prev.Reconnects})
+	l.snap.Store(&Health{Connected: prev.Connected, Reconnects: prev.Reconnects})
 	select {
 	case l.kickc <- struct{}{}:
+	default:
+	}
+}
+
+// suspect asks for a probe round; outcomes calls it on the request path, so
+// it never blocks.
+func (l *healthLoop) suspect() {
+	if l == nil {
+		return // New's own requests, before the loop starts
+	}
+	select {
+	case l.suspectc <- struct{}{}:
 	default:
 	}
 }
@@ -125,110 +185,289 @@ func (l *healthLoop) stop() {
 
 func (l *healthLoop) run(ctx context.Context) {
 	defer close(l.done)
-	defer l.closeConns()
-	log := l.c.log
+	defer l.follow(ctx, nil)
+	var retry, joinT *time.Timer
+	defer func() {
+		if retry != nil {
+			retry.Stop()
+		}
+		if joinT != nil {
+			joinT.Stop()
+		}
+	}()
 	for {
-		epoch := l.epoch.Load()
-		h := l.probe(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if l.epoch.Load() != epoch {
-			continue // the endpoints changed under the probe; probe the new ones
-		}
-		switch {
-		case h.Connected && !l.up:
-			if l.everUp {
-				l.reconnects++
+		if l.buildDue {
+			l.buildDue = false
+			if err := l.c.buildPending(); err != nil {
+				l.store(Health{LastError: err.Error(), CheckedAt: time.Now()})
 			}
-			l.everUp = true
-			l.b.Reset()
-			log.Info("etcd connected", "cluster_id", h.ClusterID, "leader", h.Leader, "reconnects", l.reconnects)
-		case !h.Connected && (l.up || !l.everUp && l.b.Attempt() == 0) && len(h.Members) > 0:
-			log.Warn("etcd unreachable", "error", h.LastError)
 		}
-		l.up = h.Connected
-		// A kick between the epoch check above and this store leaves one stale
-		// round visible; the kick has queued a new round, which replaces it.
-		h.Reconnects = l.reconnects
-		l.snap.Store(&h)
+		l.follow(ctx, l.c.liveGen())
 
-		wait := l.c.cfg.HealthInterval
-		if !h.Connected {
-			wait = l.b.Next()
-			log.Debug("etcd reconnect scheduled", "attempt", l.b.Attempt(), "in", wait)
+		// Something is wrong that only a later round can tell is over: arm
+		// the backoff timer. Otherwise no timer runs at all.
+		var retryc <-chan time.Time
+		if l.troubled() {
+			if retry == nil {
+				d := l.retry.Next()
+				l.c.log.Debug("etcd health: next probe round scheduled", "attempt", l.retry.Attempt(), "in", d)
+				retry = time.NewTimer(d)
+			}
+			retryc = retry.C
+		} else if retry != nil {
+			retry.Stop()
+			retry = nil
+			l.retry.Reset()
 		}
-		if !l.wait(ctx, wait, !h.Connected) {
-			return
-		}
-		if !h.Connected {
-			// A reconnection attempt: cut gRPC's own backoff short on every
-			// conn, so the next probe dials afresh.
-			l.resetBackoff()
-		}
-	}
-}
 
-// wait sleeps for d, ending early on a kick, on ctx, or (when disconnected)
-// as soon as the client's connection is ready again. It returns false when ctx
-// ended.
-func (l *healthLoop) wait(ctx context.Context, d time.Duration, disconnected bool) bool {
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	var poll <-chan time.Time
-	if disconnected {
-		t := time.NewTicker(statePoll)
-		defer t.Stop()
-		poll = t.C
-	}
-	for {
+		// Waiting endpoints join at their time (ConnectSpread).
+		var joinc <-chan time.Time
+		if joinT != nil {
+			joinT.Stop()
+			joinT = nil
+		}
+		if at := l.c.joinAt(); !at.IsZero() {
+			joinT = time.NewTimer(time.Until(at))
+			joinc = joinT.C
+		}
+
 		select {
 		case <-ctx.Done():
-			return false
+			return
+		case <-joinc:
+			l.c.join()
 		case <-l.kickc:
-			return true
-		case <-timer.C:
-			return true
-		case <-poll:
-			if l.gen != nil && l.gen.cli.ActiveConnection().GetState() == connectivity.Ready {
-				return true
+			// New addresses get subchannels of their own, which dial at
+			// once. (gRPC's ResetConnectBackoff is not used: v1.83.2
+			// iterates the channel's subchannel map after releasing the lock
+			// that guards it, a data race with the balancer.)
+			l.buildDue = true
+		case st := <-l.statec:
+			l.onState(ctx, st)
+		case <-l.suspectc:
+			l.onSuspicion(ctx)
+		case done := <-l.probec:
+			if time.Since(l.snap.Load().CheckedAt) >= l.c.cfg.StatusProbeInterval {
+				l.round(ctx)
 			}
+			close(done)
+		case <-retryc:
+			retry = nil
+			l.buildDue = true
+			l.round(ctx)
 		}
 	}
 }
 
-func (l *healthLoop) resetBackoff() {
-	if l.gen != nil {
-		l.gen.cli.ActiveConnection().ResetConnectBackoff()
+// onSuspicion runs a probe round for a request outcome that points at a
+// member: at most one per ProbeTimeout while rounds find silent members,
+// and on a backoff schedule while they find none.
+func (l *healthLoop) onSuspicion(ctx context.Context) {
+	now := time.Now()
+	if now.Before(l.nextSuspect) {
+		return
 	}
-	for _, conn := range l.conns {
-		conn.ResetConnectBackoff()
+	if now.Sub(l.lastSuspect) > l.c.cfg.Backoff.Max {
+		l.suspectWait.Reset() // a new episode
+	}
+	l.lastSuspect = now
+	l.c.log.Debug("etcd health: a request outcome points at a member; probing")
+	if l.round(ctx) > 0 {
+		l.suspectWait.Reset()
+		l.nextSuspect = now.Add(l.c.cfg.ProbeTimeout)
+	} else {
+		l.nextSuspect = now.Add(l.suspectWait.Next())
 	}
 }
 
-// probe sends Status to every endpoint concurrently and returns the round's
-// snapshot (Reconnects not yet set).
-func (l *healthLoop) probe(ctx context.Context) Health {
-	if err := l.c.buildPending(); err != nil {
-		l.closeConns()
-		return Health{Probed: true, LastError: err.Error(), CheckedAt: time.Now()}
+// troubled: a client waits to be built, a member is ejected, or every member
+// was found silent. Each needs a later round to end it.
+func (l *healthLoop) troubled() bool {
+	return l.c.hasPending() || l.c.hasEjected() || l.down.Load()
+}
+
+// follow makes the loop follow g's channel state (nil: none).
+func (l *healthLoop) follow(ctx context.Context, g *generation) {
+	if g == l.gen {
+		return
 	}
-	eps, err := l.syncConns()
-	now := time.Now()
+	if l.unfollow != nil {
+		l.unfollow()
+		l.unfollow = nil
+	}
+	l.gen, l.statec, l.state = g, nil, connectivity.Idle
+	if g == nil {
+		return
+	}
+	fctx, cancel := context.WithCancel(ctx)
+	l.unfollow = cancel
+	statec := make(chan connectivity.State, 1)
+	l.statec = statec
+	conn := g.cli.ActiveConnection()
+	first := conn.GetState()
+	statec <- first
+	// The follower only reports; run decides. It ends with fctx, when the
+	// loop follows another client or stops.
+	go func() {
+		for st := first; conn.WaitForStateChange(fctx, st); {
+			st = conn.GetState()
+			select {
+			case <-statec: // drop an unread older state: only the latest matters
+			default:
+			}
+			statec <- st
+		}
+	}()
+}
+
+// onState handles a change of the followed channel's state.
+func (l *healthLoop) onState(ctx context.Context, st connectivity.State) {
+	prev := l.state
+	l.state = st
+	switch {
+	case st == connectivity.Ready && prev != connectivity.Ready:
+		l.down.Store(false)
+		// A round on (re)connection names the cluster and its leader; it
+		// is one round per change, not per interval.
+		l.round(ctx)
+	case st == connectivity.TransientFailure && prev != connectivity.TransientFailure:
+		// Every member's connection failed: requests get ErrUnavailable at
+		// once (reachable), and a round says why, member by member.
+		l.round(ctx)
+	default:
+		l.store(Health{})
+	}
+}
+
+// round probes every endpoint once, ejects the silent ones when another
+// answered, and stores the snapshot. It returns how many were silent.
+func (l *healthLoop) round(ctx context.Context) int {
+	epoch := l.epoch.Load()
+	eps, conns, err := l.c.dialProbes()
 	if err != nil {
-		return Health{Probed: true, LastError: err.Error(), CheckedAt: now}
+		l.store(Health{LastError: err.Error(), CheckedAt: time.Now()})
+		return 0
 	}
+	h := probeMembers(ctx, eps, conns, l.c.cfg.ProbeTimeout)
+	if ctx.Err() != nil || l.epoch.Load() != epoch {
+		return 0 // stopping, or the endpoints changed under the probe
+	}
+	silent := map[string]bool{}
+	for _, m := range h.Members {
+		if !m.Healthy {
+			silent[m.Endpoint] = true
+		}
+	}
+	anyHealthy := len(silent) < len(h.Members)
+	if anyHealthy {
+		l.c.setEjected(epoch, silent)
+	} else {
+		l.c.setEjected(epoch, nil) // never eject every member
+	}
+	// Every member silent while gRPC still holds connections: a hung
+	// cluster. (With no connection the channel's state already says so.)
+	l.down.Store(!anyHealthy && len(h.Members) > 0)
+	l.store(h)
+	return len(silent)
+}
+
+// store publishes h with the loop's view of the connection, logging a change.
+// Connected needs a ready connection to begin with, and ends only when every
+// member's connection has failed (or a round found them all silent): gRPC
+// passes through Connecting and Idle while endpoints change, which is no
+// disconnection.
+func (l *healthLoop) store(h Health) {
+	var connected bool
+	switch l.state {
+	case connectivity.Ready:
+		connected = true
+	case connectivity.TransientFailure, connectivity.Shutdown:
+		connected = false
+	default:
+		connected = l.connected
+	}
+	// No client (none built yet, or being rebuilt with new credentials):
+	// whatever the last channel said, nothing is connected.
+	connected = connected && !l.down.Load() && l.c.liveGen() != nil
+	log := l.c.log
+	switch {
+	case connected && !l.connected:
+		if l.everUp {
+			l.reconnects++
+		}
+		l.everUp = true
+		log.Info("etcd connected", "cluster_id", h.ClusterID, "leader", h.Leader, "reconnects", l.reconnects)
+	case !connected && l.connected:
+		log.Warn("etcd unreachable", "error", h.LastError)
+	case !connected && !l.everUp && h.LastError != "" && l.retry.Attempt() <= 1:
+		log.Warn("etcd not reachable yet", "error", h.LastError)
+	}
+	l.connected = connected
+	h.Connected = connected
+	h.Reconnects = l.reconnects
+	if h.CheckedAt.IsZero() {
+		// A state change without a round keeps the last round's members.
+		prev := l.snap.Load()
+		h.ClusterID, h.Leader, h.CheckedAt, h.Members = prev.ClusterID, prev.Leader, prev.CheckedAt, prev.Members
+	}
+	l.snap.Store(&h)
+}
+
+// dialProbes dials one short-lived connection per configured endpoint for a
+// probe round. The live client's own connections cannot be aimed at one
+// member, and keeping a second set open would double every agent's
+// connections to etcd for the sake of a rare round.
+func (c *EtcdClient) dialProbes() ([]string, []*grpc.ClientConn, error) {
+	// clientv3's Client.Dial reads the endpoint list without the lock that
+	// SetEndpoints takes (v3.7.3, client.go dial), so dial under our read lock:
+	// SetEndpoints is only called under our write lock.
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	switch {
+	case c.closed:
+		return nil, nil, ErrClosed
+	case c.pending != nil:
+		return nil, nil, fmt.Errorf("%w: %v", ErrUnavailable, c.pending.err)
+	case c.gen == nil:
+		return nil, nil, ErrNoEndpoints
+	}
+	eps := slices.Clone(c.endpoints)
+	conns := make([]*grpc.ClientConn, len(eps))
+	for i, ep := range eps {
+		conn, err := c.gen.cli.Dial(ep)
+		if err != nil {
+			for _, c := range conns[:i] {
+				c.Close()
+			}
+			return nil, nil, fmt.Errorf("dial %s for a health probe: %w", ep, err)
+		}
+		conns[i] = conn
+	}
+	return eps, conns, nil
+}
+
+// probeMembers sends Status to every endpoint concurrently, closes the
+// connections and returns the round's snapshot (Connected and Reconnects
+// not yet set). Latency is the Status call's alone, not the dial's.
+func probeMembers(ctx context.Context, eps []string, conns []*grpc.ClientConn, timeout time.Duration) Health {
 	members := make([]MemberHealth, len(eps))
 	resps := make([]*pb.StatusResponse, len(eps))
 	var wg sync.WaitGroup
 	for i, ep := range eps {
-		conn := l.conns[ep]
+		conn := conns[i]
 		wg.Go(func() {
-			pctx, cancel := context.WithTimeout(ctx, l.c.cfg.ProbeTimeout)
+			defer conn.Close()
+			pctx, cancel := context.WithTimeout(context.WithValue(ctx, probeKey{}, true), timeout)
 			defer cancel()
+			m := MemberHealth{Endpoint: ep}
+			// On a failed connection the call fails at once with gRPC's
+			// account of why, which is the error worth reporting.
+			ready := waitReady(pctx, conn)
 			start := time.Now()
 			resp, err := pb.NewMaintenanceClient(conn).Status(pctx, &pb.StatusRequest{})
-			m := MemberHealth{Endpoint: ep, LatencyMS: float64(time.Since(start).Microseconds()) / 1000}
+			if ready {
+				m.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
+			}
 			switch {
 			case err != nil:
 				m.Error = probeError(err)
@@ -245,14 +484,13 @@ func (l *healthLoop) probe(ctx context.Context) Health {
 	}
 	wg.Wait()
 
-	h := Health{Probed: true, CheckedAt: now, Members: members}
+	h := Health{CheckedAt: time.Now(), Members: members}
 	var errs []string
 	for i, m := range members {
 		if !m.Healthy {
 			errs = append(errs, m.Endpoint+": "+m.Error)
 			continue
 		}
-		h.Connected = true
 		if h.ClusterID == "" {
 			r := resps[i]
 			h.ClusterID = fmt.Sprintf("%x", r.Header.ClusterId)
@@ -265,60 +503,28 @@ func (l *healthLoop) probe(ctx context.Context) Health {
 			h.Leader = eps[i]
 		}
 	}
-	if !h.Connected {
+	if len(errs) == len(members) {
 		h.LastError = strings.Join(errs, "; ")
 	}
 	return h
 }
 
-// syncConns makes l.conns match the client's current endpoints, redialling all
-// of them when the underlying client was replaced.
-func (l *healthLoop) syncConns() ([]string, error) {
-	// clientv3's Client.Dial reads the endpoint list without the lock that
-	// SetEndpoints takes (v3.7.3, client.go dial), so dial under our read lock:
-	// SetEndpoints is only called under our write lock.
-	c := l.c
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	switch {
-	case c.closed:
-		l.closeConns()
-		return nil, ErrClosed
-	case c.gen == nil:
-		l.closeConns()
-		return nil, ErrNoEndpoints
-	}
-	if c.gen != l.gen {
-		l.closeConns()
-		l.gen = c.gen
-	}
-	eps := append([]string(nil), c.endpoints...)
-	want := make(map[string]bool, len(eps))
-	for _, ep := range eps {
-		want[ep] = true
-		if l.conns[ep] == nil {
-			conn, err := c.gen.cli.Dial(ep)
-			if err != nil {
-				return nil, fmt.Errorf("dial %s for health probes: %w", ep, err)
-			}
-			l.conns[ep] = conn
+// waitReady connects conn and waits until it is ready (true), has failed,
+// or ctx ends.
+func waitReady(ctx context.Context, conn *grpc.ClientConn) bool {
+	conn.Connect()
+	for {
+		st := conn.GetState()
+		switch st {
+		case connectivity.Ready:
+			return true
+		case connectivity.TransientFailure, connectivity.Shutdown:
+			return false
+		}
+		if !conn.WaitForStateChange(ctx, st) {
+			return false
 		}
 	}
-	for ep, conn := range l.conns {
-		if !want[ep] {
-			conn.Close()
-			delete(l.conns, ep)
-		}
-	}
-	return eps, nil
-}
-
-func (l *healthLoop) closeConns() {
-	for ep, conn := range l.conns {
-		conn.Close()
-		delete(l.conns, ep)
-	}
-	l.gen = nil
 }
 
 func probeError(err error) string {
@@ -326,4 +532,128 @@ func probeError(err error) string {
 		return "no answer within the probe timeout"
 	}
 	return err.Error()
+}
+
+// setEjected leaves the silent endpoints out of the live client's list, and
+// puts back those that answer again. A round from an older epoch changes
+// nothing: its endpoints were replaced.
+func (c *EtcdClient) setEjected(epoch uint64, silent map[string]bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.gen == nil || c.health.epoch.Load() != epoch {
+		return
+	}
+	if len(silent) == 0 {
+		silent = nil
+	}
+	if maps.Equal(silent, c.ejected) {
+		return
+	}
+	prev := c.ejected
+	c.ejected = silent
+	live := c.liveEndpointsLocked()
+	c.gen.cli.SetEndpoints(live...)
+	for ep := range silent {
+		if !prev[ep] {
+			// Requests already on its connections would wait for their
+			// deadlines: a removed address is drained, not cut.
+			c.conns.closeEndpoint(ep)
+		}
+	}
+	if silent == nil {
+		c.log.Info("etcd members answer again; all endpoints in use", "endpoints", live)
+	} else {
+		c.log.Warn("etcd members not answering; requests go to the others until they do",
+			"ejected", slices.Sorted(maps.Keys(silent)), "in_use", live)
+	}
+}
+
+// liveEndpointsLocked is the list the live client is given: the endpoints
+// (or, while new ones wait to join, those in use until they do) without
+// the ejected members. c.mu held.
+func (c *EtcdClient) liveEndpointsLocked() []string {
+	eps := c.endpoints
+	if c.joining != nil {
+		eps = c.joining.live
+	}
+	live := make([]string, 0, len(eps))
+	for _, ep := range eps {
+		if !c.ejected[ep] {
+			live = append(live, ep)
+		}
+	}
+	return live
+}
+
+// joining is an endpoint change whose new addresses wait to join.
+type joining struct {
+	live []string  // in use until at
+	at   time.Time // when the whole list goes live
+}
+
+// spreadLocked decides whether a change from the live list prev to next
+// waits: only with ConnectSpread set, while connected, and when next adds an
+// address. c.mu held.
+func (c *EtcdClient) spreadLocked(prev, next []string) *joining {
+	if c.cfg.ConnectSpread <= 0 || c.health == nil || !c.health.snapshot().Connected {
+		return nil
+	}
+	var keep []string
+	adds := false
+	for _, ep := range next {
+		if slices.Contains(prev, ep) {
+			keep = append(keep, ep)
+		} else {
+			adds = true
+		}
+	}
+	if !adds {
+		return nil
+	}
+	if len(keep) == 0 {
+		keep = prev // nothing stays: the old connections serve until the new ones join
+	}
+	d := time.Duration(c.rand() * float64(c.cfg.ConnectSpread))
+	return &joining{live: keep, at: time.Now().Add(d)}
+}
+
+// joinAt is when waiting endpoints join, or the zero time.
+func (c *EtcdClient) joinAt() time.Time {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.joining == nil {
+		return time.Time{}
+	}
+	return c.joining.at
+}
+
+// join puts every endpoint in use once its time has come.
+func (c *EtcdClient) join() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.joining == nil || c.closed || c.gen == nil || time.Now().Before(c.joining.at) {
+		return
+	}
+	c.joining = nil
+	live := c.liveEndpointsLocked()
+	c.gen.cli.SetEndpoints(live...)
+	c.log.Info("etcd endpoints in use", "endpoints", live)
+}
+
+func (c *EtcdClient) hasEjected() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.ejected) > 0
+}
+
+func (c *EtcdClient) hasPending() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.pending != nil
+}
+
+func (c *EtcdClient) liveGen() *generation {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.gen
 }

@@ -53,7 +53,7 @@ limits: {max_watches: 64}
 	}
 	level := new(slog.LevelVar)
 	level.Set(slog.LevelWarn)
-	r.agent, err = agent.New(agent.Options{Config: cfg, Version: "reliability", HealthInterval: 200 * time.Millisecond,
+	r.agent, err = agent.New(agent.Options{Config: cfg, Version: "reliability", StatusProbeInterval: time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))})
 	if err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"udp_iaasd/cache"
+	"udp_iaasd/config"
 	"udp_iaasd/etcd"
 	"udp_iaasd/internal/etcdtest"
 )
@@ -37,7 +38,7 @@ func benchmarkGet(b *testing.B, path string, cached bool) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var c *cache.Cache
 	if cached {
-		c = cache.New(ec, []string{"bench/"}, slog.New(slog.DiscardHandler))
+		c = cache.New(ec, []string{"bench/"}, config.Default().Cache.MaxStaleness, slog.New(slog.DiscardHandler))
 		go c.Run(ctx)
 	}
 	srv := New(Options{Etcd: ec, Registry: prometheus.NewRegistry(), Cache: c,

@@ -75,7 +75,7 @@ func newEnv(t *testing.T, cluster endpointer, opts ...envOpt) *env {
 
 func newEtcd(t *testing.T, endpoints []string) *etcd.EtcdClient {
 	t.Helper()
-	ec, err := etcd.New(etcd.Config{Endpoints: endpoints, HealthInterval: 200 * time.Millisecond,
+	ec, err := etcd.New(etcd.Config{Endpoints: endpoints, StatusProbeInterval: time.Millisecond,
 		RequestTimeout: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)

@@ -193,6 +193,11 @@ func (s *Server) serveHTTP(rw http.ResponseWriter, r *http.Request) {
 		}
 	case path == "/v1/status":
 		if methodIs(w, r, http.MethodGet, http.MethodHead) && noQuery(w, r) {
+			// The members' part of the status is probed on demand, at most
+			// once per etcd.StatusProbeInterval however often it is asked.
+			if s.etcd != nil {
+				s.etcd.CheckHealth(r.Context())
+			}
 			writeJSON(w, http.StatusOK, s.status())
 		}
 	case path == "/metrics":

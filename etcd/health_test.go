@@ -1,0 +1,373 @@
+package etcd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"udp_iaasd/internal/etcdtest"
+)
+
+func TestMain(m *testing.M) {
+	etcdtest.RunMemberIfRequested()
+	os.Exit(m.Run())
+}
+
+func sumRPCs(t *testing.T, eps []string) (total float64, byMethod map[string]float64) {
+	t.Helper()
+	byMethod = map[string]float64{}
+	for _, ep := range eps {
+		m, err := etcdtest.UnaryRPCs(ep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range m {
+			byMethod[k] += v
+			total += v
+		}
+	}
+	return total, byMethod
+}
+
+func port(t *testing.T, endpoint string) int {
+	t.Helper()
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, p, _ := net.SplitHostPort(u.Host)
+	n, err := strconv.Atoi(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// An idle client asks etcd nothing: no unary RPC while no request is made,
+// and one TCP connection per member, counted by the members themselves and
+// by the kernel. (The health loop used to send Status to every member every
+// second over a second set of connections.)
+func TestIdleClientAsksNothing(t *testing.T) {
+	cluster := etcdtest.NewProc(t, 3)
+	eps := cluster.Endpoints()
+	c := newTestClient(t, Config{Endpoints: eps, MinClusterSize: 3})
+	ctx := ctxT(t, 10*time.Second)
+	if err := c.Put(ctx, "idle/k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "connected", func() bool { return c.Health().Connected })
+	if h := c.CheckHealth(ctx); len(h.Members) != 3 || !h.Members[0].Healthy {
+		t.Fatalf("health = %+v", h)
+	}
+	// Let the last answers land, then count over an idle stretch.
+	time.Sleep(300 * time.Millisecond)
+	before, _ := sumRPCs(t, eps)
+	const idle = 4 * time.Second
+	time.Sleep(idle)
+	after, methods := sumRPCs(t, eps)
+	t.Logf("unary RPCs over %v idle: %v (totals by method: %v)", idle, after-before, methods)
+	if after != before {
+		t.Fatalf("an idle client sent %v unary RPCs in %v, want 0", after-before, idle)
+	}
+	conns, err := etcdtest.TCPConns(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ep := range eps {
+		if n := conns[port(t, ep)]; n != 1 {
+			t.Errorf("%d TCP connections to %s, want 1", n, ep)
+		}
+	}
+	// A CheckHealth within StatusProbeInterval of the last round is answered
+	// from it.
+	c2 := newTestClient(t, Config{Endpoints: eps, MinClusterSize: 3, StatusProbeInterval: time.Hour})
+	waitFor(t, 5*time.Second, "second client connected", func() bool { return c2.Health().Connected })
+	time.Sleep(300 * time.Millisecond) // the connection round's answers
+	before, _ = sumRPCs(t, eps)
+	for range 20 {
+		c2.CheckHealth(ctx)
+	}
+	if after, _ := sumRPCs(t, eps); after != before {
+		t.Fatalf("20 CheckHealth calls within the interval sent %v RPCs, want 0", after-before)
+	}
+}
+
+// A hung member (SIGSTOP: its connections stay open, nothing answers) is
+// found by the outcome of real requests, probed, and left out of use: the
+// requests that start after that all succeed through the other members. When
+// it answers again it is put back. The window between the stop and the
+// ejection is logged, not asserted (SuspectAfter + ProbeTimeout bound it).
+func TestHungMemberIsEjected(t *testing.T) {
+	cluster := etcdtest.NewProc(t, 3)
+	eps := cluster.Endpoints()
+	c := newTestClient(t, Config{Endpoints: eps, MinClusterSize: 3, RequestTimeout: 2 * time.Second,
+		SuspectAfter: 300 * time.Millisecond, ProbeTimeout: 500 * time.Millisecond,
+		Logger: etcdtest.Logger(t)})
+	ctx := ctxT(t, 60*time.Second)
+	h := c.CheckHealth(ctx)
+	var victim *etcdtest.ProcMember
+	for i, m := range cluster.Members {
+		if h.Leader != m.Endpoint() && h.Members[i].Healthy {
+			victim = m // a follower: a stopped leader is an election, not this
+			break
+		}
+	}
+	if victim == nil {
+		t.Fatalf("no healthy follower in %+v", h)
+	}
+
+	type result struct {
+		start, end time.Time
+		err        error
+	}
+	var (
+		mu      sync.Mutex
+		results []result
+		wg      sync.WaitGroup
+	)
+	stop := make(chan struct{})
+	for w := range 8 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				start := time.Now()
+				key := fmt.Sprintf("hung/%d", w)
+				var err error
+				if i%2 == 0 {
+					err = c.Put(ctx, key, strconv.Itoa(i))
+				} else if _, err = c.Get(ctx, key); errors.Is(err, ErrKeyNotFound) {
+					err = nil
+				}
+				mu.Lock()
+				results = append(results, result{start, time.Now(), err})
+				mu.Unlock()
+			}
+		})
+	}
+	time.Sleep(time.Second)
+	paused := time.Now()
+	if err := victim.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the hung member to be ejected", c.hasEjected)
+	ejected := time.Now()
+	time.Sleep(2 * time.Second)
+	close(stop)
+	wg.Wait()
+
+	var before, failedBefore, after, failedAfter int
+	for _, r := range results {
+		switch {
+		case r.start.Before(paused):
+		case r.start.Before(ejected):
+			before++
+			if r.err != nil {
+				failedBefore++
+			}
+		default:
+			after++
+			if r.err != nil {
+				failedAfter++
+				t.Errorf("request started %v after the ejection failed: %v", r.start.Sub(ejected), r.err)
+			}
+		}
+	}
+	t.Logf("stop → ejection %v; between them %d requests, %d failed; after it %d requests, %d failed",
+		ejected.Sub(paused), before, failedBefore, after, failedAfter)
+	if after == 0 {
+		t.Fatal("no request ran after the ejection")
+	}
+	hh := c.Health()
+	if !hh.Connected {
+		t.Fatalf("disconnected with two of three members answering: %+v", hh)
+	}
+	for _, m := range hh.Members {
+		if m.Endpoint == victim.Endpoint() && m.Healthy {
+			t.Fatalf("the hung member is reported healthy: %+v", hh)
+		}
+	}
+
+	if err := victim.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "the member to be put back", func() bool { return !c.hasEjected() })
+	if h := c.CheckHealth(ctx); !h.Members[0].Healthy || !h.Members[1].Healthy || !h.Members[2].Healthy {
+		t.Fatalf("after resume: %+v", h)
+	}
+}
+
+// A cluster whose members all hang (connections open, no answers) is
+// noticed from the requests that time out: a probe round finds no member
+// answering, and requests then fail at once with ErrUnavailable instead of
+// each waiting for its timeout. It recovers by itself.
+func TestWholeClusterHung(t *testing.T) {
+	cluster := etcdtest.NewProc(t, 3)
+	eps := cluster.Endpoints()
+	c := newTestClient(t, Config{Endpoints: eps, MinClusterSize: 3, RequestTimeout: time.Second,
+		ProbeTimeout: 500 * time.Millisecond})
+	if err := c.Put(ctxT(t, 10*time.Second), "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range cluster.Members {
+		if err := m.Pause(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var err error
+	waitFor(t, 20*time.Second, "requests to fail with ErrUnavailable", func() bool {
+		err = c.Put(context.Background(), "k", "during")
+		return errors.Is(err, ErrUnavailable)
+	})
+	start := time.Now()
+	err = c.Put(context.Background(), "k", "during")
+	t.Logf("once known: %v after %v", err, time.Since(start))
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Put with every member hung = %v, want ErrUnavailable", err)
+	}
+	if h := c.Health(); h.Connected || h.LastError == "" {
+		t.Fatalf("health with every member hung: %+v", h)
+	}
+	for _, m := range cluster.Members {
+		if err := m.Resume(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 20*time.Second, "a successful Put after the members resume", func() bool {
+		return c.Put(ctxT(t, time.Second), "k", "after") == nil
+	})
+	waitFor(t, 5*time.Second, "connected again", func() bool { return c.Health().Connected })
+}
+
+// The outcome tracker's two signs, on a controlled clock: a connection
+// with requests in flight that completed none for suspectAfter, and a
+// request that ended without an answer. A connection whose requests keep
+// completing, an idle one, and a request cancelled by its caller are not
+// suspect.
+func TestOutcomeSuspicion(t *testing.T) {
+	const after = time.Hour // the tracker's real timers never fire during the test
+	a := &net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 2379}
+	deadline := status.Error(codes.DeadlineExceeded, "deadline")
+	unavailable := status.Error(codes.Unavailable, "closing")
+	canceled := status.Error(codes.Canceled, "canceled")
+	type step struct {
+		at  time.Duration
+		op  string // begin, end, check
+		err error
+	}
+	tests := []struct {
+		name  string
+		steps []step
+		want  int
+	}{
+		{"in flight, nothing completes", []step{{0, "begin", nil}, {after, "check", nil}}, 1},
+		{"in flight, not for long yet", []step{{0, "begin", nil}, {after / 2, "check", nil}}, 0},
+		{"a slow request beside completing ones", []step{{0, "begin", nil}, {after / 2, "begin", nil},
+			{after * 9 / 10, "end", nil}, {after * 6 / 5, "check", nil}}, 0},
+		{"idle", []step{{0, "begin", nil}, {after / 10, "end", nil}, {2 * after, "check", nil}}, 0},
+		{"still stuck: suspect again", []step{{0, "begin", nil}, {after, "check", nil}, {2 * after, "check", nil}}, 2},
+		{"deadline exceeded", []step{{0, "begin", nil}, {0, "end", deadline}}, 1},
+		{"unavailable", []step{{0, "begin", nil}, {0, "end", unavailable}}, 1},
+		{"cancelled by the caller", []step{{0, "begin", nil}, {0, "end", canceled}}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t0 := time.Unix(1000, 0)
+			var now time.Time
+			suspicions := 0
+			o := newOutcomes(after, func() { suspicions++ })
+			defer o.stop()
+			o.now = func() time.Time { return now }
+			for _, s := range tt.steps {
+				now = t0.Add(s.at)
+				switch s.op {
+				case "begin":
+					o.begin(a)
+				case "end":
+					o.end(a, s.err)
+				case "check":
+					o.check(a)
+				}
+			}
+			if suspicions != tt.want {
+				t.Fatalf("suspicions = %d, want %d", suspicions, tt.want)
+			}
+		})
+	}
+}
+
+func (c *EtcdClient) liveEndpoints() []string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.liveEndpointsLocked()
+}
+
+// With ConnectSpread, an endpoint change that adds members reports the new
+// list at once but dials the new addresses after a random delay; dropped
+// members go at once; and a change that keeps none of the old addresses (a
+// rename) keeps the old connections serving until the new ones join.
+func TestConnectSpread(t *testing.T) {
+	cluster := etcdtest.New(t, 3)
+	eps := cluster.Endpoints()
+	c := newTestClient(t, Config{Endpoints: eps[:2], MinClusterSize: 2, ConnectSpread: time.Hour})
+	c.rand = func() float64 { return 0.999 } // a delay no test waits for
+	waitFor(t, 10*time.Second, "connected", func() bool { return c.Health().Connected })
+	ctx := ctxT(t, 30*time.Second)
+
+	if err := c.UpdateEndpoints(eps); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Endpoints(); !slices.Equal(got, eps) {
+		t.Fatalf("Endpoints = %v, want the new list %v at once", got, eps)
+	}
+	if got := c.liveEndpoints(); !slices.Equal(got, eps[:2]) {
+		t.Fatalf("in use = %v, want the old %v until the delay ends", got, eps[:2])
+	}
+	// Dropping is not delayed: eps[0] goes now, eps[2] still waits.
+	if err := c.UpdateEndpoints(eps[1:]); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.liveEndpoints(); !slices.Equal(got, eps[1:2]) {
+		t.Fatalf("in use = %v, want %v", got, eps[1:2])
+	}
+	if err := c.Put(ctx, "spread/k", "1"); err != nil {
+		t.Fatal(err)
+	}
+
+	// A rename: no old address stays, so the old ones serve until the join.
+	var renamed []string
+	for _, ep := range eps {
+		renamed = append(renamed, strings.Replace(ep, "127.0.0.1", "localhost", 1))
+	}
+	c.rand = func() float64 { return 0.0001 } // 360ms of the hour
+	if err := c.UpdateEndpoints(renamed); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.liveEndpoints(); !slices.Equal(got, eps[1:2]) {
+		t.Fatalf("in use right after a rename = %v, want the old %v", got, eps[1:2])
+	}
+	if err := c.Put(ctx, "spread/k", "2"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the renamed endpoints to join", func() bool {
+		return slices.Equal(c.liveEndpoints(), renamed)
+	})
+	if v, err := c.Get(ctx, "spread/k"); err != nil || v != "2" {
+		t.Fatalf("Get after the join = %q, %v", v, err)
+	}
+}
