@@ -36,7 +36,7 @@ import (
 
 func main() {
 	etcdtest.RunMemberIfRequested()
-	role := flag.String("role", "", "internal: agent or proxy")
+	role := flag.String("role", "", "internal: agent, proxy or watcher")
 	cfgPath := flag.String("config", "", "internal: the agent's config.yaml")
 	endpoints := flag.String("endpoints", "", "internal: the proxy's etcd endpoints, comma-separated")
 	listen := flag.String("listen", "", "internal: the proxy's listen address")
@@ -47,12 +47,21 @@ func main() {
 	flag.IntVar(&o.reloads, "reloads", 100, "endpoints file reloads to time")
 	flag.IntVar(&o.watchers, "watchers", 100, "local watchers for the fan-out measurement")
 	flag.StringVar(&o.only, "only", "", "measure only operations whose name contains this")
+	var fo fleetOptions
+	flag.IntVar(&fo.n, "fleet", 0, "fleet mode: N agents beside N bare etcd clients (see fleet.go)")
+	flag.DurationVar(&fo.window, "window", 20e9, "fleet mode: how long each idle measurement runs")
+	flag.BoolVar(&fo.events, "events", true, "fleet mode: run the fleet events too")
 	flag.Parse()
 	switch *role {
 	case "agent":
 		os.Exit(runAgent(*cfgPath))
 	case "proxy":
 		os.Exit(runProxy(*endpoints, *listen))
+	case "watcher":
+		os.Exit(runWatcher(*endpoints))
+	}
+	if fo.n > 0 {
+		os.Exit(runFleet(fo))
 	}
 	os.Exit(run(o))
 }
