@@ -117,7 +117,11 @@ func TestFaultInjection(t *testing.T) {
 	eps := cluster.Endpoints()
 	time.Sleep(step)
 	for i, m := range cluster.Members {
-		leader := run.agent.Status().Etcd.Leader == m.Endpoint()
+		// A fresh probe round: the snapshot's leader is as of the last
+		// event, and the previous kill may have moved leadership since.
+		hctx, hcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		leader := run.agent.Etcd().CheckHealth(hctx).Leader == m.Endpoint()
+		hcancel()
 		t.Logf("kill -9 %s (leader: %v)", m.Name, leader)
 		kills = append(kills, kill{time.Now(), m.Name, leader})
 		m.Kill()
@@ -152,17 +156,23 @@ func TestFaultInjection(t *testing.T) {
 	var slowestReq writeResult
 	longestWindow, failures := time.Duration(0), 0
 	windowByKill := make([]time.Duration, len(kills))
-	charge := func(seen time.Time, d time.Duration) {
+	windowWhy := make([]string, len(kills)) // how the longest window of each kill began
+	charge := func(first, worst writeResult, d time.Duration) {
 		longestWindow = max(longestWindow, d)
 		for i := len(kills) - 1; i >= 0; i-- {
-			if !seen.Before(kills[i].at) {
-				windowByKill[i] = max(windowByKill[i], d)
+			if !first.end.Before(kills[i].at) {
+				if d > windowByKill[i] {
+					windowByKill[i] = d
+					windowWhy[i] = fmt.Sprintf("began %v after the kill: %v; its slowest failure took %v: %v",
+						first.start.Sub(kills[i].at).Round(time.Millisecond), first.err, worst.end.Sub(worst.start).Round(time.Millisecond), worst.err)
+				}
 				return
 			}
 		}
 	}
 	for _, rs := range results {
-		var windowStart, firstSeen time.Time
+		var windowStart time.Time
+		var first, worst writeResult
 		for _, r := range rs {
 			if d := r.end.Sub(r.start); d > slowest {
 				slowest, slowestReq = d, r
@@ -170,7 +180,7 @@ func TestFaultInjection(t *testing.T) {
 			if r.err == nil {
 				acked = append(acked, r)
 				if !windowStart.IsZero() {
-					charge(firstSeen, r.start.Sub(windowStart))
+					charge(first, worst, r.start.Sub(windowStart))
 					windowStart = time.Time{}
 				}
 				continue
@@ -180,7 +190,10 @@ func TestFaultInjection(t *testing.T) {
 				t.Errorf("write %s failed with an unexpected error: %v", r.key, r.err)
 			}
 			if windowStart.IsZero() {
-				windowStart, firstSeen = r.start, r.end
+				windowStart, first, worst = r.start, r, r
+			}
+			if r.end.Sub(r.start) > worst.end.Sub(worst.start) {
+				worst = r
 			}
 		}
 	}
@@ -238,7 +251,7 @@ func TestFaultInjection(t *testing.T) {
 		if k.leader {
 			role = "leader"
 		}
-		t.Logf("kill -9 of %s (%s): longest failure window %v", k.member, role, windowByKill[i].Round(time.Millisecond))
+		t.Logf("kill -9 of %s (%s): longest failure window %v (%s)", k.member, role, windowByKill[i].Round(time.Millisecond), windowWhy[i])
 	}
 	t.Logf("FAULT RUN: %v, %d writers: %d writes acknowledged, %d failed, 0 lost; watch delivered %d events, "+
 		"0 missed, 0 repeated; longest failure window %v; slowest request %v",
