@@ -1,3 +1,5 @@
+//go:build !nodev
+
 package main
 
 import (
@@ -15,7 +17,7 @@ import (
 
 	"udp_iaasd/agent"
 	"udp_iaasd/config"
-	"udp_iaasd/internal/etcdtest"
+	"udp_iaasd/internal/devcluster"
 )
 
 // cmdDev is a newcomer's first contact: a real three-member etcd cluster
@@ -39,7 +41,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	defer os.RemoveAll(dir)
 
 	fmt.Fprintf(stdout, "starting a %d-member etcd cluster in %s …\n", *members, dir)
-	cluster, err := etcdtest.Start(etcdtest.Options{Members: *members, Dir: filepath.Join(dir, "etcd"), Fsync: true})
+	cluster, err := devcluster.Start(devcluster.Options{Members: *members, Dir: filepath.Join(dir, "etcd"), Fsync: true})
 	if err != nil {
 		fmt.Fprintf(stderr, "endpointd dev: %v\n", err)
 		return exitFailure

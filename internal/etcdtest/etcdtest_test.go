@@ -28,8 +28,7 @@ func TestClusterStopRestart(t *testing.T) {
 		t.Fatalf("restart: %v", err)
 	}
 	// Read from the restarted member alone, serializably, until it has caught up.
-	one := Cluster{Members: c.Members[:1]}
-	solo := one.Client(t)
+	solo := DirectClient(t, []string{c.Members[0].Endpoint()})
 	for {
 		resp, err := solo.Get(ctx, "k")
 		if err == nil && len(resp.Kvs) == 1 && string(resp.Kvs[0].Value) == "v2" {

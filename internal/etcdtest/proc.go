@@ -18,6 +18,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+
+	"udp_iaasd/internal/devcluster"
 )
 
 // envMember carries a member's spec to a re-executed test binary.
@@ -33,12 +35,12 @@ func RunMemberIfRequested() {
 	if raw == "" {
 		return
 	}
-	var spec memberSpec
+	var spec devcluster.MemberSpec
 	if err := json.Unmarshal([]byte(raw), &spec); err != nil {
 		fmt.Fprintf(os.Stderr, "etcdtest member: bad spec: %v\n", err)
 		os.Exit(2)
 	}
-	e, err := embed.StartEtcd(memberConfig(spec))
+	e, err := embed.StartEtcd(devcluster.MemberConfig(spec))
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "etcdtest member %s: %v\n", spec.Name, err)
 		os.Exit(1)
@@ -65,7 +67,7 @@ type ProcCluster struct {
 // ProcMember is one member process.
 type ProcMember struct {
 	Name string
-	spec memberSpec
+	spec devcluster.MemberSpec
 	log  string // the member's stderr, for failures
 
 	mu  sync.Mutex // guards cmd
@@ -91,7 +93,7 @@ func StartProc(dir string, n int) (*ProcCluster, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("etcdtest: %w", err)
 	}
-	ports, err := freePorts(2 * n)
+	ports, err := devcluster.FreePorts(2 * n)
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +102,7 @@ func StartProc(dir string, n int) (*ProcCluster, error) {
 	var initial []string
 	for i := range n {
 		name := fmt.Sprintf("p%d", i)
-		m := &ProcMember{Name: name, spec: memberSpec{
+		m := &ProcMember{Name: name, spec: devcluster.MemberSpec{
 			Name:      name,
 			Dir:       filepath.Join(dir, name),
 			ClientURL: fmt.Sprintf("http://127.0.0.1:%d", ports[2*i]),

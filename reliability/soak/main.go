@@ -36,7 +36,7 @@ import (
 	"udp_iaasd/agent"
 	"udp_iaasd/client"
 	"udp_iaasd/config"
-	"udp_iaasd/internal/etcdtest"
+	"udp_iaasd/internal/devcluster"
 )
 
 func main() {
@@ -89,7 +89,7 @@ func soak(duration time.Duration, clients, nkeys, valueSize, nwatchers int, ever
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	cluster, err := etcdtest.Start(etcdtest.Options{Members: 3, Dir: filepath.Join(dir, "etcd"), Fsync: true})
+	cluster, err := devcluster.Start(devcluster.Options{Members: 3, Dir: filepath.Join(dir, "etcd"), Fsync: true})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
