@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"udp_iaasd/api"
 	"udp_iaasd/backoff"
 	"udp_iaasd/cache"
 	"udp_iaasd/config"
@@ -450,7 +451,7 @@ func liveCopy(old, next *config.Config) *config.Config {
 }
 
 // Status reports the agent's state (/v1/status).
-func (a *Agent) Status() server.Status {
+func (a *Agent) Status() api.Status {
 	cfg := a.cfg.Load()
 	st := a.state.Load()
 	h := a.etcd.Health()
@@ -458,15 +459,15 @@ func (a *Agent) Status() server.Status {
 	if eps == nil {
 		eps = []string{}
 	}
-	members := h.Members
-	if members == nil {
-		members = []etcd.MemberHealth{}
+	members := make([]api.MemberStatus, len(h.Members))
+	for i, m := range h.Members {
+		members[i] = api.MemberStatus{Endpoint: m.Endpoint, Healthy: m.Healthy, LatencyMS: m.LatencyMS, Error: m.Error}
 	}
-	return server.Status{
+	return api.Status{
 		Version:   a.opts.Version,
 		Ready:     len(eps) > 0 && h.Connected,
 		Endpoints: eps,
-		Config: server.ConfigStatus{
+		Config: api.ConfigStatus{
 			EndpointsFile: cfg.EndpointsFile,
 			SHA256:        st.sha256,
 			AppliedAt:     rfc3339(st.appliedAt),
@@ -474,12 +475,13 @@ func (a *Agent) Status() server.Status {
 			LastError:     st.lastError,
 			LastErrorAt:   rfc3339(st.lastErrorAt),
 		},
-		Etcd: server.EtcdStatus{
+		Etcd: api.EtcdStatus{
 			Connected:  h.Connected,
 			ClusterID:  h.ClusterID,
 			Leader:     h.Leader,
 			Reconnects: h.Reconnects,
 			LastError:  h.LastError,
+			CheckedAt:  rfc3339(h.CheckedAt),
 			Members:    members,
 		},
 	}

@@ -29,6 +29,7 @@ import (
 
 	"github.com/hashicorp/go-retryablehttp"
 
+	"udp_iaasd/api"
 	"udp_iaasd/backoff"
 )
 
@@ -391,33 +392,8 @@ func (c *Client) Status(ctx context.Context) (*Status, []byte, error) {
 	return &st, bytes.TrimSpace(raw), nil
 }
 
-// Status mirrors the agent's /v1/status (API.md).
-type Status struct {
-	Version   string   `json:"version"`
-	Ready     bool     `json:"ready"`
-	Endpoints []string `json:"endpoints"`
-	Config    struct {
-		EndpointsFile string `json:"endpoints_file"`
-		SHA256        string `json:"sha256"`
-		AppliedAt     string `json:"applied_at"`
-		Reloads       uint64 `json:"reloads"`
-		LastError     string `json:"last_error"`
-		LastErrorAt   string `json:"last_error_at"`
-	} `json:"config"`
-	Etcd struct {
-		Connected  bool   `json:"connected"`
-		ClusterID  string `json:"cluster_id"`
-		Leader     string `json:"leader"`
-		Reconnects uint64 `json:"reconnects"`
-		LastError  string `json:"last_error"`
-		Members    []struct {
-			Endpoint  string  `json:"endpoint"`
-			Healthy   bool    `json:"healthy"`
-			LatencyMS float64 `json:"latency_ms"`
-			Error     string  `json:"error"`
-		} `json:"members"`
-	} `json:"etcd"`
-}
+// Status is the agent's /v1/status (API.md), as package api declares it.
+type Status = api.Status
 
 // rawKV is a key-value object of the API's JSON, with the UTF-8/base64 rule.
 type rawKV struct {

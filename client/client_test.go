@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"udp_iaasd/api"
 	"udp_iaasd/backoff"
 	"udp_iaasd/client"
 	"udp_iaasd/etcd"
@@ -31,7 +32,7 @@ func startAgent(cluster *etcdtest.Cluster, sock string) (stop func(), err error)
 	}
 	srv := server.New(server.Options{Etcd: ec, Registry: prometheus.NewRegistry(),
 		Limits: server.Limits{MaxKeyBytes: 4096, MaxValueBytes: 1 << 20, MaxWatches: 16, RequestTimeout: 3 * time.Second},
-		Status: func() server.Status { return server.Status{Ready: true, Endpoints: ec.Endpoints()} }})
+		Status: func() api.Status { return api.Status{Ready: true, Endpoints: ec.Endpoints()} }})
 	ln, err := server.Listen(sock, 0o600, -1)
 	if err != nil {
 		ec.Close()

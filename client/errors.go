@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+
+	"udp_iaasd/api"
 )
 
 // Sentinel errors, one per API.md error code; errors.Is(err, ErrNotFound)
@@ -27,16 +29,16 @@ var (
 )
 
 var codes = map[string]error{
-	"invalid_argument":    ErrInvalidArgument,
-	"forbidden":           ErrForbidden,
-	"not_found":           ErrNotFound,
-	"method_not_allowed":  ErrMethodNotAllowed,
-	"gone":                ErrGone,
-	"precondition_failed": ErrPreconditionFailed,
-	"too_large":           ErrTooLarge,
-	"unavailable":         ErrUnavailable,
-	"timeout":             ErrTimeout,
-	"internal":            ErrInternal,
+	api.CodeInvalidArgument:    ErrInvalidArgument,
+	api.CodeForbidden:          ErrForbidden,
+	api.CodeNotFound:           ErrNotFound,
+	api.CodeMethodNotAllowed:   ErrMethodNotAllowed,
+	api.CodeGone:               ErrGone,
+	api.CodePreconditionFailed: ErrPreconditionFailed,
+	api.CodeTooLarge:           ErrTooLarge,
+	api.CodeUnavailable:        ErrUnavailable,
+	api.CodeTimeout:            ErrTimeout,
+	api.CodeInternal:           ErrInternal,
 }
 
 // Error is an error answer from the agent.
@@ -58,33 +60,14 @@ func (e *Error) Error() string {
 func (e *Error) Is(target error) bool { return codes[e.Code] == target }
 
 func decodeError(resp *http.Response) error {
-	var body struct {
-		Error              string `json:"error"`
-		Code               string `json:"code"`
-		CurrentModRevision int64  `json:"current_mod_revision"`
-		CompactRevision    int64  `json:"compact_revision"`
-	}
+	var body api.Error
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if err := json.Unmarshal(raw, &body); err != nil || body.Code == "" {
 		// Not our JSON: a proxy, or net/http itself refusing the request.
-		body.Error, body.Code = fmt.Sprintf("unexpected answer %q", raw), codeForStatus(resp.StatusCode)
+		body.Error, body.Code = fmt.Sprintf("unexpected answer %q", raw), api.CodeForStatus(resp.StatusCode)
 	}
 	return &Error{Status: resp.StatusCode, Code: body.Code, Message: body.Error,
 		CurrentModRevision: body.CurrentModRevision, CompactRevision: body.CompactRevision}
-}
-
-func codeForStatus(status int) string {
-	switch status {
-	case http.StatusBadRequest, http.StatusRequestHeaderFieldsTooLarge:
-		return "invalid_argument"
-	case http.StatusNotFound:
-		return "not_found"
-	case http.StatusServiceUnavailable:
-		return "unavailable"
-	case http.StatusGatewayTimeout:
-		return "timeout"
-	}
-	return "internal"
 }
 
 func base64Decode(s string) ([]byte, error) { return base64.StdEncoding.DecodeString(s) }

@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"udp_iaasd/api"
 )
 
 // Event is one line of a watch stream.
@@ -152,7 +154,7 @@ func (c *Client) readStream(resp *http.Response, next int64, yield func(Event, e
 			next = max(next, raw.Revision+1)
 		case "ERROR":
 			e := &Error{Status: http.StatusOK, Code: raw.Code, Message: raw.Error, CompactRevision: raw.CompactRevision}
-			if raw.Code == "unavailable" {
+			if raw.Code == api.CodeUnavailable {
 				return next, false, nil // the agent is stopping or etcd is away: resume
 			}
 			return next, false, e

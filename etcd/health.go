@@ -24,21 +24,21 @@ type Health struct {
 	// Connected is true while the client holds a ready connection to at
 	// least one member and the latest probe round, if any, did not find
 	// every member silent.
-	Connected  bool           `json:"connected"`
-	ClusterID  string         `json:"cluster_id"`
-	Leader     string         `json:"leader"` // the leader's endpoint when it is one of ours, else its member ID in hex
-	Reconnects uint64         `json:"reconnects"`
-	LastError  string         `json:"last_error"`
-	CheckedAt  time.Time      `json:"checked_at"` // when Members were probed; zero before the first round
-	Members    []MemberHealth `json:"members"`
+	Connected  bool
+	ClusterID  string
+	Leader     string // the leader's endpoint when it is one of ours, else its member ID in hex
+	Reconnects uint64
+	LastError  string
+	CheckedAt  time.Time // when Members were probed; zero before the first round
+	Members    []MemberHealth
 }
 
 // MemberHealth is the latest probe of one endpoint.
 type MemberHealth struct {
-	Endpoint  string  `json:"endpoint"`
-	Healthy   bool    `json:"healthy"`
-	LatencyMS float64 `json:"latency_ms"`
-	Error     string  `json:"error"`
+	Endpoint  string
+	Healthy   bool
+	LatencyMS float64
+	Error     string
 }
 
 // Health returns the latest connection snapshot without contacting etcd.

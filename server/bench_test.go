@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"udp_iaasd/api"
 	"udp_iaasd/cache"
 	"udp_iaasd/config"
 	"udp_iaasd/etcd"
@@ -43,7 +44,7 @@ func benchmarkGet(b *testing.B, path string, cached bool) {
 	}
 	srv := New(Options{Etcd: ec, Registry: prometheus.NewRegistry(), Cache: c,
 		Limits: Limits{MaxKeyBytes: 4096, MaxValueBytes: 1 << 20, MaxWatches: 16, RequestTimeout: 5 * time.Second},
-		Status: func() Status { return Status{Ready: true} }})
+		Status: func() api.Status { return api.Status{Ready: true} }})
 	sock := filepath.Join(b.TempDir(), "b.sock")
 	ln, err := Listen(sock, 0o600, -1)
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"udp_iaasd/api"
 	"udp_iaasd/etcd"
 	"udp_iaasd/internal/etcdtest"
 )
@@ -92,7 +93,7 @@ func serve(t *testing.T, ec *etcd.EtcdClient, opts ...envOpt) *env {
 		Etcd: ec,
 		Limits: Limits{MaxKeyBytes: 4096, MaxValueBytes: 1 << 20, MaxWatches: 64,
 			RequestTimeout: 3 * time.Second},
-		Status:            func() Status { return Status{Ready: true, Endpoints: ec.Endpoints()} },
+		Status:            func() api.Status { return api.Status{Ready: true, Endpoints: ec.Endpoints()} },
 		Registry:          e.reg,
 		MaxHeaderBytes:    16 << 10,
 		ReadHeaderTimeout: 2 * time.Second,

@@ -13,6 +13,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"udp_iaasd/api"
 )
 
 func (s *Server) serveKV(w http.ResponseWriter, r *http.Request, rawKey string) {
@@ -199,7 +201,7 @@ func (s *Server) fromCache(w http.ResponseWriter, key string, prefix bool, limit
 	if ok {
 		w.Header().Set("X-Endpointd-Cache", "hit")
 		if err := writeValue(w, key, rev, kv); err != nil {
-			writeError(w, http.StatusNotFound, "not_found", err.Error(), nil)
+			writeError(w, api.CodeNotFound, err.Error(), nil)
 		}
 	}
 	return ok
@@ -236,7 +238,7 @@ func writeValue(w http.ResponseWriter, key string, rev int64, kv *mvccpb.KeyValu
 	h := w.Header()
 	if kv == nil {
 		h.Set("X-Etcd-Revision", strconv.FormatInt(rev, 10))
-		return &apiError{status: http.StatusNotFound, code: "not_found", msg: fmt.Sprintf("key %q not found", key)}
+		return &apiError{code: api.CodeNotFound, msg: fmt.Sprintf("key %q not found", key)}
 	}
 	// The hot path of every single-key read. The keys are canonical already,
 	// so they are assigned, not Set (which canonicalizes each key), and one
@@ -267,7 +269,7 @@ func writeValue(w http.ResponseWriter, key string, rev int64, kv *mvccpb.KeyValu
 // compaction point, which etcd's range error does not carry.
 func (s *Server) readError(r *http.Request, err error, rev int64) error {
 	ae := s.classify(r, err)
-	if ae != nil && ae.code == "gone" {
+	if ae != nil && ae.code == api.CodeGone {
 		ae.extra = map[string]any{"compact_revision": s.compactRevision(r, rev)}
 	}
 	if ae == nil {
@@ -438,7 +440,7 @@ func conditional(ctx context.Context, cli *clientv3.Client, cmp clientv3.Cmp, ke
 }
 
 func preconditionFailed(key string, current int64) error {
-	return &apiError{status: http.StatusPreconditionFailed, code: "precondition_failed",
+	return &apiError{code: api.CodePreconditionFailed,
 		msg:   fmt.Sprintf("the condition on key %q did not hold (current mod_revision %d)", key, current),
 		extra: map[string]any{"current_mod_revision": current}}
 }
@@ -459,7 +461,7 @@ func appendRevision(b []byte, rev, deleted int64) []byte {
 // before reading it when Content-Length says so, and while reading otherwise.
 func (s *Server) readValue(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	l := s.limits.Load()
-	tooLarge := &apiError{status: http.StatusRequestEntityTooLarge, code: "too_large",
+	tooLarge := &apiError{code: api.CodeTooLarge,
 		msg: fmt.Sprintf("value is over limits.max_value_bytes (%d bytes)", l.MaxValueBytes)}
 	if r.ContentLength > int64(l.MaxValueBytes) {
 		return nil, tooLarge

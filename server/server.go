@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"udp_iaasd/api"
 	"udp_iaasd/cache"
 	"udp_iaasd/etcd"
 )
@@ -46,7 +47,7 @@ type Options struct {
 	Cache  *cache.Cache
 	Limits Limits
 	// Status reports the agent's state for /v1/status and /readyz.
-	Status func() Status
+	Status func() api.Status
 	// Registry receives the server's metrics and is served on /metrics.
 	Registry *prometheus.Registry
 	Logger   *slog.Logger
@@ -63,7 +64,7 @@ type Options struct {
 type Server struct {
 	etcd    *etcd.EtcdClient
 	cache   *cache.Cache
-	status  func() Status
+	status  func() api.Status
 	log     *slog.Logger
 	opts    Options
 	limits  atomic.Pointer[Limits]
@@ -169,7 +170,7 @@ func (s *Server) serveHTTP(rw http.ResponseWriter, r *http.Request) {
 	peer, _ := peerFrom(r.Context())
 	if !s.allowed(peer) {
 		s.log.Debug("peer refused", "uid", peer.UID, "gid", peer.GID, "pid", peer.PID)
-		writeError(w, http.StatusForbidden, "forbidden",
+		writeError(w, api.CodeForbidden,
 			fmt.Sprintf("uid %d (gid %d) may not use this socket (socket.allowed_uids/allowed_gids)", peer.UID, peer.GID), nil)
 		return
 	}
@@ -205,7 +206,7 @@ func (s *Server) serveHTTP(rw http.ResponseWriter, r *http.Request) {
 			s.promh.ServeHTTP(w, r)
 		}
 	default:
-		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no such path %q", path), nil)
+		writeError(w, api.CodeNotFound, fmt.Sprintf("no such path %q", path), nil)
 	}
 }
 
@@ -266,14 +267,14 @@ func methodIs(w http.ResponseWriter, r *http.Request, allowed ...string) bool {
 		}
 	}
 	w.Header().Set("Allow", strings.Join(allowed, ", "))
-	writeError(w, http.StatusMethodNotAllowed, "method_not_allowed",
+	writeError(w, api.CodeMethodNotAllowed,
 		fmt.Sprintf("method %s is not allowed here; use %s", r.Method, strings.Join(allowed, " or ")), nil)
 	return false
 }
 
 func noQuery(w http.ResponseWriter, r *http.Request) bool {
 	if r.URL.RawQuery != "" {
-		writeError(w, http.StatusBadRequest, "invalid_argument", "this path takes no query parameters", nil)
+		writeError(w, api.CodeInvalidArgument, "this path takes no query parameters", nil)
 		return false
 	}
 	return true
@@ -294,12 +295,13 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 // writeError writes API.md's error JSON, with extra fields when given.
-func writeError(w http.ResponseWriter, code int, errCode, msg string, extra map[string]any) {
-	body := map[string]any{"error": msg, "code": errCode}
+// writeError writes an error answer with code's HTTP status (API.md).
+func writeError(w http.ResponseWriter, code, msg string, extra map[string]any) {
+	body := map[string]any{"error": msg, "code": code}
 	for k, v := range extra {
 		body[k] = v
 	}
-	writeJSON(w, code, body)
+	writeJSON(w, api.HTTPStatus(code), body)
 }
 
 // statusWriter records the status code for metrics and passes flushes

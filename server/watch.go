@@ -10,6 +10,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"udp_iaasd/api"
 	"udp_iaasd/backoff"
 )
 
@@ -55,7 +56,7 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, rawKey string) er
 	l := s.limits.Load()
 	if n := s.watchers.Add(1); n > int64(l.MaxWatches) {
 		s.watchers.Add(-1)
-		return &apiError{status: http.StatusServiceUnavailable, code: "unavailable",
+		return &apiError{code: api.CodeUnavailable,
 			msg: fmt.Sprintf("too many open watches (limits.max_watches = %d); try again later", l.MaxWatches)}
 	}
 	defer s.watchers.Add(-1)
@@ -184,7 +185,7 @@ func (st *stream) ctxErr() error {
 }
 
 func gone(compactRev int64) *apiError {
-	return &apiError{status: http.StatusGone, code: "gone",
+	return &apiError{code: api.CodeGone,
 		msg:   fmt.Sprintf("revision compacted; the oldest revision still available is %d", compactRev),
 		extra: map[string]any{"compact_revision": compactRev}}
 }
@@ -209,7 +210,7 @@ func (st *stream) run(heartbeat time.Duration) {
 		case <-st.r.Context().Done():
 			return
 		case <-st.s.stopping:
-			st.writeError("unavailable", "the agent is shutting down; resume from the last revision", nil)
+			st.writeError(api.CodeUnavailable, "the agent is shutting down; resume from the last revision", nil)
 			return
 		case <-hb.C:
 			if !st.write(st.progressLine()) {
@@ -231,7 +232,7 @@ func (st *stream) run(heartbeat time.Duration) {
 			}
 		case resp, ok := <-st.wch:
 			if ok && resp.CompactRevision != 0 {
-				st.writeError("gone", fmt.Sprintf("events after revision %d were compacted away; re-read and watch again", st.lastRev),
+				st.writeError(api.CodeGone, fmt.Sprintf("events after revision %d were compacted away; re-read and watch again", st.lastRev),
 					map[string]any{"compact_revision": resp.CompactRevision})
 				return
 			}
