@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -35,7 +36,8 @@ import (
 var (
 	// ErrKeyNotFound is returned by Get for an absent key.
 	ErrKeyNotFound = errors.New("etcd: key not found")
-	// ErrClosed is returned by every call after Close.
+	// ErrClosed is returned by every call after Close; a closed client,
+	// GetClient's included, stays closed.
 	ErrClosed = errors.New("etcd: client closed")
 	// ErrNoEndpoints is returned while no endpoint set has been applied.
 	ErrNoEndpoints = errors.New("etcd: no endpoints configured")
@@ -45,6 +47,12 @@ var (
 	// ErrEndpointNotFound is returned by RemoveEndpoint for an endpoint that is
 	// not in the list.
 	ErrEndpointNotFound = errors.New("etcd: endpoint not in the list")
+	// ErrNoHealthyEndpoint is returned by RemoveEndpoint when no endpoint
+	// that would remain answers: removing one then could leave the client
+	// with nothing that works.
+	ErrNoHealthyEndpoint = errors.New("etcd: no remaining endpoint is healthy")
+	// errListChanged: the list changed while RemoveEndpoint probed.
+	errListChanged = errors.New("etcd: the endpoint list changed meanwhile; try again")
 )
 
 // EnvEndpoints names the environment variable GetClient reads its endpoints
@@ -219,6 +227,12 @@ var (
 // GetClient returns the process-wide client, built on first use from the
 // ETCD_ENDPOINTS environment variable (comma-separated; default
 // 127.0.0.1:2379). If it cannot be built, every method returns why.
+//
+// Its lifecycle is the process's: it is built once and never rebuilt, so
+// Close it only when the process is done with etcd (at exit). After Close
+// every method of it returns ErrClosed, and GetClient keeps returning the
+// same closed client. A component with a shorter life builds its own with
+// New or NewCustomClient.
 func GetClient() *EtcdClient {
 	singletonOnce.Do(func() {
 		var eps []string
@@ -422,9 +436,14 @@ func (c *EtcdClient) UpdateEndpoints(endpoints []string) error {
 	return c.applyLocked(eps)
 }
 
-// RemoveEndpoint removes one endpoint (in any form that normalizes to a listed
-// one). It fails for an endpoint not in the list, and when fewer than
-// MinClusterSize endpoints would remain.
+// RemoveEndpoint removes one endpoint (in any form that normalizes to a
+// listed one), following the seed's own practice of checking the cluster's
+// health first: it fails with ErrEndpointNotFound for an endpoint not in the
+// list, with endpoint.ErrTooFew when fewer than MinClusterSize would remain,
+// and with ErrNoHealthyEndpoint when none of the endpoints that would
+// remain answers etcd's Status RPC with a leader. They are probed now (within
+// ProbeTimeout): a removal is rare, and an earlier round's answer may
+// predate the failure that prompts it.
 func (c *EtcdClient) RemoveEndpoint(ep string) error {
 	if c.initErr != nil {
 		return c.initErr
@@ -433,26 +452,69 @@ func (c *EtcdClient) RemoveEndpoint(ep string) error {
 	if err != nil {
 		return fmt.Errorf("etcd: remove endpoint: %w", err)
 	}
+	rest, err := c.withoutEndpoint(ep, target.String())
+	if err != nil {
+		return err
+	}
+	if !c.anyHealthy(rest) {
+		return fmt.Errorf("etcd: remove endpoint %q: none of %s answers: %w", ep, strings.Join(rest, ", "), ErrNoHealthyEndpoint)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	rest := make([]string, 0, len(c.endpoints))
-	for _, e := range c.endpoints {
-		if e != target.String() {
-			rest = append(rest, e)
-		}
-	}
-	if len(rest) == len(c.endpoints) {
-		return fmt.Errorf("etcd: remove endpoint %q: %w (have %s)", ep, ErrEndpointNotFound, strings.Join(c.endpoints, ", "))
-	}
-	if len(rest) < c.minSize {
-		return fmt.Errorf("etcd: remove endpoint %q: would leave %d endpoints, fewer than the minimum %d: %w",
-			ep, len(rest), c.minSize, endpoint.ErrTooFew)
+	if now, err := c.withoutEndpointLocked(ep, target.String()); err != nil {
+		return err
+	} else if !slices.Equal(now, rest) {
+		return fmt.Errorf("etcd: remove endpoint %q: %w", ep, errListChanged)
 	}
 	eps, err := endpoint.ParseList(rest, c.cfg.TLS != nil, c.minSize)
 	if err != nil {
 		return fmt.Errorf("etcd: remove endpoint: %w", err)
 	}
 	return c.applyLocked(eps)
+}
+
+func (c *EtcdClient) withoutEndpoint(ep, target string) ([]string, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.withoutEndpointLocked(ep, target)
+}
+
+// withoutEndpointLocked is the list without target, checked against the
+// minimum. c.mu held.
+func (c *EtcdClient) withoutEndpointLocked(ep, target string) ([]string, error) {
+	if c.closed {
+		return nil, ErrClosed
+	}
+	rest := make([]string, 0, len(c.endpoints))
+	for _, e := range c.endpoints {
+		if e != target {
+			rest = append(rest, e)
+		}
+	}
+	if len(rest) == len(c.endpoints) {
+		return nil, fmt.Errorf("etcd: remove endpoint %q: %w (have %s)", ep, ErrEndpointNotFound, strings.Join(c.endpoints, ", "))
+	}
+	if len(rest) < c.minSize {
+		return nil, fmt.Errorf("etcd: remove endpoint %q: would leave %d endpoints, fewer than the minimum %d: %w",
+			ep, len(rest), c.minSize, endpoint.ErrTooFew)
+	}
+	return rest, nil
+}
+
+// anyHealthy reports whether one of eps answers a probe now.
+func (c *EtcdClient) anyHealthy(eps []string) bool {
+	conns, err := c.dialProbes(eps)
+	if err != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
+	defer cancel()
+	for _, m := range probeMembers(ctx, eps, conns, min(c.cfg.ProbeTimeout, c.cfg.RequestTimeout)).Members {
+		if m.Healthy {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *EtcdClient) apply(eps []endpoint.Endpoint) error {

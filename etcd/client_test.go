@@ -541,3 +541,58 @@ func TestUnixSocketEndpoints(t *testing.T) {
 		return true
 	})
 }
+
+// RemoveEndpoint checks the health of what would remain (the seed's "monitor
+// cluster health before removing endpoints"). The client knows two members
+// of three, one of them stopped (the cluster keeps its quorum): removing the
+// live one is refused and changes nothing; removing the stopped one, which
+// leaves the live one, goes through.
+func TestRemoveEndpointNeedsAHealthyRemainder(t *testing.T) {
+	cluster := etcdtest.New(t, 3)
+	all := cluster.Endpoints()
+	eps := []string{all[0], all[2]}
+	c := newTestClient(t, Config{Endpoints: eps, MinClusterSize: 1, RequestTimeout: 2 * time.Second})
+	if err := c.Put(ctxT(t, 10*time.Second), "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	cluster.Members[2].Stop()
+	if err := c.RemoveEndpoint(all[0]); !errors.Is(err, ErrNoHealthyEndpoint) {
+		t.Fatalf("removing the only live member = %v, want ErrNoHealthyEndpoint", err)
+	}
+	if got := c.Endpoints(); !slices.Equal(got, eps) {
+		t.Fatalf("a refused removal changed the list to %v", got)
+	}
+	if err := c.RemoveEndpoint(all[2]); err != nil {
+		t.Fatalf("removing a stopped member while a live one remains: %v", err)
+	}
+	if got := c.Endpoints(); !slices.Equal(got, all[:1]) {
+		t.Fatalf("Endpoints = %v, want %v", got, all[:1])
+	}
+	if err := c.Put(ctxT(t, 10*time.Second), "k", "v2"); err != nil {
+		t.Fatalf("Put after the removal: %v", err)
+	}
+}
+
+// A closed client stays closed: every method says ErrClosed (GetClient's
+// singleton is such a client; see its doc).
+func TestClosedClient(t *testing.T) {
+	cluster := etcdtest.New(t, 1)
+	c := newTestClient(t, Config{Endpoints: cluster.Endpoints()})
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t, 5*time.Second)
+	_, getErr := c.Get(ctx, "k")
+	for name, err := range map[string]error{
+		"Put":             c.Put(ctx, "k", "v"),
+		"Get":             getErr,
+		"Delete":          c.Delete(ctx, "k"),
+		"UpdateEndpoints": c.UpdateEndpoints(cluster.Endpoints()),
+		"RemoveEndpoint":  c.RemoveEndpoint(cluster.Endpoints()[0]),
+		"Close again":     errors.Join(c.Close(), ErrClosed),
+	} {
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("%s after Close = %v, want ErrClosed", name, err)
+		}
+	}
+}

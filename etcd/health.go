@@ -343,7 +343,8 @@ func (l *healthLoop) onState(ctx context.Context, st connectivity.State) {
 // answered, and stores the snapshot. It returns how many were silent.
 func (l *healthLoop) round(ctx context.Context) int {
 	epoch := l.epoch.Load()
-	eps, conns, err := l.c.dialProbes()
+	eps := l.c.Endpoints()
+	conns, err := l.c.dialProbes(eps)
 	if err != nil {
 		l.store(Health{LastError: err.Error(), CheckedAt: time.Now()})
 		return 0
@@ -413,11 +414,11 @@ func (l *healthLoop) store(h Health) {
 	l.snap.Store(&h)
 }
 
-// dialProbes dials one short-lived connection per configured endpoint for a
-// probe round. The live client's own connections cannot be aimed at one
-// member, and keeping a second set open would double every agent's
-// connections to etcd for the sake of a rare round.
-func (c *EtcdClient) dialProbes() ([]string, []*grpc.ClientConn, error) {
+// dialProbes dials one short-lived connection to each of eps for a probe
+// round. The live client's own connections cannot be aimed at one member,
+// and keeping a second set open would double every agent's connections to
+// etcd for the sake of a rare round.
+func (c *EtcdClient) dialProbes(eps []string) ([]*grpc.ClientConn, error) {
 	// clientv3's Client.Dial reads the endpoint list without the lock that
 	// SetEndpoints takes (v3.7.3, client.go dial), so dial under our read lock:
 	// SetEndpoints is only called under our write lock.
@@ -425,13 +426,12 @@ func (c *EtcdClient) dialProbes() ([]string, []*grpc.ClientConn, error) {
 	defer c.mu.RUnlock()
 	switch {
 	case c.closed:
-		return nil, nil, ErrClosed
+		return nil, ErrClosed
 	case c.pending != nil:
-		return nil, nil, fmt.Errorf("%w: %v", ErrUnavailable, c.pending.err)
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, c.pending.err)
 	case c.gen == nil:
-		return nil, nil, ErrNoEndpoints
+		return nil, ErrNoEndpoints
 	}
-	eps := slices.Clone(c.endpoints)
 	conns := make([]*grpc.ClientConn, len(eps))
 	for i, ep := range eps {
 		conn, err := c.gen.cli.Dial(ep)
@@ -439,11 +439,11 @@ func (c *EtcdClient) dialProbes() ([]string, []*grpc.ClientConn, error) {
 			for _, c := range conns[:i] {
 				c.Close()
 			}
-			return nil, nil, fmt.Errorf("dial %s for a health probe: %w", ep, err)
+			return nil, fmt.Errorf("dial %s for a health probe: %w", ep, err)
 		}
 		conns[i] = conn
 	}
-	return eps, conns, nil
+	return conns, nil
 }
 
 // probeMembers sends Status to every endpoint concurrently, closes the
