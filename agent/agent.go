@@ -113,7 +113,6 @@ func New(opts Options) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	a.etcd, err = etcd.New(etcd.Config{
-		MinClusterSize:   cfg.MinClusterSize,
 		DialTimeout:      cfg.Etcd.DialTimeout,
 		RequestTimeout:   cfg.Etcd.RequestTimeout,
 		KeepAliveTime:    cfg.Etcd.KeepaliveTime,
@@ -339,7 +338,7 @@ func (a *Agent) apply(u watcher.Update) {
 	}
 	eps, err := config.ParseEndpoints(cfg.EndpointsFile, u.Data, cfg.Etcd.TLS.Enabled(), cfg.MinClusterSize)
 	if err == nil {
-		err = a.etcd.UpdateEndpoints(eps.Strings())
+		err = a.etcd.ApplyEndpoints(eps.List)
 	}
 	if err != nil {
 		a.reject(u.Sum, err.Error())
@@ -392,7 +391,6 @@ func (a *Agent) reloadConfig() (restartWatcher bool) {
 	}
 	live := liveCopy(old, next)
 	a.cfg.Store(live)
-	a.etcd.SetMinClusterSize(live.MinClusterSize)
 	// The password file is read again on every reload (a rotation); the
 	// client is rebuilt only if the credentials changed.
 	a.etcd.SetCredentials(live.Etcd.Username, password)

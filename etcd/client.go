@@ -155,8 +155,9 @@ type EtcdClient struct {
 	log     *slog.Logger
 	initErr error // a construction error, returned by every call
 
+	minSize int // fewest endpoints UpdateEndpoints and RemoveEndpoint accept; read-only after New
+
 	mu        sync.RWMutex
-	minSize   int             // fewest endpoints a list may have (SetMinClusterSize)
 	gen       *generation     // the live client (the seed's `client`) with its in-flight count; nil until one is built
 	pending   *pendingClient  // a client still to be built; set only while gen is nil
 	endpoints []string        // normalized, in the order given
@@ -210,7 +211,7 @@ func New(cfg Config) (*EtcdClient, error) {
 		if err != nil {
 			return nil, fmt.Errorf("etcd: endpoints: %w", err)
 		}
-		if err := c.apply(eps); err != nil {
+		if err := c.ApplyEndpoints(eps); err != nil {
 			return nil, err
 		}
 	}
@@ -277,20 +278,9 @@ func (c *EtcdClient) Endpoints() []string {
 	return append([]string(nil), c.endpoints...)
 }
 
-// MinClusterSize returns the fewest endpoints a list may have.
-func (c *EtcdClient) MinClusterSize() int {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return c.minSize
-}
-
-// SetMinClusterSize changes the minimum for later updates (a config reload);
-// the applied list is kept even if it is now shorter.
-func (c *EtcdClient) SetMinClusterSize(n int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.minSize = max(n, 1)
-}
+// MinClusterSize returns the fewest endpoints UpdateEndpoints and
+// RemoveEndpoint accept (Config.MinClusterSize).
+func (c *EtcdClient) MinClusterSize() int { return c.minSize }
 
 // Put sets key to value.
 func (c *EtcdClient) Put(ctx context.Context, key, value string) error {
@@ -427,12 +417,27 @@ func (c *EtcdClient) UpdateEndpoints(endpoints []string) error {
 	if c.initErr != nil {
 		return c.initErr
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	eps, err := endpoint.ParseList(endpoints, c.cfg.TLS != nil, c.minSize)
 	if err != nil {
 		return fmt.Errorf("etcd: update endpoints: %w", err)
 	}
+	return c.ApplyEndpoints(eps)
+}
+
+// ApplyEndpoints applies a list that package endpoint has already parsed
+// and validated (endpoint.ParseList, or config.ParseEndpoints, which also
+// enforces the agent's min_cluster_size): the agent's path, so a file
+// version is parsed once. It is applied as UpdateEndpoints applies a list.
+// An empty list is refused.
+func (c *EtcdClient) ApplyEndpoints(eps []endpoint.Endpoint) error {
+	if c.initErr != nil {
+		return c.initErr
+	}
+	if len(eps) == 0 {
+		return fmt.Errorf("etcd: apply endpoints: an empty list: %w", endpoint.ErrTooFew)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	return c.applyLocked(eps)
 }
 
@@ -515,12 +520,6 @@ func (c *EtcdClient) anyHealthy(eps []string) bool {
 		}
 	}
 	return false
-}
-
-func (c *EtcdClient) apply(eps []endpoint.Endpoint) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.applyLocked(eps)
 }
 
 // applyLocked applies a validated list. c.mu must be held for writing.
