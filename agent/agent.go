@@ -18,7 +18,6 @@ import (
 	"net"
 	"net/http"
 	"os/user"
-	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,7 +29,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"udp_iaasd/api"
-	"udp_iaasd/backoff"
 	"udp_iaasd/cache"
 	"udp_iaasd/config"
 	"udp_iaasd/etcd"
@@ -113,18 +111,17 @@ func New(opts Options) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	a.etcd, err = etcd.New(etcd.Config{
-		DialTimeout:      cfg.Etcd.DialTimeout,
-		RequestTimeout:   cfg.Etcd.RequestTimeout,
-		KeepAliveTime:    cfg.Etcd.KeepaliveTime,
-		KeepAliveTimeout: cfg.Etcd.KeepaliveTimeout,
-		ProbeTimeout:     cfg.Etcd.ProbeTimeout,
-		SuspectAfter:     cfg.Etcd.SuspectAfter,
-		ConnectSpread:    cfg.Etcd.ConnectSpread,
-		TLS:              tlsCfg,
-		Username:         cfg.Etcd.Username,
-		Password:         password,
-		Backoff: backoff.Policy{Initial: cfg.Backoff.Initial, Max: cfg.Backoff.Max,
-			Multiplier: cfg.Backoff.Multiplier, Jitter: cfg.Backoff.Jitter},
+		DialTimeout:         cfg.Etcd.DialTimeout,
+		RequestTimeout:      cfg.Etcd.RequestTimeout,
+		KeepAliveTime:       cfg.Etcd.KeepaliveTime,
+		KeepAliveTimeout:    cfg.Etcd.KeepaliveTimeout,
+		ProbeTimeout:        cfg.Etcd.ProbeTimeout,
+		SuspectAfter:        cfg.Etcd.SuspectAfter,
+		ConnectSpread:       cfg.Etcd.ConnectSpread,
+		TLS:                 tlsCfg,
+		Username:            cfg.Etcd.Username,
+		Password:            password,
+		Backoff:             cfg.Backoff,
 		StatusProbeInterval: cmp.Or(opts.StatusProbeInterval, cfg.Etcd.StatusProbeInterval),
 		Logger:              a.log,
 	})
@@ -386,11 +383,12 @@ func (a *Agent) reloadConfig() (restartWatcher bool) {
 		a.log.Error("reload: config rejected; keeping the running config", "file", a.opts.ConfigPath, "error", err)
 		return false
 	}
-	for _, f := range restartOnly(old, next) {
+	live, waiting := config.Diff(old, next)
+	for _, f := range waiting {
 		a.log.Warn("reload: setting changed; it takes effect after a restart", "setting", f)
 	}
-	live := liveCopy(old, next)
 	a.cfg.Store(live)
+	a.etcd.SetRequestTimeout(live.Etcd.RequestTimeout)
 	// The password file is read again on every reload (a rotation); the
 	// client is rebuilt only if the credentials changed.
 	a.etcd.SetCredentials(live.Etcd.Username, password)
@@ -400,52 +398,6 @@ func (a *Agent) reloadConfig() (restartWatcher bool) {
 	}
 	a.log.Info("reload: config applied", "file", a.opts.ConfigPath)
 	return live.EndpointsFile != old.EndpointsFile || live.Watch != old.Watch
-}
-
-// restartOnly lists settings that differ but cannot change while running.
-func restartOnly(old, next *config.Config) []string {
-	var out []string
-	diff := func(name string, a, b any) {
-		if !reflect.DeepEqual(a, b) {
-			out = append(out, name)
-		}
-	}
-	diff("socket.path", old.Socket.Path, next.Socket.Path)
-	diff("socket.mode", old.Socket.Mode, next.Socket.Mode)
-	diff("socket.group", old.Socket.Group, next.Socket.Group)
-	diff("etcd (connection settings other than request_timeout and credentials)", withoutLive(old.Etcd), withoutLive(next.Etcd))
-	diff("backoff", old.Backoff, next.Backoff)
-	diff("cache", old.Cache, next.Cache)
-	diff("log.format", old.Log.Format, next.Log.Format)
-	diff("limits (connection settings)", connLimits(old.Limits), connLimits(next.Limits))
-	return out
-}
-
-// withoutLive is e without the settings a reload applies live.
-func withoutLive(e config.Etcd) config.Etcd {
-	e.RequestTimeout = 0
-	e.Username, e.PasswordFile = "", ""
-	return e
-}
-
-func connLimits(l config.Limits) config.Limits {
-	l.MaxKeyBytes, l.MaxValueBytes, l.MaxWatches = 0, 0, 0
-	return l
-}
-
-// liveCopy is next with the restart-only settings of old.
-func liveCopy(old, next *config.Config) *config.Config {
-	c := *next
-	c.Socket.Path, c.Socket.Mode, c.Socket.Group = old.Socket.Path, old.Socket.Mode, old.Socket.Group
-	c.Etcd = old.Etcd
-	c.Etcd.RequestTimeout = next.Etcd.RequestTimeout
-	c.Etcd.Username, c.Etcd.PasswordFile = next.Etcd.Username, next.Etcd.PasswordFile
-	c.Backoff, c.Cache = old.Backoff, old.Cache
-	c.Log.Format = old.Log.Format
-	lim := old.Limits
-	lim.MaxKeyBytes, lim.MaxValueBytes, lim.MaxWatches = next.Limits.MaxKeyBytes, next.Limits.MaxValueBytes, next.Limits.MaxWatches
-	c.Limits = lim
-	return &c
 }
 
 // Status reports the agent's state (/v1/status).

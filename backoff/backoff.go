@@ -33,6 +33,13 @@ func DefaultPolicy() Policy {
 	return Policy{Initial: 100 * time.Millisecond, Max: 30 * time.Second, Multiplier: 2, Jitter: 0.2}
 }
 
+// WithMax is p with a different longest delay: the same schedule, capped
+// sooner, for retries that must not wait as long as a reconnection may.
+func (p Policy) WithMax(d time.Duration) Policy {
+	p.Max = d
+	return p
+}
+
 // Validate reports a policy that cannot produce a sensible schedule.
 func (p Policy) Validate() error {
 	switch {

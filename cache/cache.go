@@ -214,7 +214,9 @@ func (p *prefixCache) usable() bool {
 }
 
 func (p *prefixCache) run(ctx context.Context) {
-	b := backoff.Backoff{Policy: backoff.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second, Multiplier: 2, Jitter: 0.2}}
+	// A relist retries sooner than a reconnection may wait: reads fall
+	// through to etcd meanwhile.
+	b := backoff.Backoff{Policy: backoff.DefaultPolicy().WithMax(5 * time.Second)}
 	for ctx.Err() == nil {
 		err := p.syncOnce(ctx)
 		p.mu.Lock()

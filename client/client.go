@@ -69,7 +69,7 @@ func New(socket string, opts Options) *Client {
 		opts.RetryMax = 0
 	}
 	if opts.Backoff == (backoff.Policy{}) {
-		opts.Backoff = backoff.Policy{Initial: 100 * time.Millisecond, Max: 2 * time.Second, Multiplier: 2, Jitter: 0.2}
+		opts.Backoff = backoff.DefaultPolicy().WithMax(2 * time.Second)
 	}
 	dial := func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer

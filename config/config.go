@@ -16,12 +16,15 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
+	"udp_iaasd/backoff"
 	"udp_iaasd/endpoint"
+	"udp_iaasd/etcd"
 )
 
 // DefaultPath is where `endpointd run` looks for config.yaml.
@@ -85,12 +88,7 @@ type TLS struct {
 func (t TLS) Enabled() bool { return t != TLS{} }
 
 // Backoff is the reconnection schedule.
-type Backoff struct {
-	Initial    time.Duration
-	Max        time.Duration
-	Multiplier float64
-	Jitter     float64
-}
+type Backoff = backoff.Policy
 
 // Watch paces reading the endpoints file.
 type Watch struct {
@@ -133,7 +131,7 @@ func Default() *Config {
 		Socket:         Socket{Path: "/run/endpointd/endpointd.sock", Mode: 0o660},
 		Etcd: Etcd{
 			DialTimeout:         5 * time.Second,
-			RequestTimeout:      5 * time.Second,
+			RequestTimeout:      etcd.DefaultRequestTimeout,
 			KeepaliveTime:       10 * time.Second,
 			KeepaliveTimeout:    5 * time.Second,
 			ProbeTimeout:        time.Second,
@@ -141,7 +139,7 @@ func Default() *Config {
 			StatusProbeInterval: 30 * time.Second,
 			ConnectSpread:       2 * time.Second,
 		},
-		Backoff: Backoff{Initial: 100 * time.Millisecond, Max: 30 * time.Second, Multiplier: 2, Jitter: 0.2},
+		Backoff: backoff.DefaultPolicy(),
 		Watch:   Watch{Debounce: 100 * time.Millisecond, ResyncInterval: 30 * time.Second},
 		Cache:   Cache{MaxStaleness: time.Second},
 		Limits: Limits{
@@ -491,4 +489,60 @@ func ParseEndpoints(file string, data []byte, defaultTLS bool, minSize int) (*En
 		return nil, d.probs.sorted()
 	}
 	return &Endpoints{List: eps}, nil
+}
+
+// restartOnly lists the settings a reload cannot apply to a running agent,
+// each with how to keep the running value. Every other setting is live. It
+// is the one table of that rule: Diff uses it, and the example config marks
+// the same settings [restart] (a test compares them).
+var restartOnly = []struct {
+	name string
+	keep func(live, running *Config)
+}{
+	{"socket.path", func(l, r *Config) { l.Socket.Path = r.Socket.Path }},
+	{"socket.mode", func(l, r *Config) { l.Socket.Mode = r.Socket.Mode }},
+	{"socket.group", func(l, r *Config) { l.Socket.Group = r.Socket.Group }},
+	{"etcd.dial_timeout", func(l, r *Config) { l.Etcd.DialTimeout = r.Etcd.DialTimeout }},
+	{"etcd.keepalive_time", func(l, r *Config) { l.Etcd.KeepaliveTime = r.Etcd.KeepaliveTime }},
+	{"etcd.keepalive_timeout", func(l, r *Config) { l.Etcd.KeepaliveTimeout = r.Etcd.KeepaliveTimeout }},
+	{"etcd.probe_timeout", func(l, r *Config) { l.Etcd.ProbeTimeout = r.Etcd.ProbeTimeout }},
+	{"etcd.suspect_after", func(l, r *Config) { l.Etcd.SuspectAfter = r.Etcd.SuspectAfter }},
+	{"etcd.status_probe_interval", func(l, r *Config) { l.Etcd.StatusProbeInterval = r.Etcd.StatusProbeInterval }},
+	{"etcd.connect_spread", func(l, r *Config) { l.Etcd.ConnectSpread = r.Etcd.ConnectSpread }},
+	{"etcd.tls", func(l, r *Config) { l.Etcd.TLS = r.Etcd.TLS }},
+	{"backoff", func(l, r *Config) { l.Backoff = r.Backoff }},
+	{"cache", func(l, r *Config) { l.Cache = r.Cache }},
+	{"log.format", func(l, r *Config) { l.Log.Format = r.Log.Format }},
+	{"limits.max_header_bytes", func(l, r *Config) { l.Limits.MaxHeaderBytes = r.Limits.MaxHeaderBytes }},
+	{"limits.read_header_timeout", func(l, r *Config) { l.Limits.ReadHeaderTimeout = r.Limits.ReadHeaderTimeout }},
+	{"limits.idle_timeout", func(l, r *Config) { l.Limits.IdleTimeout = r.Limits.IdleTimeout }},
+	{"limits.max_connections", func(l, r *Config) { l.Limits.MaxConnections = r.Limits.MaxConnections }},
+	{"limits.shutdown_timeout", func(l, r *Config) { l.Limits.ShutdownTimeout = r.Limits.ShutdownTimeout }},
+}
+
+// Diff compares the running config with a newly loaded one. live is next
+// with the running value of every restart-only setting; changed names the
+// restart-only settings whose new value waits for a restart.
+func Diff(running, next *Config) (live *Config, changed []string) {
+	c := *next
+	for _, s := range restartOnly {
+		var a, b Config
+		s.keep(&a, running)
+		s.keep(&b, next)
+		if !reflect.DeepEqual(a, b) {
+			changed = append(changed, s.name)
+			s.keep(&c, running)
+		}
+	}
+	return &c, changed
+}
+
+// RestartOnly names the settings a reload cannot apply (for documentation
+// and its test).
+func RestartOnly() []string {
+	names := make([]string, len(restartOnly))
+	for i, s := range restartOnly {
+		names[i] = s.name
+	}
+	return names
 }

@@ -199,3 +199,44 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
+
+// Diff applies live settings and keeps (and names) restart-only ones.
+func TestDiff(t *testing.T) {
+	tests := []struct {
+		name    string
+		edit    func(c *Config)
+		changed []string
+		check   func(live *Config) bool
+	}{
+		{"nothing", func(c *Config) {}, nil, func(l *Config) bool { return true }},
+		{"live: request_timeout, min_cluster_size, log.level", func(c *Config) {
+			c.Etcd.RequestTimeout, c.MinClusterSize, c.Log.Level = 9*time.Second, 1, "debug"
+		}, nil, func(l *Config) bool {
+			return l.Etcd.RequestTimeout == 9*time.Second && l.MinClusterSize == 1 && l.Log.Level == "debug"
+		}},
+		{"restart-only: socket.path, backoff.max, cache.prefixes", func(c *Config) {
+			c.Socket.Path, c.Backoff.Max, c.Cache.Prefixes = "/elsewhere.sock", time.Minute, []string{"app/"}
+		}, []string{"socket.path", "backoff", "cache"}, func(l *Config) bool {
+			d := Default()
+			return l.Socket.Path == d.Socket.Path && l.Backoff == d.Backoff && len(l.Cache.Prefixes) == 0
+		}},
+		{"both at once", func(c *Config) {
+			c.Limits.MaxValueBytes, c.Limits.MaxConnections = 10, 10
+		}, []string{"limits.max_connections"}, func(l *Config) bool {
+			return l.Limits.MaxValueBytes == 10 && l.Limits.MaxConnections == Default().Limits.MaxConnections
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			running, next := Default(), Default()
+			tt.edit(next)
+			live, changed := Diff(running, next)
+			if !slices.Equal(changed, tt.changed) {
+				t.Errorf("changed = %v, want %v", changed, tt.changed)
+			}
+			if !tt.check(live) {
+				t.Errorf("live = %+v", live)
+			}
+		})
+	}
+}

@@ -182,7 +182,7 @@ func (r *reader) send(batch []*pendingRead) {
 // of its callers, so it runs on its own context, bounded by the latest of
 // their deadlines; each caller still stops waiting at its own.
 func (r *reader) sendOne(batch []*pendingRead) {
-	deadline := time.Now().Add(r.c.cfg.RequestTimeout)
+	deadline := time.Now().Add(r.c.requestTimeout())
 	if d, ok := latest(batch); ok {
 		deadline = d
 	}

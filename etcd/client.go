@@ -20,6 +20,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -54,6 +55,11 @@ var (
 	// errListChanged: the list changed while RemoveEndpoint probed.
 	errListChanged = errors.New("etcd: the endpoint list changed meanwhile; try again")
 )
+
+// DefaultRequestTimeout bounds a call whose context has no deadline, unless
+// Config.RequestTimeout says otherwise; the agent's etcd.request_timeout
+// defaults to it too.
+const DefaultRequestTimeout = 5 * time.Second
 
 // EnvEndpoints names the environment variable GetClient reads its endpoints
 // from (comma-separated); DefaultEndpoint is used when it is unset or empty.
@@ -121,7 +127,7 @@ func (c Config) withDefaults() Config {
 		c.DialTimeout = 5 * time.Second
 	}
 	if c.RequestTimeout <= 0 {
-		c.RequestTimeout = 5 * time.Second
+		c.RequestTimeout = DefaultRequestTimeout
 	}
 	if c.KeepAliveTime <= 0 {
 		c.KeepAliveTime = 10 * time.Second
@@ -155,7 +161,8 @@ type EtcdClient struct {
 	log     *slog.Logger
 	initErr error // a construction error, returned by every call
 
-	minSize int // fewest endpoints UpdateEndpoints and RemoveEndpoint accept; read-only after New
+	minSize    int          // fewest endpoints UpdateEndpoints and RemoveEndpoint accept; read-only after New
+	reqTimeout atomic.Int64 // RequestTimeout in nanoseconds; SetRequestTimeout changes it
 
 	mu        sync.RWMutex
 	gen       *generation     // the live client (the seed's `client`) with its in-flight count; nil until one is built
@@ -204,6 +211,7 @@ func New(cfg Config) (*EtcdClient, error) {
 	}
 	c := &EtcdClient{cfg: cfg, log: cfg.Logger, minSize: cfg.MinClusterSize, username: cfg.Username, password: cfg.Password}
 	c.reads.c = c
+	c.reqTimeout.Store(int64(cfg.RequestTimeout))
 	c.rand = rand.Float64
 	c.outcomes = newOutcomes(cfg.SuspectAfter, func() { c.health.suspect() })
 	if len(cfg.Endpoints) > 0 {
@@ -404,7 +412,18 @@ func (c *EtcdClient) bound(ctx context.Context) (context.Context, context.Cancel
 	if _, ok := ctx.Deadline(); ok {
 		return context.WithCancel(ctx)
 	}
-	return context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	return context.WithTimeout(ctx, c.requestTimeout())
+}
+
+// requestTimeout bounds a call whose context has no deadline.
+func (c *EtcdClient) requestTimeout() time.Duration { return time.Duration(c.reqTimeout.Load()) }
+
+// SetRequestTimeout changes RequestTimeout for calls from now on (a config
+// reload: etcd.request_timeout is live). A non-positive d is ignored.
+func (c *EtcdClient) SetRequestTimeout(d time.Duration) {
+	if d > 0 {
+		c.reqTimeout.Store(int64(d))
+	}
 }
 
 // UpdateEndpoints replaces the endpoint list. The whole list is validated
@@ -512,9 +531,9 @@ func (c *EtcdClient) anyHealthy(eps []string) bool {
 	if err != nil {
 		return false
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), c.requestTimeout())
 	defer cancel()
-	for _, m := range probeMembers(ctx, eps, conns, min(c.cfg.ProbeTimeout, c.cfg.RequestTimeout)).Members {
+	for _, m := range probeMembers(ctx, eps, conns, min(c.cfg.ProbeTimeout, c.requestTimeout())).Members {
 		if m.Healthy {
 			return true
 		}

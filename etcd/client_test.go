@@ -596,3 +596,15 @@ func TestClosedClient(t *testing.T) {
 		}
 	}
 }
+
+// SetRequestTimeout (etcd.request_timeout on reload) bounds calls from then on.
+func TestSetRequestTimeout(t *testing.T) {
+	c := newTestClient(t, Config{RequestTimeout: time.Hour})
+	c.SetRequestTimeout(250 * time.Millisecond)
+	c.SetRequestTimeout(0) // ignored
+	ctx, cancel := c.bound(context.Background())
+	defer cancel()
+	if d, ok := ctx.Deadline(); !ok || time.Until(d) > 250*time.Millisecond {
+		t.Fatalf("deadline %v after SetRequestTimeout(250ms)", time.Until(d))
+	}
+}

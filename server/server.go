@@ -108,7 +108,7 @@ func New(opts Options) *Server {
 // SetLimits replaces the live limits (SIGHUP).
 func (s *Server) SetLimits(l Limits) {
 	if l.RequestTimeout <= 0 {
-		l.RequestTimeout = 5 * time.Second
+		l.RequestTimeout = etcd.DefaultRequestTimeout
 	}
 	s.limits.Store(&l)
 }

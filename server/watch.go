@@ -24,7 +24,7 @@ const (
 )
 
 // resumeBackoff paces re-opening an etcd watch that broke.
-var resumeBackoff = backoff.Policy{Initial: 50 * time.Millisecond, Max: 2 * time.Second, Multiplier: 2, Jitter: 0.2}
+var resumeBackoff = backoff.DefaultPolicy().WithMax(2 * time.Second)
 
 func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, rawKey string) {
 	if err := s.watch(w, r, rawKey); err != nil {
