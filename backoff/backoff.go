@@ -1,10 +1,11 @@
-// Package backoff computes exponential backoff delays with jitter and retries
-// operations with them.
+// Package backoff computes exponential backoff delays with jitter.
 //
-// It owns the arithmetic of a retry schedule and the waiting between tries. It
-// does not decide what is worth retrying: an operation marks an error that must
-// not be retried with Permanent. Time and randomness come through Clock and
-// Rand so that tests never sleep.
+// It owns the arithmetic of a retry schedule (Policy, and Backoff walking
+// it) and waiting out one delay. It does not decide what is worth retrying
+// or when: its users' loops do (gRPC's reconnects, the health loop's probe
+// rounds, the cache's relists, the client's retries and watch resumes), each
+// selecting over its own events. Randomness comes through Rand so that tests
+// see fixed delays.
 package backoff
 
 import (
@@ -66,36 +67,14 @@ func (p Policy) Delay(attempt int, r float64) time.Duration {
 	return time.Duration(d)
 }
 
-// Clock is the part of time a backoff needs. RealClock is the default.
-type Clock interface {
-	Now() time.Time
-	After(d time.Duration) <-chan time.Time
-}
-
-// RealClock is the wall clock.
-type RealClock struct{}
-
-// Now returns time.Now().
-func (RealClock) Now() time.Time { return time.Now() }
-
-// After returns time.After(d).
-func (RealClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
-
 // Backoff walks a Policy's schedule. It is not safe for concurrent use: one
 // goroutine owns a Backoff.
 type Backoff struct {
 	Policy Policy
-	Clock  Clock          // nil: RealClock
-	Rand   func() float64 // nil: math/rand/v2
-	// MaxAttempts stops Retry after this many calls of the operation; 0 means
-	// no limit (Retry then ends only on success, a permanent error or ctx).
-	MaxAttempts int
+	Rand   func() float64 // nil: math/rand/v2; tests make the jitter fixed
 
 	attempt int
 }
-
-// New returns a Backoff over p with the real clock and randomness.
-func New(p Policy) *Backoff { return &Backoff{Policy: p} }
 
 // Next returns the next delay and advances the schedule.
 func (b *Backoff) Next() time.Duration {
@@ -116,53 +95,14 @@ func (b *Backoff) Attempt() int { return b.attempt }
 // Reset starts the schedule again from Initial, after a success.
 func (b *Backoff) Reset() { b.attempt = 0 }
 
-// Wait blocks for d on b's clock or until ctx ends, whichever is first.
+// Wait blocks for d or until ctx ends, whichever is first.
 func (b *Backoff) Wait(ctx context.Context, d time.Duration) error {
-	clk := b.Clock
-	if clk == nil {
-		clk = RealClock{}
-	}
+	t := time.NewTimer(d)
+	defer t.Stop()
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-clk.After(d):
+	case <-t.C:
 		return nil
 	}
-}
-
-// Retry calls op until it returns nil, returns an error marked Permanent, ctx
-// ends, or MaxAttempts calls have failed. It waits b.Next() between calls and
-// returns the last error of op (unwrapped from Permanent), or ctx's error
-// joined with it.
-func (b *Backoff) Retry(ctx context.Context, op func(context.Context) error) error {
-	b.Reset()
-	for calls := 1; ; calls++ {
-		err := op(ctx)
-		if err == nil {
-			return nil
-		}
-		var perm *permanentError
-		if errors.As(err, &perm) {
-			return perm.err
-		}
-		if b.MaxAttempts > 0 && calls >= b.MaxAttempts {
-			return err
-		}
-		if werr := b.Wait(ctx, b.Next()); werr != nil {
-			return errors.Join(werr, err)
-		}
-	}
-}
-
-type permanentError struct{ err error }
-
-func (p *permanentError) Error() string { return p.err.Error() }
-func (p *permanentError) Unwrap() error { return p.err }
-
-// Permanent marks err as not worth retrying: Retry returns it at once.
-func Permanent(err error) error {
-	if err == nil {
-		return nil
-	}
-	return &permanentError{err: err}
 }

@@ -3,34 +3,9 @@ package backoff
 import (
 	"context"
 	"errors"
-	"sync"
 	"testing"
 	"time"
 )
-
-// stepClock fires every After at once and records what was asked, so tests see
-// the schedule without sleeping.
-type stepClock struct {
-	mu    sync.Mutex
-	now   time.Time
-	waits []time.Duration
-}
-
-func (c *stepClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *stepClock) After(d time.Duration) <-chan time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.waits = append(c.waits, d)
-	c.now = c.now.Add(d)
-	ch := make(chan time.Time, 1)
-	ch <- c.now
-	return ch
-}
 
 func TestDelay(t *testing.T) {
 	p := Policy{Initial: 100 * time.Millisecond, Max: time.Second, Multiplier: 2, Jitter: 0.2}
@@ -75,66 +50,19 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-func TestRetrySchedule(t *testing.T) {
-	clk := &stepClock{}
-	b := &Backoff{Policy: Policy{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond, Multiplier: 2},
-		Clock: clk, Rand: func() float64 { return 0.5 }}
-	calls := 0
-	err := b.Retry(context.Background(), func(context.Context) error {
-		calls++
-		if calls < 5 {
-			return errors.New("not yet")
-		}
-		return nil
-	})
-	if err != nil || calls != 5 {
-		t.Fatalf("Retry = %v after %d calls, want nil after 5", err, calls)
+// Wait ends when its delay passes or when the context ends, whichever is
+// first.
+func TestWait(t *testing.T) {
+	b := &Backoff{Policy: DefaultPolicy()}
+	if err := b.Wait(context.Background(), time.Millisecond); err != nil {
+		t.Fatalf("Wait(1ms) = %v", err)
 	}
-	want := []time.Duration{10, 20, 40, 50}
-	if len(clk.waits) != len(want) {
-		t.Fatalf("waits %v, want %v ms", clk.waits, want)
-	}
-	for i, w := range want {
-		if clk.waits[i] != w*time.Millisecond {
-			t.Fatalf("wait %d = %v, want %v", i, clk.waits[i], w*time.Millisecond)
-		}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := b.Wait(ctx, time.Hour); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Wait(1h) with a cancelled context = %v, want Canceled", err)
 	}
 }
-
-func TestRetryStops(t *testing.T) {
-	sentinel := errors.New("broken for good")
-	t.Run("permanent", func(t *testing.T) {
-		b := &Backoff{Policy: DefaultPolicy(), Clock: &stepClock{}}
-		calls := 0
-		err := b.Retry(context.Background(), func(context.Context) error { calls++; return Permanent(sentinel) })
-		if err != sentinel || calls != 1 {
-			t.Fatalf("Retry = %v after %d calls, want the bare sentinel after 1", err, calls)
-		}
-	})
-	t.Run("max attempts", func(t *testing.T) {
-		b := &Backoff{Policy: DefaultPolicy(), Clock: &stepClock{}, MaxAttempts: 3}
-		calls := 0
-		err := b.Retry(context.Background(), func(context.Context) error { calls++; return sentinel })
-		if !errors.Is(err, sentinel) || calls != 3 {
-			t.Fatalf("Retry = %v after %d calls, want sentinel after 3", err, calls)
-		}
-	})
-	t.Run("context", func(t *testing.T) {
-		ctx, cancel := context.WithCancel(context.Background())
-		// A clock that never fires: only the context can end the wait.
-		b := &Backoff{Policy: DefaultPolicy(), Clock: neverClock{}}
-		calls := 0
-		err := b.Retry(ctx, func(context.Context) error { calls++; cancel(); return sentinel })
-		if !errors.Is(err, context.Canceled) || !errors.Is(err, sentinel) || calls != 1 {
-			t.Fatalf("Retry = %v after %d calls, want Canceled joined with sentinel after 1", err, calls)
-		}
-	})
-}
-
-type neverClock struct{}
-
-func (neverClock) Now() time.Time                       { return time.Time{} }
-func (neverClock) After(time.Duration) <-chan time.Time { return nil }
 
 func TestNextResets(t *testing.T) {
 	b := &Backoff{Policy: Policy{Initial: time.Millisecond, Max: time.Hour, Multiplier: 3}, Rand: func() float64 { return 0.5 }}
