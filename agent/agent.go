@@ -2,10 +2,13 @@
 // endpoints in step with endpoints.yaml and serves the local API.
 //
 // It owns the wiring and the decisions between the parts — which file version
-// is applied, what a reload may change, what /v1/status says, when the process
-// is ready — and the config metrics. The parts themselves live in config,
-// watcher, etcd and server. It does not parse command lines, build loggers or
-// talk to systemd directly (Options.Notify is its hook for that).
+// is applied, what a reload may change (config.Diff decides), what
+// /v1/status says, when the process is ready — and the config metrics. The
+// parts themselves live in config, watcher, etcd, cache and server. It tells
+// systemd its state through Options.Notify (READY, RELOADING, STOPPING,
+// STATUS; cmd/endpointd sends them, and the watchdog pings after SelfCheck)
+// and does not speak HTTP itself: it serves through server and checks itself
+// through client. It does not parse command lines or build loggers.
 package agent
 
 import (
@@ -16,7 +19,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
-	"net/http"
 	"os/user"
 	"strconv"
 	"strings"
@@ -30,6 +32,7 @@ import (
 
 	"udp_iaasd/api"
 	"udp_iaasd/cache"
+	"udp_iaasd/client"
 	"udp_iaasd/config"
 	"udp_iaasd/etcd"
 	"udp_iaasd/server"
@@ -68,7 +71,8 @@ type Agent struct {
 	reg     *prometheus.Registry
 	metrics *metrics
 	reloadc chan struct{}
-	addr    atomic.Pointer[string] // the socket being served, once Run listens
+	addr    atomic.Pointer[string]        // the socket being served, once Run listens
+	self    atomic.Pointer[client.Client] // a client of that socket, for SelfCheck
 
 	cfg   atomic.Pointer[config.Config] // swapped whole on reload
 	state atomic.Pointer[fileState]     // what /v1/status says of the endpoints file
@@ -203,6 +207,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	addr := ln.Addr().String()
 	a.addr.Store(&addr)
+	a.self.Store(client.New(addr, client.Options{RetryMax: -1}))
 
 	srvCtx, stopSrv := context.WithCancel(context.Background())
 	srvDone := make(chan error, 1)
@@ -261,33 +266,22 @@ loop:
 	return runErr
 }
 
-// SelfCheck asks the agent's own socket for /healthz, end to end through
-// accept, HTTP parsing and the handler: what a watchdog ping should vouch for.
+// SelfCheck asks the agent's own socket for /healthz through the Go client,
+// end to end through accept, HTTP parsing and the handler: what a watchdog
+// ping should vouch for. It does not retry: the watchdog wants this
+// moment's answer.
 func (a *Agent) SelfCheck(ctx context.Context) error {
-	p := a.addr.Load()
-	if p == nil {
+	c := a.self.Load()
+	if c == nil {
 		return errors.New("agent: not listening yet")
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", *p)
-	}, DisableKeepAlives: true}
-	defer tr.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://localhost/healthz", nil)
-	if err != nil {
-		return err
-	}
-	resp, err := tr.RoundTrip(req)
-	if err != nil {
+	err := c.Healthz(ctx)
+	// 403 (our own uid not in socket.allowed_uids) still proves the request
+	// path works.
+	if err != nil && !errors.Is(err, client.ErrForbidden) {
 		return fmt.Errorf("agent: self-check: %w", err)
-	}
-	resp.Body.Close()
-	// 403 (our own uid not in socket.allowed_uids) still proves the
-	// request path works.
-	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusForbidden {
-		return fmt.Errorf("agent: self-check: /healthz answered %s", resp.Status)
 	}
 	return nil
 }

@@ -374,6 +374,17 @@ func (c *Client) Delete(ctx context.Context, key string, opts ...Option) (rev, d
 	return out.Revision, out.Deleted, nil
 }
 
+// Healthz asks the agent's /healthz: nil while the process serves, else an
+// *Error or the transport's error.
+func (c *Client) Healthz(ctx context.Context) error {
+	resp, err := c.do(ctx, http.MethodGet, "/healthz", nil, nil, nil)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}
+
 // Status returns the agent's /v1/status as raw JSON and decoded.
 func (c *Client) Status(ctx context.Context) (*Status, []byte, error) {
 	resp, err := c.do(ctx, http.MethodGet, "/v1/status", nil, nil, nil)
