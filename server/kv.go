@@ -12,9 +12,9 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"udp_iaasd/api"
+	"udp_iaasd/etcd"
 )
 
 func (s *Server) serveKV(w http.ResponseWriter, r *http.Request, rawKey string) {
@@ -153,37 +153,22 @@ func (s *Server) getKV(w http.ResponseWriter, r *http.Request, rawKey string) er
 	if serializable && rev == 0 && s.cache != nil && s.fromCache(w, key, prefix, limit, keysOnly) {
 		return nil
 	}
-	var opts []clientv3.OpOption
-	if rev > 0 {
-		opts = append(opts, clientv3.WithRev(rev))
-	}
-	if serializable {
-		opts = append(opts, clientv3.WithSerializable())
-	}
-	if prefix {
-		opts = append(opts, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
-		if hasLimit {
-			opts = append(opts, clientv3.WithLimit(limit))
-		}
-		if keysOnly {
-			opts = append(opts, clientv3.WithKeysOnly())
-		}
-	}
 	ctx, cancel := s.withTimeout(r)
 	defer cancel()
-	resp, err := s.etcd.Range(ctx, key, opts...)
+	res, err := s.etcd.Read(ctx, key, etcd.ReadOptions{Prefix: prefix, Limit: limit, KeysOnly: keysOnly,
+		Revision: rev, Serializable: serializable})
 	if err != nil {
 		return s.readError(r, err, rev)
 	}
 	if prefix {
-		writeListing(w, resp.Header.Revision, resp.Count, resp.More, resp.Kvs, keysOnly)
+		writeListing(w, res.Revision, res.Count, res.More, res.KVs, keysOnly)
 		return nil
 	}
 	var kv *mvccpb.KeyValue
-	if len(resp.Kvs) > 0 {
-		kv = resp.Kvs[0]
+	if len(res.KVs) > 0 {
+		kv = res.KVs[0]
 	}
-	return writeValue(w, key, resp.Header.Revision, kv)
+	return writeValue(w, key, res.Revision, kv)
 }
 
 // fromCache answers a serializable read from the cache, if it can; it
@@ -270,32 +255,14 @@ func writeValue(w http.ResponseWriter, key string, rev int64, kv *mvccpb.KeyValu
 func (s *Server) readError(r *http.Request, err error, rev int64) error {
 	ae := s.classify(r, err)
 	if ae != nil && ae.code == api.CodeGone {
-		ae.extra = map[string]any{"compact_revision": s.compactRevision(r, rev)}
+		ctx, cancel := s.withTimeout(r)
+		defer cancel()
+		ae.extra = map[string]any{"compact_revision": s.etcd.CompactRevision(ctx, rev)}
 	}
 	if ae == nil {
 		return err // the client went away; writeAPIError will find no one to answer
 	}
 	return ae
-}
-
-// compactRevision finds the store's compaction point by opening a watch at a
-// compacted revision: etcd answers it with the compaction revision.
-func (s *Server) compactRevision(r *http.Request, rev int64) int64 {
-	ctx, cancel := s.withTimeout(r)
-	defer cancel()
-	wch, err := s.etcd.Watch(clientv3.WithRequireLeader(ctx), "\x00", clientv3.WithRev(rev))
-	if err != nil {
-		return 0
-	}
-	for resp := range wch {
-		if resp.CompactRevision != 0 {
-			return resp.CompactRevision
-		}
-		if resp.Err() != nil {
-			return 0
-		}
-	}
-	return 0
 }
 
 func etag(rev int64) string { return `"` + strconv.FormatInt(rev, 10) + `"` }
@@ -308,43 +275,37 @@ func writeBody(w http.ResponseWriter, code int, contentType string, body []byte)
 	w.Write(body)
 }
 
-// condition is a write's precondition from If-Match / If-None-Match.
-type condition struct {
-	cmp  clientv3.Cmp
-	none bool // no condition
-}
-
 // parseCondition reads If-Match and If-None-Match (API.md): a quoted
 // mod_revision or * for If-Match, only * for If-None-Match.
-func parseCondition(r *http.Request, key string) (condition, error) {
+func parseCondition(r *http.Request) (etcd.Condition, error) {
 	im, hasIM := r.Header["If-Match"]
 	inm, hasINM := r.Header["If-None-Match"]
 	switch {
 	case hasIM && hasINM:
-		return condition{}, badRequest("use either If-Match or If-None-Match, not both")
+		return etcd.Condition{}, badRequest("use either If-Match or If-None-Match, not both")
 	case hasIM:
 		if len(im) != 1 {
-			return condition{}, badRequest("If-Match given more than once")
+			return etcd.Condition{}, badRequest("If-Match given more than once")
 		}
 		v := strings.TrimSpace(im[0])
 		if v == "*" {
-			return condition{cmp: clientv3.Compare(clientv3.CreateRevision(key), ">", 0)}, nil
+			return etcd.Condition{Exists: true}, nil
 		}
 		if len(v) < 3 || v[0] != '"' || v[len(v)-1] != '"' {
-			return condition{}, badRequest(`If-Match must be a quoted mod_revision such as "42", or *`)
+			return etcd.Condition{}, badRequest(`If-Match must be a quoted mod_revision such as "42", or *`)
 		}
 		rev, err := strconv.ParseInt(v[1:len(v)-1], 10, 64)
 		if err != nil || rev < 1 {
-			return condition{}, badRequest(fmt.Sprintf("If-Match %s is not a quoted mod_revision of at least 1", v))
+			return etcd.Condition{}, badRequest(fmt.Sprintf("If-Match %s is not a quoted mod_revision of at least 1", v))
 		}
-		return condition{cmp: clientv3.Compare(clientv3.ModRevision(key), "=", rev)}, nil
+		return etcd.Condition{ModRevision: rev}, nil
 	case hasINM:
 		if len(inm) != 1 || strings.TrimSpace(inm[0]) != "*" {
-			return condition{}, badRequest("If-None-Match accepts only *")
+			return etcd.Condition{}, badRequest("If-None-Match accepts only *")
 		}
-		return condition{cmp: clientv3.Compare(clientv3.CreateRevision(key), "=", 0)}, nil
+		return etcd.Condition{Absent: true}, nil
 	}
-	return condition{none: true}, nil
+	return etcd.Condition{}, nil
 }
 
 func (s *Server) putKV(w http.ResponseWriter, r *http.Request, rawKey string) error {
@@ -352,11 +313,11 @@ func (s *Server) putKV(w http.ResponseWriter, r *http.Request, rawKey string) er
 	if err != nil {
 		return err
 	}
-	ttl, hasTTL, err := p.positive("ttl")
+	ttl, _, err := p.positive("ttl") // 0 without one
 	if err != nil {
 		return err
 	}
-	cond, err := parseCondition(r, key)
+	cond, err := parseCondition(r)
 	if err != nil {
 		return err
 	}
@@ -364,79 +325,22 @@ func (s *Server) putKV(w http.ResponseWriter, r *http.Request, rawKey string) er
 	if err != nil {
 		return err
 	}
-
 	ctx, cancel := s.withTimeout(r)
 	defer cancel()
-	var (
-		rev        int64
-		failed     bool
-		currentRev int64
-	)
-	err = s.etcd.Do(ctx, func(ctx context.Context, cli *clientv3.Client) error {
-		var opts []clientv3.OpOption
-		var lease clientv3.LeaseID
-		if hasTTL {
-			lr, err := cli.Grant(ctx, ttl)
-			if err != nil {
-				return err
-			}
-			lease = lr.ID
-			opts = append(opts, clientv3.WithLease(lease))
-		}
-		revoke := func() {
-			if lease != 0 { // best effort: an unused lease expires by itself
-				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-				defer cancel()
-				cli.Revoke(rctx, lease)
-			}
-		}
-		if cond.none {
-			resp, err := cli.Put(ctx, key, string(value), opts...)
-			if err != nil {
-				return err
-			}
-			rev = resp.Header.Revision
-			return nil
-		}
-		resp, current, err := conditional(ctx, cli, cond.cmp, key, clientv3.OpPut(key, string(value), opts...))
-		if err != nil {
-			return err
-		}
-		if !resp.Succeeded {
-			failed, currentRev = true, current
-			revoke()
-			return nil
-		}
-		rev = resp.Header.Revision
-		return nil
-	})
+	res, err := s.etcd.PutKV(ctx, key, value, etcd.PutOptions{TTL: ttl, If: cond})
 	if err != nil {
 		return err
 	}
-	if failed {
-		return preconditionFailed(key, currentRev)
+	if res.Failed {
+		return preconditionFailed(key, res.CurrentModRevision)
 	}
-	s.cache.Wrote(key, rev)
+	s.cache.Wrote(key, res.Revision)
 	if peer, ok := peerFrom(r.Context()); ok {
-		s.log.Debug("put", "key", key, "revision", rev, "uid", peer.UID, "pid", peer.PID)
+		s.log.Debug("put", "key", key, "revision", res.Revision, "uid", peer.UID, "pid", peer.PID)
 	}
-	w.Header().Set("ETag", etag(rev))
-	writeBody(w, http.StatusOK, "application/json", appendRevision(nil, rev, -1))
+	w.Header().Set("ETag", etag(res.Revision))
+	writeBody(w, http.StatusOK, "application/json", appendRevision(nil, res.Revision, -1))
 	return nil
-}
-
-// conditional runs op only if cmp holds, in one etcd transaction: the
-// transaction's result decides the answer. When cmp does not hold it returns
-// the key's current mod_revision (0: absent) for the 412.
-func conditional(ctx context.Context, cli *clientv3.Client, cmp clientv3.Cmp, key string, op clientv3.Op) (*clientv3.TxnResponse, int64, error) {
-	resp, err := cli.Txn(ctx).If(cmp).Then(op).Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).Commit()
-	if err != nil || resp.Succeeded {
-		return resp, 0, err
-	}
-	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
-		return resp, kvs[0].ModRevision, nil
-	}
-	return resp, 0, nil
 }
 
 func preconditionFailed(key string, current int64) error {
@@ -484,53 +388,26 @@ func (s *Server) deleteKV(w http.ResponseWriter, r *http.Request, rawKey string)
 	if err != nil {
 		return err
 	}
-	cond, err := parseCondition(r, key)
+	cond, err := parseCondition(r)
 	if err != nil {
 		return err
 	}
-	if prefix && !cond.none {
+	if prefix && cond != (etcd.Condition{}) {
 		return badRequest("If-Match and If-None-Match apply to a single key, not to ?prefix")
 	}
 	ctx, cancel := s.withTimeout(r)
 	defer cancel()
-	var (
-		rev, deleted, currentRev int64
-		failed                   bool
-	)
-	err = s.etcd.Do(ctx, func(ctx context.Context, cli *clientv3.Client) error {
-		if cond.none {
-			var opts []clientv3.OpOption
-			if prefix {
-				opts = append(opts, clientv3.WithPrefix())
-			}
-			resp, err := cli.Delete(ctx, key, opts...)
-			if err != nil {
-				return err
-			}
-			rev, deleted = resp.Header.Revision, resp.Deleted
-			return nil
-		}
-		resp, current, err := conditional(ctx, cli, cond.cmp, key, clientv3.OpDelete(key))
-		if err != nil {
-			return err
-		}
-		if !resp.Succeeded {
-			failed, currentRev = true, current
-			return nil
-		}
-		rev, deleted = resp.Header.Revision, resp.Responses[0].GetResponseDeleteRange().Deleted
-		return nil
-	})
+	res, err := s.etcd.DeleteKV(ctx, key, prefix, cond)
 	if err != nil {
 		return err
 	}
-	if failed {
-		return preconditionFailed(key, currentRev)
+	if res.Failed {
+		return preconditionFailed(key, res.CurrentModRevision)
 	}
-	s.cache.Wrote(key, rev)
+	s.cache.Wrote(key, res.Revision)
 	if peer, ok := peerFrom(r.Context()); ok {
-		s.log.Debug("delete", "key", key, "prefix", prefix, "deleted", deleted, "uid", peer.UID, "pid", peer.PID)
+		s.log.Debug("delete", "key", key, "prefix", prefix, "deleted", res.Deleted, "uid", peer.UID, "pid", peer.PID)
 	}
-	writeBody(w, http.StatusOK, "application/json", appendRevision(nil, rev, deleted))
+	writeBody(w, http.StatusOK, "application/json", appendRevision(nil, res.Revision, res.Deleted))
 	return nil
 }
