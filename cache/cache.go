@@ -28,8 +28,6 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/metadata"
 
 	"udp_iaasd/backoff"
 	"udp_iaasd/etcd"
@@ -46,9 +44,9 @@ type Cache struct {
 	// so reads keep falling through and fail fast rather than serve an ever
 	// older copy.
 	maxStaleness time.Duration
-	// stream carries the metadata of the cache's own gRPC watch stream
-	// (see syncOnce); set by Run before any prefix syncs.
-	stream context.Context
+	// runCtx is Run's context, for the progress requests reads ask for;
+	// set by Run before any prefix syncs.
+	runCtx context.Context
 	// askedAt is when the last progress request was sent (unix nanoseconds).
 	// RequestProgress returns once the request is sent, not answered, so
 	// "one in flight" is kept as "one per maxStaleness": an answer takes a
@@ -73,13 +71,11 @@ func New(ec *etcd.EtcdClient, prefixes []string, maxStaleness time.Duration, log
 
 // Run keeps every prefix synced until ctx ends.
 func (c *Cache) Run(ctx context.Context) {
-	// Every prefix watches on one gRPC stream of the cache's own: clientv3
-	// keys streams by outgoing metadata, and etcd answers a progress request
-	// for every watcher of the stream it arrives on. An API watch from the
-	// current revision + 1 on a quiet key shares no stream with these, so it
-	// cannot hold their progress back (watchableStore.progressIfSync waits
-	// for every watcher of the stream to be synced).
-	c.stream = clientv3.WithRequireLeader(metadata.NewOutgoingContext(ctx, metadata.Pairs("endpointd-watch-stream", "cache")))
+	// Every prefix watches on one gRPC stream of the cache's own (stream):
+	// etcd answers a progress request only when every watcher of its stream
+	// is synced, so an API watch from the current revision + 1 on a quiet
+	// key must not share it (watchableStore.progressIfSync).
+	c.runCtx = ctx
 	var wg sync.WaitGroup
 	for _, p := range c.prefixes {
 		wg.Go(func() { p.run(ctx) })
@@ -136,11 +132,11 @@ func (c *Cache) Get(key string) (kv *mvccpb.KeyValue, rev int64, ok bool) {
 func (c *Cache) askProgress() {
 	now := time.Now().UnixNano()
 	last := c.askedAt.Load()
-	if c.stream == nil || now-last < int64(c.maxStaleness) || !c.askedAt.CompareAndSwap(last, now) {
+	if c.runCtx == nil || now-last < int64(c.maxStaleness) || !c.askedAt.CompareAndSwap(last, now) {
 		return
 	}
 	go func() {
-		if err := c.ec.RequestProgress(c.stream); err != nil {
+		if err := c.ec.RequestWatchProgress(c.runCtx, stream); err != nil {
 			c.log.Debug("cache: progress request failed", "error", err)
 		}
 	}()
@@ -239,26 +235,21 @@ func (p *prefixCache) run(ctx context.Context) {
 
 // syncOnce lists the prefix, then follows its watch until the watch fails.
 func (p *prefixCache) syncOnce(ctx context.Context) error {
-	var resp *clientv3.GetResponse
-	err := p.ec.Do(ctx, func(ctx context.Context, cli *clientv3.Client) error {
-		var err error
-		resp, err = cli.Get(ctx, p.prefix, clientv3.WithPrefix())
-		return err
-	})
+	resp, err := p.ec.Read(ctx, p.prefix, etcd.ReadOptions{Prefix: true})
 	if err != nil {
 		return err
 	}
-	data := make(map[string]*mvccpb.KeyValue, len(resp.Kvs))
-	keys := make([]string, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
+	data := make(map[string]*mvccpb.KeyValue, len(resp.KVs))
+	keys := make([]string, 0, len(resp.KVs))
+	for _, kv := range resp.KVs {
 		data[string(kv.Key)] = kv
 		keys = append(keys, string(kv.Key))
 	}
 	p.mu.Lock()
-	p.data, p.keys, p.rev, p.synced = data, keys, resp.Header.Revision, true
+	p.data, p.keys, p.rev, p.synced = data, keys, resp.Revision, true
 	p.heard.Store(time.Now().UnixNano())
 	p.mu.Unlock()
-	p.log.Info("cache: prefix synced", "prefix", p.prefix, "keys", len(keys), "revision", resp.Header.Revision)
+	p.log.Info("cache: prefix synced", "prefix", p.prefix, "keys", len(keys), "revision", resp.Revision)
 
 	// The watch starts at the listed revision, not the one after it: etcd
 	// answers a progress request only once every watcher's start revision
@@ -272,9 +263,9 @@ func (p *prefixCache) syncOnce(ctx context.Context) error {
 	// gRPC keepalive (etcd accepts pings on a connection with a stream), a
 	// member that loses its leader cancels it (WithRequireLeader), and until
 	// then a silent copy only stops answering (usable).
-	wctx, cancel := context.WithCancel(p.cache.stream) // derived from Run's ctx, as ctx is
+	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	wch, err := p.ec.Watch(wctx, p.prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision))
+	wch, err := p.ec.WatchKV(wctx, p.prefix, etcd.WatchOptions{Prefix: true, Rev: resp.Revision, Stream: stream})
 	if err != nil {
 		return err
 	}
@@ -286,10 +277,10 @@ func (p *prefixCache) syncOnce(ctx context.Context) error {
 			if !ok {
 				return errWatchClosed
 			}
-			if err := wr.Err(); err != nil {
-				return err
+			if wr.Err != nil {
+				return wr.Err
 			}
-			if wr.Canceled || wr.CompactRevision != 0 {
+			if wr.CompactRevision != 0 {
 				return errWatchClosed
 			}
 			p.apply(wr)
@@ -303,8 +294,11 @@ func (e cacheError) Error() string { return string(e) }
 
 const errWatchClosed = cacheError("cache: watch closed")
 
+// stream is the name of the cache's own gRPC watch stream (Run).
+const stream = "cache"
+
 // apply folds one watch response into the copy.
-func (p *prefixCache) apply(wr clientv3.WatchResponse) {
+func (p *prefixCache) apply(wr etcd.WatchResponse) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, ev := range wr.Events {
@@ -331,8 +325,8 @@ func (p *prefixCache) apply(wr clientv3.WatchResponse) {
 	// Only a progress notification says every event up to its header's
 	// revision has been sent; an event batch's header may be ahead of events
 	// still to come.
-	if wr.IsProgressNotify() && wr.Header.Revision > p.rev {
-		p.rev = wr.Header.Revision
+	if wr.Progress && wr.Revision > p.rev {
+		p.rev = wr.Revision
 	}
 	p.heard.Store(time.Now().UnixNano())
 }

@@ -113,6 +113,10 @@ type Config struct {
 	// unless none of the old ones stays, in which case the old connections
 	// serve until the new addresses join. Default 0: applied at once.
 	ConnectSpread time.Duration
+	// WatchBuffer is how many responses a Subscribe subscriber may lag
+	// behind its shared watch before it is detached to watch on its own.
+	// Default 256.
+	WatchBuffer int
 
 	// Logger receives connection state changes (info) and attempts (debug).
 	// Default: discard.
@@ -143,6 +147,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.SuspectAfter <= 0 {
 		c.SuspectAfter = time.Second
+	}
+	if c.WatchBuffer <= 0 {
+		c.WatchBuffer = 256
 	}
 	if c.StatusProbeInterval <= 0 {
 		c.StatusProbeInterval = 30 * time.Second
@@ -177,6 +184,7 @@ type EtcdClient struct {
 	rand     func() float64 // ConnectSpread's delays; tests replace it
 	reads    reader         // batches concurrent linearizable reads (batch.go)
 	health   *healthLoop
+	hubs     hubs           // shared watches (watch.go)
 	outcomes *outcomes      // watches request outcomes for hung members (outcome.go)
 	conns    connTracker    // dials every connection, so an ejected member's can be closed (conns.go)
 	retired  sync.WaitGroup // clients replaced by UpdateEndpoints, closing
@@ -211,6 +219,7 @@ func New(cfg Config) (*EtcdClient, error) {
 	}
 	c := &EtcdClient{cfg: cfg, log: cfg.Logger, minSize: cfg.MinClusterSize, username: cfg.Username, password: cfg.Password}
 	c.reads.c = c
+	c.hubs = hubs{c: c, m: map[hubKey]*hub{}}
 	c.reqTimeout.Store(int64(cfg.RequestTimeout))
 	c.rand = rand.Float64
 	c.outcomes = newOutcomes(cfg.SuspectAfter, func() { c.health.suspect() })

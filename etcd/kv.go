@@ -19,6 +19,7 @@ type ReadOptions struct {
 	KeysOnly     bool  // with Prefix: without values
 	Revision     int64 // at this store revision; 0: the current one
 	Serializable bool  // from one member, without a quorum round trip
+	CountOnly    bool  // only Count and Revision, no keys
 }
 
 // ReadResult is what a read found at Revision (the store's revision when it
@@ -39,6 +40,9 @@ func (c *EtcdClient) Read(ctx context.Context, key string, o ReadOptions) (ReadR
 	}
 	if o.Serializable {
 		opts = append(opts, clientv3.WithSerializable())
+	}
+	if o.CountOnly {
+		opts = append(opts, clientv3.WithCountOnly())
 	}
 	if o.Prefix {
 		opts = append(opts, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))

@@ -72,7 +72,6 @@ type Server struct {
 	promh   http.Handler
 
 	watchers atomic.Int64
-	hubs     *hubs // shared etcd watches
 	// stopping is closed when shutdown begins, so open watch streams end
 	// with an ERROR line instead of holding the drain to its deadline.
 	stopping     chan struct{}
@@ -93,7 +92,6 @@ func New(opts Options) *Server {
 	s := &Server{
 		etcd:     opts.Etcd,
 		cache:    opts.Cache,
-		hubs:     newHubs(opts.Etcd),
 		status:   opts.Status,
 		log:      opts.Logger,
 		opts:     opts,

@@ -8,10 +8,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"udp_iaasd/api"
 	"udp_iaasd/backoff"
+	"udp_iaasd/etcd"
 )
 
 const (
@@ -68,18 +67,11 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, rawKey string) er
 	// stream begins: etcd confirms a compacted watch first and cancels it
 	// only afterwards.
 	tctx, cancel := s.withTimeout(r)
-	var current int64
-	err = s.etcd.Do(tctx, func(ctx context.Context, cli *clientv3.Client) error {
-		resp, err := cli.Get(ctx, key, clientv3.WithCountOnly())
-		if err != nil {
-			return err
-		}
-		current = resp.Header.Revision
-		if startRev > 0 && startRev <= current {
-			_, err = cli.Get(ctx, key, clientv3.WithCountOnly(), clientv3.WithRev(startRev))
-		}
-		return err
-	})
+	now, err := s.etcd.Read(tctx, key, etcd.ReadOptions{CountOnly: true})
+	current := now.Revision
+	if err == nil && startRev > 0 && startRev <= current {
+		_, err = s.etcd.Read(tctx, key, etcd.ReadOptions{CountOnly: true, Revision: startRev})
+	}
 	cancel()
 	if err != nil {
 		return s.readError(r, err, startRev)
@@ -90,10 +82,6 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, rawKey string) er
 
 	st := &stream{s: s, w: w, r: r, key: key, prefix: prefix, lastRev: startRev - 1}
 	st.rc = http.NewResponseController(w)
-	// The request context carries "require leader" so a member cut off from
-	// its cluster cancels the watch (and we resume elsewhere) instead of
-	// silently going quiet.
-	st.ctx = clientv3.WithRequireLeader(r.Context())
 	if err := st.open(true); err != nil {
 		return err
 	}
@@ -117,11 +105,10 @@ type stream struct {
 	w      http.ResponseWriter
 	rc     *http.ResponseController
 	r      *http.Request
-	ctx    context.Context
 	key    string
 	prefix bool
 
-	wch         clientv3.WatchChan
+	wch         <-chan etcd.WatchResponse
 	cancelWatch context.CancelFunc
 	// lastRev: every event with mod_revision ≤ lastRev has been delivered.
 	lastRev     int64
@@ -136,16 +123,15 @@ type stream struct {
 // the stream from there, else on a watch of its own. A first own watch waits
 // for etcd to confirm it before the stream begins.
 func (st *stream) open(first bool) error {
-	if sub := st.s.hubs.subscribe(st.key, st.prefix, st.lastRev+1); sub != nil {
-		st.wch, st.cancelWatch = sub.ch, sub.unsubscribe
+	if sub := st.s.etcd.Subscribe(st.key, st.prefix, st.lastRev+1); sub != nil {
+		st.wch, st.cancelWatch = sub.C(), sub.Close
 		return nil
 	}
-	ctx, cancel := context.WithCancel(st.ctx)
-	opts := []clientv3.OpOption{clientv3.WithRev(st.lastRev + 1), clientv3.WithCreatedNotify()}
-	if st.prefix {
-		opts = append(opts, clientv3.WithPrefix())
-	}
-	wch, err := st.s.etcd.Watch(ctx, st.key, opts...)
+	// etcd's "require leader" (every WatchKV watch has it) makes a member
+	// cut off from its cluster end the watch, and we resume elsewhere,
+	// instead of it silently going quiet.
+	ctx, cancel := context.WithCancel(st.r.Context())
+	wch, err := st.s.etcd.WatchKV(ctx, st.key, etcd.WatchOptions{Prefix: st.prefix, Rev: st.lastRev + 1, CreatedNotify: true})
 	if err != nil {
 		cancel()
 		return err
@@ -165,9 +151,9 @@ func (st *stream) open(first bool) error {
 		case resp.CompactRevision != 0:
 			st.close()
 			return gone(resp.CompactRevision)
-		case resp.Err() != nil:
+		case resp.Err != nil:
 			st.close()
-			return resp.Err()
+			return resp.Err
 		}
 		// The created notification carries no events.
 		return nil
@@ -222,7 +208,7 @@ func (st *stream) run(heartbeat time.Duration) {
 			if st.progressAsked.CompareAndSwap(false, true) {
 				go func() {
 					defer st.progressAsked.Store(false)
-					st.s.etcd.RequestProgress(st.ctx)
+					st.s.etcd.RequestWatchProgress(st.r.Context(), "")
 				}()
 			}
 		case <-retry:
@@ -236,7 +222,7 @@ func (st *stream) run(heartbeat time.Duration) {
 					map[string]any{"compact_revision": resp.CompactRevision})
 				return
 			}
-			if !ok || resp.Canceled || resp.Err() != nil {
+			if !ok || resp.Err != nil {
 				if st.r.Context().Err() != nil {
 					return
 				}
@@ -247,8 +233,8 @@ func (st *stream) run(heartbeat time.Duration) {
 				continue
 			}
 			bo.Reset()
-			if resp.IsProgressNotify() {
-				st.progressRev = max(st.progressRev, resp.Header.Revision)
+			if resp.Progress {
+				st.progressRev = max(st.progressRev, resp.Revision)
 				continue
 			}
 			if !st.deliver(resp) {
@@ -261,7 +247,7 @@ func (st *stream) run(heartbeat time.Duration) {
 // deliver writes the response's events that were not delivered before: after
 // a resume etcd may send again what came before lastRev+1 (it never does,
 // but a repeat would break the contract, so it is checked, not assumed).
-func (st *stream) deliver(resp clientv3.WatchResponse) bool {
+func (st *stream) deliver(resp etcd.WatchResponse) bool {
 	st.buf = st.buf[:0]
 	last := st.lastRev
 	for _, ev := range resp.Events {

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"udp_iaasd/etcd"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -229,7 +230,7 @@ func TestWatchCoalescing(t *testing.T) {
 	for i := range streams {
 		streams[i] = e.watch("/v1/watch/coal/?prefix")
 	}
-	if got := e.srv.hubs.count(); got != 1 {
+	if got := e.ec.WatchHubs(); got != 1 {
 		t.Fatalf("%d hubs for %d streams on one prefix, want 1", got, n)
 	}
 	for i := range 30 {
@@ -259,17 +260,21 @@ func TestWatchCoalescing(t *testing.T) {
 	for _, ws := range append(streams, late) {
 		ws.conn.Close()
 	}
-	waitUntil(t, "the hub to stop", func() bool { return e.srv.hubs.count() == 0 })
+	waitUntil(t, "the hub to stop", func() bool { return e.ec.WatchHubs() == 0 })
 }
 
 // A stream whose client stops reading is detached from the shared watch
 // (the hub never waits for it) and, once its client reads again, still gets
 // every event exactly once, from a watch of its own.
 func TestWatchSlowSubscriberDetached(t *testing.T) {
-	old := subBuffer
-	subBuffer = 2
-	t.Cleanup(func() { subBuffer = old })
-	e := newEnv(t, nil)
+	cluster := shared(t)
+	ec, err := etcd.New(etcd.Config{Endpoints: cluster.Endpoints(), RequestTimeout: 3 * time.Second, WatchBuffer: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ec.Close() })
+	e := serve(t, ec)
+	e.direct = etcdtest.DirectClient(t, cluster.Endpoints())
 	// The slow client: a raw connection that reads nothing for now.
 	slow := rawConn(t, e.sock)
 	slow.SetDeadline(time.Now().Add(60 * time.Second))
@@ -288,7 +293,7 @@ func TestWatchSlowSubscriberDetached(t *testing.T) {
 			t.Fatalf("fast stream event %d = %v", i, ev["key"])
 		}
 	}
-	if e.srv.hubs.detached.Load() == 0 {
+	if e.ec.DetachedSubscribers() == 0 {
 		t.Fatal("the slow subscriber was never detached")
 	}
 	// Now the slow client reads: everything, once, in order.
