@@ -21,6 +21,7 @@ import (
 	"udp_iaasd/client"
 	"udp_iaasd/config"
 	"udp_iaasd/internal/etcdtest"
+	"udp_iaasd/internal/syncbuf"
 )
 
 // harness runs an agent on real files, a real socket and a real cluster.
@@ -35,7 +36,7 @@ type harness struct {
 	c       *client.Client
 	http    *http.Client
 	notes   *notes
-	logs    *logBuffer // everything the agent logged
+	logs    *syncbuf.Buffer // everything the agent logged
 	cancel  context.CancelFunc
 	done    chan error
 }
@@ -58,14 +59,8 @@ func (n *notes) all() []string {
 	return slices.Clone(n.lines)
 }
 
-func endpointsFile(eps ...string) string {
-	var b strings.Builder
-	b.WriteString("endpoints:\n")
-	for _, ep := range eps {
-		fmt.Fprintf(&b, "  - %s\n", ep)
-	}
-	return b.String()
-}
+// endpointsFile is config.EndpointsYAML for a test's variadic lists.
+func endpointsFile(eps ...string) string { return string(config.EndpointsYAML(eps)) }
 
 // start writes config.yaml (extra appended) and, unless eps is nil, the
 // endpoints file, then runs the agent.
@@ -80,7 +75,7 @@ func startWith(t *testing.T, cluster *etcdtest.Cluster, eps []string, extra, etc
 	dir := t.TempDir()
 	h := &harness{t: t, cluster: cluster, dir: dir, cfgPath: filepath.Join(dir, "config.yaml"),
 		epsPath: filepath.Join(dir, "etc", "endpoints.yaml"), sock: filepath.Join(dir, "run", "endpointd.sock"), notes: &notes{},
-		logs: &logBuffer{}}
+		logs: &syncbuf.Buffer{}}
 	if err := os.MkdirAll(filepath.Dir(h.epsPath), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +97,7 @@ watch: {debounce: 50ms, resync_interval: 1s}
 		t.Fatal(err)
 	}
 	h.agent, err = New(Options{Config: c, ConfigPath: h.cfgPath, Version: "test", Notify: h.notes.add,
-		StatusProbeInterval: time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, h.logs), nil))})
+		StatusProbeInterval: time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.MultiWriter(etcdtest.LogWriter(t), h.logs), nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,43 +132,6 @@ func (h *harness) stop() {
 	}
 }
 
-// logBuffer keeps the agent's log lines for assertions.
-type logBuffer struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.lines = append(l.lines, strings.Split(strings.TrimRight(string(p), "\n"), "\n")...)
-	return len(p), nil
-}
-
-// matching returns the logged lines that contain every one of subs.
-func (l *logBuffer) matching(subs ...string) []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []string
-	for _, line := range l.lines {
-		all := true
-		for _, s := range subs {
-			all = all && strings.Contains(line, s)
-		}
-		if all {
-			out = append(out, line)
-		}
-	}
-	return out
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 func (h *harness) write(data string) {
 	h.t.Helper()
 	if err := os.WriteFile(h.epsPath, []byte(data), 0o644); err != nil {
@@ -196,12 +154,7 @@ func (h *harness) status() *client.Status {
 func (h *harness) eventually(what string, cond func() bool) time.Duration {
 	h.t.Helper()
 	start := time.Now()
-	for !cond() {
-		if time.Since(start) > 15*time.Second {
-			h.t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	etcdtest.Eventually(h.t, 15*time.Second, what, cond)
 	return time.Since(start)
 }
 
@@ -523,7 +476,7 @@ func TestApplyAndRejectionLogLines(t *testing.T) {
 	h := start(t, cluster, eps, "")
 	h.eventually("applied", func() bool { return h.status().Config.Reloads == 1 })
 	sum := h.status().Config.SHA256
-	if got := h.logs.matching("endpoints applied", "sha256="+sum); len(got) != 1 {
+	if got := h.logs.Lines("endpoints applied", "sha256="+sum); len(got) != 1 {
 		t.Fatalf("%d apply lines with sha256=%s, want 1: %q", len(got), sum, got)
 	}
 
@@ -531,14 +484,14 @@ func TestApplyAndRejectionLogLines(t *testing.T) {
 	h.write(bad)
 	h.eventually("rejected", func() bool { return h.status().Config.LastError != "" })
 	badSum := fmt.Sprintf("%x", sha256.Sum256([]byte(bad)))
-	got := h.logs.matching("endpoints file rejected", "sha256="+badSum)
+	got := h.logs.Lines("endpoints file rejected", "sha256="+badSum)
 	if len(got) != 1 || !strings.Contains(got[0], "port out of range 1-65535") || !strings.Contains(got[0], h.epsPath+":3:5") {
 		t.Fatalf("rejection lines %q, want one with the sha256, FILE:LINE:COL and the message", got)
 	}
 	// The same bad bytes again: not processed, so not logged again.
 	h.write(bad)
 	time.Sleep(500 * time.Millisecond)
-	if n := len(h.logs.matching("endpoints file rejected")); n != 1 {
+	if n := len(h.logs.Lines("endpoints file rejected")); n != 1 {
 		t.Fatalf("%d rejection lines after rewriting identical bytes, want 1", n)
 	}
 }
@@ -597,7 +550,7 @@ func TestAuthentication(t *testing.T) {
 		kv, err := h.c.Get(ctx, "a/k")
 		return err == nil && string(kv.Value) == "v"
 	})
-	if lines := h.logs.matching("agentpw"); len(lines) > 0 {
+	if lines := h.logs.Lines("agentpw"); len(lines) > 0 {
 		t.Errorf("the password appears in the log: %q", lines)
 	}
 }

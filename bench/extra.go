@@ -15,6 +15,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"udp_iaasd/config"
 )
 
 // reloadLatency times n endpoints file replacements (temp file + rename, as
@@ -27,7 +29,7 @@ func (e *env) reloadLatency(n int) {
 		if i%2 == 1 {
 			slices.Reverse(order)
 		}
-		content := fmt.Sprintf("# reload %d\nendpoints:\n  - %s\n", i, strings.Join(order, "\n  - "))
+		content := fmt.Sprintf("# reload %d\n%s", i, config.EndpointsYAML(order))
 		want := sha([]byte(content))
 		tmp := e.epsPath + ".tmp"
 		writeFile(tmp, content)

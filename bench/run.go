@@ -23,6 +23,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"udp_iaasd/config"
 	"udp_iaasd/internal/etcdtest"
 )
 
@@ -388,14 +389,10 @@ func (e *env) preload(n int) error {
 	return nil
 }
 
+// writeEndpoints replaces the file at path, as configuration management does.
 func writeEndpoints(path string, eps []string) error {
-	var b strings.Builder
-	b.WriteString("endpoints:\n")
-	for _, ep := range eps {
-		b.WriteString("  - " + ep + "\n")
-	}
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err != nil {
+	if err := os.WriteFile(tmp, config.EndpointsYAML(eps), 0o644); err != nil {
 		return err
 	}
 	return os.Rename(tmp, path)

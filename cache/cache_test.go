@@ -3,7 +3,6 @@ package cache
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"testing"
 	"time"
 
@@ -12,21 +11,6 @@ import (
 	"udp_iaasd/etcd"
 	"udp_iaasd/internal/etcdtest"
 )
-
-type testLog struct{ t *testing.T }
-
-func (l testLog) Write(p []byte) (int, error) { l.t.Log(string(p)); return len(p), nil }
-
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 // testStaleness is the caches' max staleness in these tests.
 const testStaleness = 300 * time.Millisecond
@@ -37,7 +21,7 @@ func start(t *testing.T, cluster *etcdtest.Cluster, prefixes ...string) (*Cache,
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := New(ec, prefixes, testStaleness, slog.New(slog.NewTextHandler(testLog{t}, nil)))
+	c := New(ec, prefixes, testStaleness, etcdtest.Logger(t))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { c.Run(ctx); close(done) }()
@@ -56,7 +40,7 @@ func TestFollowsWritersElsewhere(t *testing.T) {
 		direct.Put(ctx, fmt.Sprintf("app/%d", i), "initial")
 	}
 	c, _ := start(t, cluster, "app/", "app/nested/")
-	eventually(t, "synced", c.Synced)
+	etcdtest.Eventually(t, 10*time.Second, "synced", c.Synced)
 
 	kvs, count, more, _, ok := c.List("app/", 3)
 	if !ok || len(kvs) != 3 || count != 5 || !more || string(kvs[0].Key) != "app/0" {
@@ -69,7 +53,7 @@ func TestFollowsWritersElsewhere(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := resp.Header.Revision
-		eventually(t, "the write to show", func() bool {
+		etcdtest.Eventually(t, 10*time.Second, "the write to show", func() bool {
 			kv, rev, ok := c.Get(fmt.Sprintf("app/%d", i%7))
 			if ok && rev < lastRev {
 				t.Fatalf("revision went back from %d to %d", lastRev, rev)
@@ -81,7 +65,7 @@ func TestFollowsWritersElsewhere(t *testing.T) {
 		})
 	}
 	resp, _ := direct.Delete(ctx, "app/3")
-	eventually(t, "the delete to show", func() bool {
+	etcdtest.Eventually(t, 10*time.Second, "the delete to show", func() bool {
 		kv, rev, ok := c.Get("app/3")
 		return ok && kv == nil && rev >= resp.Header.Revision
 	})
@@ -91,7 +75,7 @@ func TestFollowsWritersElsewhere(t *testing.T) {
 	}
 	// Writes outside the prefix still advance its revision (progress).
 	resp2, _ := direct.Put(ctx, "elsewhere", "x")
-	eventually(t, "progress past an unrelated write", func() bool {
+	etcdtest.Eventually(t, 10*time.Second, "progress past an unrelated write", func() bool {
 		_, rev, ok := c.Get("app/0")
 		return ok && rev >= resp2.Header.Revision
 	})
@@ -116,16 +100,16 @@ func TestFollowsWritersElsewhere(t *testing.T) {
 func TestReadYourWrites(t *testing.T) {
 	cluster := etcdtest.New(t, 1)
 	c, direct := start(t, cluster, "app/")
-	eventually(t, "synced", c.Synced)
+	etcdtest.Eventually(t, 10*time.Second, "synced", c.Synced)
 	c.Wrote("app/k", 1<<40) // a revision the store has not reached
 	if _, _, ok := c.Get("app/k"); ok {
 		t.Fatal("answered before catching up with this agent's own write")
 	}
 	resp, _ := direct.Put(context.Background(), "app/k", "v")
 	c2, _ := start(t, cluster, "app/")
-	eventually(t, "second cache synced", c2.Synced)
+	etcdtest.Eventually(t, 10*time.Second, "second cache synced", c2.Synced)
 	c2.Wrote("app/k", resp.Header.Revision)
-	eventually(t, "caught up", func() bool {
+	etcdtest.Eventually(t, 10*time.Second, "caught up", func() bool {
 		kv, _, ok := c2.Get("app/k")
 		return ok && kv != nil && string(kv.Value) == "v"
 	})
@@ -136,14 +120,14 @@ func TestReadYourWrites(t *testing.T) {
 func TestStopsAnsweringWhenEtcdIsAway(t *testing.T) {
 	cluster := etcdtest.New(t, 1)
 	c, _ := start(t, cluster, "app/")
-	eventually(t, "synced", c.Synced)
-	eventually(t, "answering", func() bool { _, _, ok := c.Get("app/x"); return ok })
+	etcdtest.Eventually(t, 10*time.Second, "synced", c.Synced)
+	etcdtest.Eventually(t, 10*time.Second, "answering", func() bool { _, _, ok := c.Get("app/x"); return ok })
 	cluster.StopAll()
-	eventually(t, "no longer answering", func() bool { _, _, ok := c.Get("app/x"); return !ok })
+	etcdtest.Eventually(t, 10*time.Second, "no longer answering", func() bool { _, _, ok := c.Get("app/x"); return !ok })
 	if err := cluster.RestartAll(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "answering again", func() bool { _, _, ok := c.Get("app/x"); return ok })
+	etcdtest.Eventually(t, 10*time.Second, "answering again", func() bool { _, _, ok := c.Get("app/x"); return ok })
 }
 
 // Freshness is confirmed on demand. A prefix nobody reads costs etcd no
@@ -168,7 +152,7 @@ func TestProgressIsDemandDriven(t *testing.T) {
 		t.Fatal(err)
 	}
 	c, _ := start(t, cluster, "quiet/")
-	eventually(t, "synced", c.Synced)
+	etcdtest.Eventually(t, 10*time.Second, "synced", c.Synced)
 	p := c.prefixes[0]
 	wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(context.Background()))
 	defer wcancel()
@@ -187,7 +171,7 @@ func TestProgressIsDemandDriven(t *testing.T) {
 	if _, _, ok := c.Get("quiet/k"); ok {
 		t.Fatal("a copy silent for longer than maxStaleness answered")
 	}
-	eventually(t, "an answer from the quiet copy after one read asked for progress", func() bool {
+	etcdtest.Eventually(t, 10*time.Second, "an answer from the quiet copy after one read asked for progress", func() bool {
 		kv, rev, ok := c.Get("quiet/k")
 		return ok && string(kv.Value) == "v" && rev >= put.Header.Revision
 	})

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -269,115 +270,132 @@ func (c *Config) fields() map[string]field {
 // Validate checks every value's range and the settings' consistency, and
 // reports each problem at the position of the key that holds it.
 func (c *Config) Validate() error {
-	var probs Errors
-	bad := func(path, format string, args ...any) {
-		p := &Problem{File: c.file, Msg: path + ": " + fmt.Sprintf(format, args...)}
-		if n := c.pos[path]; n != nil {
-			p.Line, p.Col = n.Line, n.Column
-		}
-		probs = append(probs, p)
-	}
-	positive := func(path string, d time.Duration) {
-		if d <= 0 {
-			bad(path, "must be a positive duration, got %v", d)
-		}
-	}
-	atLeast := func(path string, v, lo int) {
-		if v < lo {
-			bad(path, "must be at least %d, got %d", lo, v)
-		}
-	}
-
+	v := &checks{c: c}
 	if c.EndpointsFile == "" {
-		bad("endpoints_file", "must name a file")
+		v.bad("endpoints_file", "must name a file")
 	}
-	atLeast("min_cluster_size", c.MinClusterSize, 1)
-
-	switch p := c.Socket.Path; {
-	case p == "":
-		bad("socket.path", "must name a file")
-	case !filepath.IsAbs(p):
-		bad("socket.path", "must be an absolute path, got %q", p)
-	case strings.HasPrefix(p, "@"):
-		bad("socket.path", "abstract sockets are not allowed")
-	case len(p) > 107:
-		bad("socket.path", "is %d bytes, longer than a unix socket path may be (107)", len(p))
-	}
-	for _, id := range c.Socket.AllowedUIDs {
-		if id < 0 {
-			bad("socket.allowed_uids", "uid %d is negative", id)
-		}
-	}
-	for _, id := range c.Socket.AllowedGIDs {
-		if id < 0 {
-			bad("socket.allowed_gids", "gid %d is negative", id)
-		}
-	}
-
-	positive("etcd.dial_timeout", c.Etcd.DialTimeout)
-	positive("etcd.request_timeout", c.Etcd.RequestTimeout)
-	positive("etcd.keepalive_time", c.Etcd.KeepaliveTime)
-	positive("etcd.keepalive_timeout", c.Etcd.KeepaliveTimeout)
-	positive("etcd.probe_timeout", c.Etcd.ProbeTimeout)
-	positive("etcd.suspect_after", c.Etcd.SuspectAfter)
-	positive("etcd.status_probe_interval", c.Etcd.StatusProbeInterval)
-	if c.Etcd.ConnectSpread < 0 {
-		bad("etcd.connect_spread", "must not be negative, got %v", c.Etcd.ConnectSpread)
-	}
-	if (c.Etcd.Username == "") != (c.Etcd.PasswordFile == "") {
-		bad("etcd.username", "username and password_file go together: set both or neither")
-	}
-	if (c.Etcd.TLS.CertFile == "") != (c.Etcd.TLS.KeyFile == "") {
-		bad("etcd.tls", "cert_file and key_file go together: set both or neither")
-	}
-
-	positive("backoff.initial", c.Backoff.Initial)
-	positive("backoff.max", c.Backoff.Max)
-	if c.Backoff.Max > 0 && c.Backoff.Max < c.Backoff.Initial {
-		bad("backoff.max", "%v is less than backoff.initial %v", c.Backoff.Max, c.Backoff.Initial)
-	}
-	if c.Backoff.Multiplier < 1 {
-		bad("backoff.multiplier", "must be at least 1, got %v", c.Backoff.Multiplier)
-	}
-	if c.Backoff.Jitter < 0 || c.Backoff.Jitter > 1 {
-		bad("backoff.jitter", "must be a fraction within 0..1, got %v", c.Backoff.Jitter)
-	}
-
-	if c.Watch.Debounce < 0 {
-		bad("watch.debounce", "must not be negative, got %v", c.Watch.Debounce)
-	}
-	positive("watch.resync_interval", c.Watch.ResyncInterval)
-
-	positive("cache.max_staleness", c.Cache.MaxStaleness)
+	v.atLeast("min_cluster_size", c.MinClusterSize, 1)
+	v.socket(c.Socket)
+	v.etcd(c.Etcd)
+	v.backoff(c.Backoff)
+	v.notNegative("watch.debounce", c.Watch.Debounce)
+	v.positive("watch.resync_interval", c.Watch.ResyncInterval)
+	v.positive("cache.max_staleness", c.Cache.MaxStaleness)
 	for _, p := range c.Cache.Prefixes {
 		if p == "" {
-			bad("cache.prefixes", "an empty prefix would cache the whole keyspace; list real prefixes")
+			v.bad("cache.prefixes", "an empty prefix would cache the whole keyspace; list real prefixes")
 		}
 	}
-
-	atLeast("limits.max_key_bytes", c.Limits.MaxKeyBytes, 1)
-	atLeast("limits.max_value_bytes", c.Limits.MaxValueBytes, 1)
-	atLeast("limits.max_header_bytes", c.Limits.MaxHeaderBytes, 1024)
-	positive("limits.read_header_timeout", c.Limits.ReadHeaderTimeout)
-	positive("limits.idle_timeout", c.Limits.IdleTimeout)
-	atLeast("limits.max_connections", c.Limits.MaxConnections, 1)
-	atLeast("limits.max_watches", c.Limits.MaxWatches, 1)
-	positive("limits.shutdown_timeout", c.Limits.ShutdownTimeout)
-
-	switch c.Log.Level {
-	case "debug", "info", "warn", "error":
-	default:
-		bad("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
-	}
-	switch c.Log.Format {
-	case "text", "json":
-	default:
-		bad("log.format", "%q is not one of text, json", c.Log.Format)
-	}
-	if len(probs) > 0 {
-		return probs.sorted()
+	v.limits(c.Limits)
+	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
+	v.oneOf("log.format", c.Log.Format, "text", "json")
+	if len(v.probs) > 0 {
+		return v.probs.sorted()
 	}
 	return nil
+}
+
+// checks collects Validate's problems, each at its key's position.
+type checks struct {
+	c     *Config
+	probs Errors
+}
+
+func (v *checks) bad(path, format string, args ...any) {
+	p := &Problem{File: v.c.file, Msg: path + ": " + fmt.Sprintf(format, args...)}
+	if n := v.c.pos[path]; n != nil {
+		p.Line, p.Col = n.Line, n.Column
+	}
+	v.probs = append(v.probs, p)
+}
+
+func (v *checks) positive(path string, d time.Duration) {
+	if d <= 0 {
+		v.bad(path, "must be a positive duration, got %v", d)
+	}
+}
+
+func (v *checks) notNegative(path string, d time.Duration) {
+	if d < 0 {
+		v.bad(path, "must not be negative, got %v", d)
+	}
+}
+
+func (v *checks) atLeast(path string, n, lo int) {
+	if n < lo {
+		v.bad(path, "must be at least %d, got %d", lo, n)
+	}
+}
+
+func (v *checks) oneOf(path, got string, allowed ...string) {
+	if !slices.Contains(allowed, got) {
+		v.bad(path, "%q is not one of %s", got, strings.Join(allowed, ", "))
+	}
+}
+
+func (v *checks) socket(s Socket) {
+	switch p := s.Path; {
+	case p == "":
+		v.bad("socket.path", "must name a file")
+	case !filepath.IsAbs(p):
+		v.bad("socket.path", "must be an absolute path, got %q", p)
+	case strings.HasPrefix(p, "@"):
+		v.bad("socket.path", "abstract sockets are not allowed")
+	case len(p) > 107:
+		v.bad("socket.path", "is %d bytes, longer than a unix socket path may be (107)", len(p))
+	}
+	for _, id := range s.AllowedUIDs {
+		if id < 0 {
+			v.bad("socket.allowed_uids", "uid %d is negative", id)
+		}
+	}
+	for _, id := range s.AllowedGIDs {
+		if id < 0 {
+			v.bad("socket.allowed_gids", "gid %d is negative", id)
+		}
+	}
+}
+
+func (v *checks) etcd(e Etcd) {
+	v.positive("etcd.dial_timeout", e.DialTimeout)
+	v.positive("etcd.request_timeout", e.RequestTimeout)
+	v.positive("etcd.keepalive_time", e.KeepaliveTime)
+	v.positive("etcd.keepalive_timeout", e.KeepaliveTimeout)
+	v.positive("etcd.probe_timeout", e.ProbeTimeout)
+	v.positive("etcd.suspect_after", e.SuspectAfter)
+	v.positive("etcd.status_probe_interval", e.StatusProbeInterval)
+	v.notNegative("etcd.connect_spread", e.ConnectSpread)
+	if (e.Username == "") != (e.PasswordFile == "") {
+		v.bad("etcd.username", "username and password_file go together: set both or neither")
+	}
+	if (e.TLS.CertFile == "") != (e.TLS.KeyFile == "") {
+		v.bad("etcd.tls", "cert_file and key_file go together: set both or neither")
+	}
+}
+
+func (v *checks) backoff(b Backoff) {
+	v.positive("backoff.initial", b.Initial)
+	v.positive("backoff.max", b.Max)
+	if b.Max > 0 && b.Max < b.Initial {
+		v.bad("backoff.max", "%v is less than backoff.initial %v", b.Max, b.Initial)
+	}
+	if b.Multiplier < 1 {
+		v.bad("backoff.multiplier", "must be at least 1, got %v", b.Multiplier)
+	}
+	if b.Jitter < 0 || b.Jitter > 1 {
+		v.bad("backoff.jitter", "must be a fraction within 0..1, got %v", b.Jitter)
+	}
+}
+
+func (v *checks) limits(l Limits) {
+	v.atLeast("limits.max_key_bytes", l.MaxKeyBytes, 1)
+	v.atLeast("limits.max_value_bytes", l.MaxValueBytes, 1)
+	v.atLeast("limits.max_header_bytes", l.MaxHeaderBytes, 1024)
+	v.positive("limits.read_header_timeout", l.ReadHeaderTimeout)
+	v.positive("limits.idle_timeout", l.IdleTimeout)
+	v.atLeast("limits.max_connections", l.MaxConnections, 1)
+	v.atLeast("limits.max_watches", l.MaxWatches, 1)
+	v.positive("limits.shutdown_timeout", l.ShutdownTimeout)
 }
 
 // TLSConfig builds the etcd client's TLS config from the named files, or
@@ -545,4 +563,16 @@ func RestartOnly() []string {
 		names[i] = s.name
 	}
 	return names
+}
+
+// EndpointsYAML renders an endpoints.yaml listing eps, which ParseEndpoints
+// reads back: what `endpointd dev`, the tests and the benchmarks write.
+func EndpointsYAML(eps []string) []byte {
+	b := []byte("endpoints:\n")
+	for _, ep := range eps {
+		b = append(b, "  - "...)
+		b = append(b, ep...)
+		b = append(b, '\n')
+	}
+	return b
 }

@@ -53,7 +53,7 @@ func TestAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.SetCredentials("agent", "rotated")
-	waitFor(t, 10*time.Second, "a read with the rotated password", func() bool {
+	etcdtest.Eventually(t, 10*time.Second, "a read with the rotated password", func() bool {
 		v, err := c.Get(ctx, "a/1")
 		return err == nil && v == "one"
 	})
@@ -74,17 +74,17 @@ func TestAuthWrongPassword(t *testing.T) {
 		t.Fatalf("Get with a wrong password: err = %v, want ErrUnavailable", err)
 	}
 	t.Logf("wrong password: %v after %v", err, time.Since(start))
-	waitFor(t, 10*time.Second, "the health snapshot to name the refusal", func() bool {
+	etcdtest.Eventually(t, 10*time.Second, "the health snapshot to name the refusal", func() bool {
 		h := c.Health()
 		return !h.Connected && strings.Contains(h.LastError, "authentication failed")
 	})
 
 	c.SetCredentials("agent", "agentpw")
-	waitFor(t, 10*time.Second, "a read with the right password", func() bool {
+	etcdtest.Eventually(t, 10*time.Second, "a read with the right password", func() bool {
 		_, err := c.Get(ctx, "a/1")
 		return errors.Is(err, ErrKeyNotFound)
 	})
-	waitFor(t, 10*time.Second, "the health snapshot to say connected", func() bool { return c.Health().Connected })
+	etcdtest.Eventually(t, 10*time.Second, "the health snapshot to say connected", func() bool { return c.Health().Connected })
 }
 
 // Endpoints applied while etcd is down are kept; with credentials the client
@@ -119,7 +119,7 @@ func TestAuthClientBuiltWhenEtcdReturns(t *testing.T) {
 	if err := cluster.Members[0].Restart(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "a read once etcd is back", func() bool {
+	etcdtest.Eventually(t, 20*time.Second, "a read once etcd is back", func() bool {
 		_, err := c.Get(ctxT(t, 5*time.Second), "a/1")
 		return errors.Is(err, ErrKeyNotFound)
 	})

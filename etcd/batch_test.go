@@ -32,7 +32,7 @@ func queueReads(t *testing.T, c *EtcdClient, reads []func() error) (release func
 	for i, read := range reads {
 		wg.Go(func() { errs[i] = read() })
 	}
-	waitFor(t, 10*time.Second, "reads to queue", func() bool {
+	etcdtest.Eventually(t, 10*time.Second, "reads to queue", func() bool {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		return len(r.queue) == len(reads)

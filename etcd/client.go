@@ -389,16 +389,24 @@ func (c *EtcdClient) acquire() (*generation, error) {
 	}
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	switch {
-	case c.closed:
-		return nil, ErrClosed
-	case c.pending != nil:
-		return nil, fmt.Errorf("%w: %v", ErrUnavailable, c.pending.err)
-	case c.gen == nil:
-		return nil, ErrNoEndpoints
+	if err := c.usableLocked(); err != nil {
+		return nil, err
 	}
 	c.gen.inflight.Add(1)
 	return c.gen, nil
+}
+
+// usableLocked says why there is no live client to use, or nil. c.mu held.
+func (c *EtcdClient) usableLocked() error {
+	switch {
+	case c.closed:
+		return ErrClosed
+	case c.pending != nil:
+		return fmt.Errorf("%w: %v", ErrUnavailable, c.pending.err)
+	case c.gen == nil:
+		return ErrNoEndpoints
+	}
+	return nil
 }
 
 // reachable reports whether a request is worth sending: not while every

@@ -42,18 +42,6 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-// waitFor polls cond until it holds or d passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func TestSeedOperations(t *testing.T) {
 	cluster := etcdtest.New(t, 3)
 	c := newTestClient(t, Config{Endpoints: cluster.Endpoints(), MinClusterSize: 3})
@@ -184,7 +172,7 @@ func TestOneMemberDown(t *testing.T) {
 				t.Fatalf("Get with %s stopped = %q, %v; want %q", m.Name, v, err, want)
 			}
 		}
-		waitFor(t, 10*time.Second, "the probe to mark the member unhealthy", func() bool {
+		etcdtest.Eventually(t, 10*time.Second, "the probe to mark the member unhealthy", func() bool {
 			for _, mh := range c.CheckHealth(ctxT(t, 5*time.Second)).Members {
 				if mh.Endpoint == m.Endpoint() {
 					return !mh.Healthy && mh.Error != ""
@@ -207,7 +195,7 @@ func TestWholeClusterOutage(t *testing.T) {
 	if err := c.Put(ctxT(t, 10*time.Second), "k", "before"); err != nil {
 		t.Fatalf("Put: %v", err)
 	}
-	waitFor(t, 5*time.Second, "connected", func() bool { return c.Health().Connected })
+	etcdtest.Eventually(t, 5*time.Second, "connected", func() bool { return c.Health().Connected })
 
 	cluster.StopAll()
 
@@ -231,7 +219,7 @@ func TestWholeClusterOutage(t *testing.T) {
 	if _, err := c.Get(context.Background(), "k"); err == nil || time.Since(start) > 2500*time.Millisecond {
 		t.Fatalf("Get without deadline = %v after %v", err, time.Since(start))
 	}
-	waitFor(t, 5*time.Second, "disconnected", func() bool { return !c.Health().Connected })
+	etcdtest.Eventually(t, 5*time.Second, "disconnected", func() bool { return !c.Health().Connected })
 	if err := c.Put(ctxT(t, time.Second), "k", "during"); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Put while disconnected = %v, want ErrUnavailable", err)
 	}
@@ -245,10 +233,10 @@ func TestWholeClusterOutage(t *testing.T) {
 	}
 	// The same client recovers by itself, within the backoff maximum plus the
 	// time to elect a leader.
-	waitFor(t, 15*time.Second, "a successful Put after the outage", func() bool {
+	etcdtest.Eventually(t, 15*time.Second, "a successful Put after the outage", func() bool {
 		return c.Put(ctxT(t, time.Second), "k", "after") == nil
 	})
-	waitFor(t, 5*time.Second, "connected again", func() bool { return c.Health().Connected })
+	etcdtest.Eventually(t, 5*time.Second, "connected again", func() bool { return c.Health().Connected })
 	if h := c.Health(); h.Reconnects < 1 {
 		t.Fatalf("reconnects = %d after an outage, want >= 1", h.Reconnects)
 	}
@@ -260,7 +248,7 @@ func TestWholeClusterOutage(t *testing.T) {
 func TestHealthSnapshot(t *testing.T) {
 	cluster := etcdtest.New(t, 3)
 	c := newTestClient(t, Config{Endpoints: cluster.Endpoints()})
-	waitFor(t, 10*time.Second, "connected", func() bool { return c.Health().Connected })
+	etcdtest.Eventually(t, 10*time.Second, "connected", func() bool { return c.Health().Connected })
 	h := c.CheckHealth(ctxT(t, 5*time.Second))
 	if h.ClusterID == "" || len(h.Members) != 3 {
 		t.Fatalf("health = %+v", h)
@@ -321,7 +309,7 @@ func TestConcurrentUpdatesAndOperations(t *testing.T) {
 		t.Error(err)
 	}
 	// Endpoint churn is not a reconnection.
-	waitFor(t, 5*time.Second, "connected", func() bool { return c.Health().Connected })
+	etcdtest.Eventually(t, 5*time.Second, "connected", func() bool { return c.Health().Connected })
 	if n := c.Health().Reconnects; n != 0 {
 		t.Fatalf("reconnects = %d after endpoint updates alone, want 0", n)
 	}
@@ -447,7 +435,7 @@ func TestTLSSwitchReplacesClient(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("in-flight request across the swap: %v", err)
 	}
-	waitFor(t, 5*time.Second, "the old client to close", func() bool { return old.Ctx().Err() != nil })
+	etcdtest.Eventually(t, 5*time.Second, "the old client to close", func() bool { return old.Ctx().Err() != nil })
 
 	// Back to plain: a third client, which works against the plain cluster.
 	if err := c.UpdateEndpoints(cluster.Endpoints()); err != nil {
@@ -477,7 +465,7 @@ func TestTLSCluster(t *testing.T) {
 	if err := c.Put(ctx, "tls/k", "over TLS"); err != nil {
 		t.Fatalf("Put over TLS: %v", err)
 	}
-	waitFor(t, 10*time.Second, "the health loop to connect over TLS", func() bool { return c.Health().Connected })
+	etcdtest.Eventually(t, 10*time.Second, "the health loop to connect over TLS", func() bool { return c.Health().Connected })
 
 	// A CA that did not sign the member's certificate: nothing gets through.
 	other, err := etcdtest.NewTLSFiles(t.TempDir())
@@ -528,7 +516,7 @@ func TestUnixSocketEndpoints(t *testing.T) {
 	if v, err := c.Get(ctx, "unix/k"); err != nil || v != "v" {
 		t.Fatalf("Get = %q, %v", v, err)
 	}
-	waitFor(t, 10*time.Second, "every member probed healthy over its socket", func() bool {
+	etcdtest.Eventually(t, 10*time.Second, "every member probed healthy over its socket", func() bool {
 		h := c.CheckHealth(ctxT(t, 5*time.Second))
 		if !h.Connected || len(h.Members) != 3 {
 			return false

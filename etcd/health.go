@@ -424,13 +424,8 @@ func (c *EtcdClient) dialProbes(eps []string) ([]*grpc.ClientConn, error) {
 	// SetEndpoints is only called under our write lock.
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	switch {
-	case c.closed:
-		return nil, ErrClosed
-	case c.pending != nil:
-		return nil, fmt.Errorf("%w: %v", ErrUnavailable, c.pending.err)
-	case c.gen == nil:
-		return nil, ErrNoEndpoints
+	if err := c.usableLocked(); err != nil {
+		return nil, err
 	}
 	conns := make([]*grpc.ClientConn, len(eps))
 	for i, ep := range eps {

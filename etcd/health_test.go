@@ -67,7 +67,7 @@ func TestIdleClientAsksNothing(t *testing.T) {
 	if err := c.Put(ctx, "idle/k", "v"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "connected", func() bool { return c.Health().Connected })
+	etcdtest.Eventually(t, 5*time.Second, "connected", func() bool { return c.Health().Connected })
 	if h := c.CheckHealth(ctx); len(h.Members) != 3 || !h.Members[0].Healthy {
 		t.Fatalf("health = %+v", h)
 	}
@@ -93,7 +93,7 @@ func TestIdleClientAsksNothing(t *testing.T) {
 	// A CheckHealth within StatusProbeInterval of the last round is answered
 	// from it.
 	c2 := newTestClient(t, Config{Endpoints: eps, MinClusterSize: 3, StatusProbeInterval: time.Hour})
-	waitFor(t, 5*time.Second, "second client connected", func() bool { return c2.Health().Connected })
+	etcdtest.Eventually(t, 5*time.Second, "second client connected", func() bool { return c2.Health().Connected })
 	time.Sleep(300 * time.Millisecond) // the connection round's answers
 	before, _ = sumRPCs(t, eps)
 	for range 20 {
@@ -165,7 +165,7 @@ func TestHungMemberIsEjected(t *testing.T) {
 	if err := victim.Pause(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the hung member to be ejected", c.hasEjected)
+	etcdtest.Eventually(t, 10*time.Second, "the hung member to be ejected", c.hasEjected)
 	ejected := time.Now()
 	time.Sleep(2 * time.Second)
 	close(stop)
@@ -206,7 +206,7 @@ func TestHungMemberIsEjected(t *testing.T) {
 	if err := victim.Resume(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 15*time.Second, "the member to be put back", func() bool { return !c.hasEjected() })
+	etcdtest.Eventually(t, 15*time.Second, "the member to be put back", func() bool { return !c.hasEjected() })
 	if h := c.CheckHealth(ctx); !h.Members[0].Healthy || !h.Members[1].Healthy || !h.Members[2].Healthy {
 		t.Fatalf("after resume: %+v", h)
 	}
@@ -230,7 +230,7 @@ func TestWholeClusterHung(t *testing.T) {
 		}
 	}
 	var err error
-	waitFor(t, 20*time.Second, "requests to fail with ErrUnavailable", func() bool {
+	etcdtest.Eventually(t, 20*time.Second, "requests to fail with ErrUnavailable", func() bool {
 		err = c.Put(context.Background(), "k", "during")
 		return errors.Is(err, ErrUnavailable)
 	})
@@ -248,10 +248,10 @@ func TestWholeClusterHung(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 20*time.Second, "a successful Put after the members resume", func() bool {
+	etcdtest.Eventually(t, 20*time.Second, "a successful Put after the members resume", func() bool {
 		return c.Put(ctxT(t, time.Second), "k", "after") == nil
 	})
-	waitFor(t, 5*time.Second, "connected again", func() bool { return c.Health().Connected })
+	etcdtest.Eventually(t, 5*time.Second, "connected again", func() bool { return c.Health().Connected })
 }
 
 // The outcome tracker's two signs, on a controlled clock: a connection
@@ -326,7 +326,7 @@ func TestConnectSpread(t *testing.T) {
 	eps := cluster.Endpoints()
 	c := newTestClient(t, Config{Endpoints: eps[:2], MinClusterSize: 2, ConnectSpread: time.Hour})
 	c.rand = func() float64 { return 0.999 } // a delay no test waits for
-	waitFor(t, 10*time.Second, "connected", func() bool { return c.Health().Connected })
+	etcdtest.Eventually(t, 10*time.Second, "connected", func() bool { return c.Health().Connected })
 	ctx := ctxT(t, 30*time.Second)
 
 	if err := c.UpdateEndpoints(eps); err != nil {
@@ -364,7 +364,7 @@ func TestConnectSpread(t *testing.T) {
 	if err := c.Put(ctx, "spread/k", "2"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the renamed endpoints to join", func() bool {
+	etcdtest.Eventually(t, 10*time.Second, "the renamed endpoints to join", func() bool {
 		return slices.Equal(c.liveEndpoints(), renamed)
 	})
 	if v, err := c.Get(ctx, "spread/k"); err != nil || v != "2" {

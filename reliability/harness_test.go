@@ -6,13 +6,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
 	"udp_iaasd/agent"
 	"udp_iaasd/client"
 	"udp_iaasd/config"
+	"udp_iaasd/internal/agenttest"
 	"udp_iaasd/internal/etcdtest"
 )
 
@@ -67,30 +67,11 @@ limits: {max_watches: 64}
 			t.Errorf("agent: %v", err)
 		}
 	})
-	deadline := time.Now().Add(20 * time.Second)
-	for !r.agent.Status().Ready {
-		if time.Now().After(deadline) {
-			t.Fatalf("agent not ready: %s", r.agent.Status().NotReadyReason())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	etcdtest.Eventually(t, 20*time.Second, "the agent to be ready", func() bool { return r.agent.Status().Ready })
 	return r
 }
 
-func (r *agentRun) writeEndpoints(eps []string) {
-	var b strings.Builder
-	b.WriteString("endpoints:\n")
-	for _, ep := range eps {
-		b.WriteString("  - " + ep + "\n")
-	}
-	tmp := r.epsPath + ".tmp"
-	if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err != nil {
-		r.t.Fatal(err)
-	}
-	if err := os.Rename(tmp, r.epsPath); err != nil {
-		r.t.Fatal(err)
-	}
-}
+func (r *agentRun) writeEndpoints(eps []string) { agenttest.WriteEndpoints(r.t, r.epsPath, eps...) }
 
 // client returns a client that does not retry: every failure is seen.
 func (r *agentRun) client() *client.Client {

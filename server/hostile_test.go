@@ -66,7 +66,7 @@ func TestHostileClientsLeakNothing(t *testing.T) {
 			ws := e.watch(fmt.Sprintf("/v1/watch/hostile/%d?heartbeat=100ms", i))
 			ws.conn.Close()
 		}
-		waitUntil(t, "abandoned watches to end", func() bool { return e.srv.watchers.Load() == 0 })
+		etcdtest.Eventually(t, 10*time.Second, "abandoned watches to end", func() bool { return e.srv.watchers.Load() == 0 })
 		healthy()
 		// A body sent and then the client vanishes before the answer.
 		c, _ := net.Dial("unix", e.sock)

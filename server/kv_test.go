@@ -12,6 +12,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"udp_iaasd/internal/etcdtest"
 	"unicode/utf8"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -274,16 +275,10 @@ func TestTTL(t *testing.T) {
 	if ttl, err := e.direct.TimeToLive(ctx, clientv3.LeaseID(lease)); err != nil || ttl.GrantedTTL < 1 {
 		t.Fatalf("lease %d: %+v, %v", lease, ttl, err)
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if _, ok := e.directGet("ttl/k"); !ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("TTL key never expired")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	etcdtest.Eventually(t, 15*time.Second, "the TTL key to expire", func() bool {
+		_, ok := e.directGet("ttl/k")
+		return !ok
+	})
 	e.expect(e.do("GET", "/v1/kv/ttl/k", nil, nil), http.StatusNotFound, "not_found")
 	e.expect(e.do("PUT", "/v1/kv/ttl/k?ttl=0", nil, []byte("x")), http.StatusBadRequest, "invalid_argument")
 }

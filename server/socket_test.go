@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"udp_iaasd/internal/etcdtest"
 
 	"udp_iaasd/internal/syncbuf"
 )
@@ -191,7 +192,7 @@ func TestShutdownEndsWatches(t *testing.T) {
 	cl := shared(t)
 	e := newEnv(t, cl)
 	ws := e.watch("/v1/watch/shut/k")
-	waitUntil(t, "watcher", func() bool { return e.srv.watchers.Load() == 1 })
+	etcdtest.Eventually(t, 10*time.Second, "watcher", func() bool { return e.srv.watchers.Load() == 1 })
 	e.srv.beginStopping()
 	for {
 		select {

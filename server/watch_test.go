@@ -97,9 +97,9 @@ func TestWatchReplayFromRevision(t *testing.T) {
 func TestWatchClientGoesAway(t *testing.T) {
 	e := newEnv(t, nil)
 	ws := e.watch("/v1/watch/gone/k")
-	waitUntil(t, "one watcher", func() bool { return e.srv.watchers.Load() == 1 })
+	etcdtest.Eventually(t, 10*time.Second, "one watcher", func() bool { return e.srv.watchers.Load() == 1 })
 	ws.conn.Close()
-	waitUntil(t, "no watchers", func() bool { return e.srv.watchers.Load() == 0 })
+	etcdtest.Eventually(t, 10*time.Second, "no watchers", func() bool { return e.srv.watchers.Load() == 0 })
 }
 
 func TestWatchLimit(t *testing.T) {
@@ -182,17 +182,6 @@ func TestWatchSurvivesMemberLossAndReload(t *testing.T) {
 	}
 }
 
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // After a whole-cluster outage the stream goes on: events written once the
 // cluster is back arrive, none missed.
 func TestWatchSurvivesWholeClusterRestart(t *testing.T) {
@@ -260,7 +249,7 @@ func TestWatchCoalescing(t *testing.T) {
 	for _, ws := range append(streams, late) {
 		ws.conn.Close()
 	}
-	waitUntil(t, "the hub to stop", func() bool { return e.ec.WatchHubs() == 0 })
+	etcdtest.Eventually(t, 10*time.Second, "the hub to stop", func() bool { return e.ec.WatchHubs() == 0 })
 }
 
 // A stream whose client stops reading is detached from the shared watch
@@ -279,7 +268,7 @@ func TestWatchSlowSubscriberDetached(t *testing.T) {
 	slow := rawConn(t, e.sock)
 	slow.SetDeadline(time.Now().Add(60 * time.Second))
 	fmt.Fprintf(slow, "GET /v1/watch/slowsub/?prefix HTTP/1.1\r\nHost: x\r\n\r\n")
-	waitUntil(t, "the slow stream", func() bool { return e.srv.watchers.Load() == 1 })
+	etcdtest.Eventually(t, 10*time.Second, "the slow stream", func() bool { return e.srv.watchers.Load() == 1 })
 	fast := e.watch("/v1/watch/slowsub/?prefix")
 	big := make([]byte, 256<<10)
 	// 2 MiB fills the unix socket's buffer, then the 2-slot channel; the

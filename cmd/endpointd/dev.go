@@ -48,17 +48,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	defer cluster.Close()
 
-	cfgPath := filepath.Join(dir, "config.yaml")
-	cfgYAML := fmt.Sprintf("# endpointd dev: a config for the demo\nendpoints_file: endpoints.yaml\nmin_cluster_size: %d\nsocket:\n  path: %s\n",
-		min(2, *members), filepath.Join(dir, "endpointd.sock"))
-	err = os.WriteFile(cfgPath, []byte(cfgYAML), 0o644)
-	if err == nil {
-		err = os.WriteFile(filepath.Join(dir, "endpoints.yaml"), []byte(endpointsYAML(cluster.Endpoints())), 0o644)
-	}
-	var cfg *config.Config
-	if err == nil {
-		cfg, err = config.Load(cfgPath)
-	}
+	cfgPath, cfg, err := writeDevConfig(dir, cluster.Endpoints(), min(2, *members))
 	if err != nil {
 		fmt.Fprintf(stderr, "endpointd dev: %v\n", err)
 		return exitFailure
@@ -83,7 +73,38 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if !a.Status().Ready {
 		fmt.Fprintf(stderr, "endpointd dev: the agent did not become ready: %s\n", a.Status().NotReadyReason())
 	}
-	sock, eps := cfg.Socket.Path, cfg.EndpointsFile
+	printDevHelp(stdout, cfg, cluster.Endpoints(), dir, cfgPath)
+
+	err = <-runErr
+	cluster.Close()
+	if err != nil {
+		fmt.Fprintf(stderr, "endpointd dev: %v\n", err)
+		return exitFailure
+	}
+	fmt.Fprintf(stdout, "stopped; removed %s\n", dir)
+	return exitOK
+}
+
+// writeDevConfig writes dev's config.yaml (minimum cluster size minSize)
+// and endpoints file into dir, and loads the config back.
+func writeDevConfig(dir string, eps []string, minSize int) (string, *config.Config, error) {
+	cfgPath := filepath.Join(dir, "config.yaml")
+	cfgYAML := fmt.Sprintf("# endpointd dev: a config for the demo\nendpoints_file: endpoints.yaml\nmin_cluster_size: %d\nsocket:\n  path: %s\n",
+		minSize, filepath.Join(dir, "endpointd.sock"))
+	if err := os.WriteFile(cfgPath, []byte(cfgYAML), 0o644); err != nil {
+		return "", nil, err
+	}
+	header := []byte("# etcd endpoints for endpointd dev; edit me to see a hot reload\n")
+	if err := os.WriteFile(filepath.Join(dir, "endpoints.yaml"), append(header, config.EndpointsYAML(eps)...), 0o644); err != nil {
+		return "", nil, err
+	}
+	cfg, err := config.Load(cfgPath)
+	return cfgPath, cfg, err
+}
+
+// printDevHelp prints the lines to try against the running demo.
+func printDevHelp(stdout io.Writer, cfg *config.Config, eps []string, dir, cfgPath string) {
+	sock, file := cfg.Socket.Path, cfg.EndpointsFile
 	fmt.Fprintf(stdout, `
 endpointd is serving on %[1]s, in front of etcd at %[3]s.
 
@@ -108,23 +129,6 @@ Hot reload: edit %[2]s (min_cluster_size is %[4]d).
   go run ./cmd/endpointd validate -config %[6]s
 
 Ctrl-C stops everything and removes %[5]s.
-`, sock, eps, strings.Join(cluster.Endpoints(), ", "), cfg.MinClusterSize, dir, cfgPath)
+`, sock, file, strings.Join(eps, ", "), cfg.MinClusterSize, dir, cfgPath)
 
-	err = <-runErr
-	cluster.Close()
-	if err != nil {
-		fmt.Fprintf(stderr, "endpointd dev: %v\n", err)
-		return exitFailure
-	}
-	fmt.Fprintf(stdout, "stopped; removed %s\n", dir)
-	return exitOK
-}
-
-func endpointsYAML(eps []string) string {
-	var b strings.Builder
-	b.WriteString("# etcd endpoints for endpointd dev; edit me to see a hot reload\nendpoints:\n")
-	for _, ep := range eps {
-		b.WriteString("  - " + ep + "\n")
-	}
-	return b.String()
 }

@@ -35,67 +35,75 @@ func cmdKV(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		return exitUsage
 	}
 	sub, args := args[0], args[1:]
+	cmd, ok := kvCommands[sub]
+	if !ok {
+		fmt.Fprintf(stderr, "endpointd kv: unknown subcommand %q\n%s", sub, kvUsage)
+		return exitUsage
+	}
 	flags := flag.NewFlagSet("endpointd kv "+sub, flag.ContinueOnError)
 	flags.Usage = func() { fmt.Fprint(flags.Output(), kvUsage) }
 	socket := flags.String("socket", "", "the agent's socket")
 	configPath := flags.String("config", config.DefaultPath, "config.yaml whose socket.path to use")
-	var (
-		prefix     = new(bool)
-		rev        = new(int64)
-		ttl        = new(int64)
-		ifRevision = new(int64)
-		ifAbsent   = new(bool)
-		ifExists   = new(bool)
-		limit      = new(int64)
-		asJSON     = new(bool)
-	)
-	switch sub {
-	case "get":
-	case "put":
-		flags.Int64Var(ttl, "ttl", 0, "seconds until the key expires")
-		flags.Int64Var(ifRevision, "if-revision", 0, "write only if the key's mod_revision is N")
-		flags.BoolVar(ifAbsent, "if-absent", false, "write only if the key does not exist")
-		flags.BoolVar(ifExists, "if-exists", false, "write only if the key exists")
-	case "del":
-		flags.BoolVar(prefix, "prefix", false, "delete every key under KEY")
-		flags.Int64Var(ifRevision, "if-revision", 0, "delete only if the key's mod_revision is N")
-	case "ls":
-		flags.Int64Var(limit, "limit", 0, "list at most N keys")
-		flags.BoolVar(asJSON, "json", false, "print keys, values and revisions as JSON lines")
-	case "watch":
-		flags.BoolVar(prefix, "prefix", false, "watch every key under KEY")
-		flags.Int64Var(rev, "rev", 0, "start at revision N (default: changes from now)")
-	default:
-		fmt.Fprintf(stderr, "endpointd kv: unknown subcommand %q\n%s", sub, kvUsage)
-		return exitUsage
-	}
+	run := cmd.setup(flags)
 	pos, code, ok := parseInterleaved(flags, args, stderr)
 	if !ok {
 		return code
 	}
-	want := map[string][2]int{"get": {1, 1}, "put": {1, 2}, "del": {1, 1}, "ls": {0, 1}, "watch": {1, 1}}[sub]
-	if len(pos) < want[0] || len(pos) > want[1] {
+	if len(pos) < cmd.minArgs || len(pos) > cmd.maxArgs {
 		fmt.Fprintf(stderr, "endpointd kv %s: wrong number of arguments\n%s", sub, kvUsage)
 		return exitUsage
 	}
 	c := client.New(resolveSocket(flags, *socket, *configPath), client.Options{})
+	return run(ctx, c, pos, kvIO{stdin, stdout, stderr})
+}
 
-	switch sub {
-	case "get":
+// kvCommand is one `endpointd kv` subcommand: how many positional
+// arguments it takes, and a setup that defines its flags and returns what
+// runs it once they are parsed.
+type kvCommand struct {
+	minArgs, maxArgs int
+	setup            func(flags *flag.FlagSet) kvRun
+}
+
+type kvRun func(ctx context.Context, c *client.Client, pos []string, std kvIO) int
+
+type kvIO struct {
+	in          io.Reader
+	out, errOut io.Writer
+}
+
+var kvCommands = map[string]kvCommand{
+	"get":   {1, 1, kvGet},
+	"put":   {1, 2, kvPut},
+	"del":   {1, 1, kvDel},
+	"ls":    {0, 1, kvLs},
+	"watch": {1, 1, kvWatch},
+}
+
+func kvGet(*flag.FlagSet) kvRun {
+	return func(ctx context.Context, c *client.Client, pos []string, std kvIO) int {
 		kv, err := c.Get(ctx, pos[0])
 		if err != nil {
-			return kvFail(stderr, err)
+			return kvFail(std.errOut, err)
 		}
-		stdout.Write(kv.Value)
+		std.out.Write(kv.Value)
 		return exitOK
-	case "put":
+	}
+}
+
+func kvPut(flags *flag.FlagSet) kvRun {
+	ttl := flags.Int64("ttl", 0, "seconds until the key expires")
+	ifRevision := flags.Int64("if-revision", 0, "write only if the key's mod_revision is N")
+	ifAbsent := flags.Bool("if-absent", false, "write only if the key does not exist")
+	ifExists := flags.Bool("if-exists", false, "write only if the key exists")
+	return func(ctx context.Context, c *client.Client, pos []string, std kvIO) int {
 		var value []byte
 		if len(pos) == 2 {
 			value = []byte(pos[1])
 		} else {
 			var err error
-			if value, err = io.ReadAll(stdin); err != nil {
-				fmt.Fprintf(stderr, "endpointd kv put: reading the value from stdin: %v\n", err)
+			if value, err = io.ReadAll(std.in); err != nil {
+				fmt.Fprintf(std.errOut, "endpointd kv put: reading the value from stdin: %v\n", err)
 				return exitUsage
 			}
 		}
@@ -105,7 +113,7 @@ func cmdKV(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		}
 		switch {
 		case countTrue(*ifRevision > 0, *ifAbsent, *ifExists) > 1:
-			fmt.Fprintln(stderr, "endpointd kv put: -if-revision, -if-absent and -if-exists exclude each other")
+			fmt.Fprintln(std.errOut, "endpointd kv put: -if-revision, -if-absent and -if-exists exclude each other")
 			return exitUsage
 		case *ifRevision > 0:
 			opts = append(opts, client.IfModRevision(*ifRevision))
@@ -116,11 +124,17 @@ func cmdKV(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		}
 		r, err := c.Put(ctx, pos[0], value, opts...)
 		if err != nil {
-			return kvFail(stderr, err)
+			return kvFail(std.errOut, err)
 		}
-		fmt.Fprintf(stdout, "revision %d\n", r)
+		fmt.Fprintf(std.out, "revision %d\n", r)
 		return exitOK
-	case "del":
+	}
+}
+
+func kvDel(flags *flag.FlagSet) kvRun {
+	prefix := flags.Bool("prefix", false, "delete every key under KEY")
+	ifRevision := flags.Int64("if-revision", 0, "delete only if the key's mod_revision is N")
+	return func(ctx context.Context, c *client.Client, pos []string, std kvIO) int {
 		var opts []client.Option
 		if *prefix {
 			opts = append(opts, client.WithPrefix())
@@ -130,11 +144,17 @@ func cmdKV(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		}
 		r, n, err := c.Delete(ctx, pos[0], opts...)
 		if err != nil {
-			return kvFail(stderr, err)
+			return kvFail(std.errOut, err)
 		}
-		fmt.Fprintf(stdout, "deleted %d (revision %d)\n", n, r)
+		fmt.Fprintf(std.out, "deleted %d (revision %d)\n", n, r)
 		return exitOK
-	case "ls":
+	}
+}
+
+func kvLs(flags *flag.FlagSet) kvRun {
+	limit := flags.Int64("limit", 0, "list at most N keys")
+	asJSON := flags.Bool("json", false, "print keys, values and revisions as JSON lines")
+	return func(ctx context.Context, c *client.Client, pos []string, std kvIO) int {
 		p := ""
 		if len(pos) == 1 {
 			p = pos[0]
@@ -148,20 +168,26 @@ func cmdKV(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		}
 		res, err := c.List(ctx, p, opts...)
 		if err != nil {
-			return kvFail(stderr, err)
+			return kvFail(std.errOut, err)
 		}
 		for _, kv := range res.KVs {
 			if *asJSON {
-				printJSONLine(stdout, "", kv)
+				printJSONLine(std.out, "", kv)
 			} else {
-				fmt.Fprintf(stdout, "%s\n", kv.Key)
+				fmt.Fprintf(std.out, "%s\n", kv.Key)
 			}
 		}
 		if res.More {
-			fmt.Fprintf(stderr, "(%d of %d keys shown)\n", len(res.KVs), res.Count)
+			fmt.Fprintf(std.errOut, "(%d of %d keys shown)\n", len(res.KVs), res.Count)
 		}
 		return exitOK
-	case "watch":
+	}
+}
+
+func kvWatch(flags *flag.FlagSet) kvRun {
+	prefix := flags.Bool("prefix", false, "watch every key under KEY")
+	rev := flags.Int64("rev", 0, "start at revision N (default: changes from now)")
+	return func(ctx context.Context, c *client.Client, pos []string, std kvIO) int {
 		ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		var opts []client.Option
@@ -173,16 +199,15 @@ func cmdKV(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		}
 		for ev, err := range c.Watch(ctx, pos[0], opts...) {
 			if err != nil {
-				return kvFail(stderr, err)
+				return kvFail(std.errOut, err)
 			}
 			if ev.Type == "PROGRESS" {
 				continue
 			}
-			printJSONLine(stdout, ev.Type, ev.KV)
+			printJSONLine(std.out, ev.Type, ev.KV)
 		}
 		return exitOK
 	}
-	return exitUsage
 }
 
 // printJSONLine prints a key-value (or an event, with typ) as the API does:

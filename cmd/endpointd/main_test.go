@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"udp_iaasd/config"
 	"udp_iaasd/internal/etcdtest"
 	"udp_iaasd/internal/syncbuf"
 )
@@ -119,11 +120,7 @@ func runAgent(t *testing.T, cluster *etcdtest.Cluster, extraEnv map[string]strin
 	dir := t.TempDir()
 	a := &agentUnderTest{dir: dir, sock: filepath.Join(dir, "run", "endpointd.sock"), cfg: filepath.Join(dir, "config.yaml"),
 		notify: make(chan string, 100), code: make(chan int, 1), stderr: &syncbuf.Buffer{}}
-	eps := "endpoints:\n"
-	for _, ep := range cluster.Endpoints() {
-		eps += "  - " + ep + "\n"
-	}
-	os.WriteFile(filepath.Join(dir, "endpoints.yaml"), []byte(eps), 0o644)
+	os.WriteFile(filepath.Join(dir, "endpoints.yaml"), config.EndpointsYAML(cluster.Endpoints()), 0o644)
 	os.WriteFile(a.cfg, []byte(fmt.Sprintf("endpoints_file: endpoints.yaml\nmin_cluster_size: 1\nsocket: {path: %s, mode: \"0600\"}\nwatch: {debounce: 50ms}\n", a.sock)), 0o644)
 
 	notifyPath := filepath.Join(dir, "notify.sock")

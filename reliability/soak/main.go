@@ -96,11 +96,7 @@ func soak(duration time.Duration, clients, nkeys, valueSize, nwatchers int, ever
 	}
 	defer cluster.Close()
 	sock := filepath.Join(dir, "endpointd.sock")
-	eps := "endpoints:\n"
-	for _, ep := range cluster.Endpoints() {
-		eps += "  - " + ep + "\n"
-	}
-	os.WriteFile(filepath.Join(dir, "endpoints.yaml"), []byte(eps), 0o644)
+	os.WriteFile(filepath.Join(dir, "endpoints.yaml"), config.EndpointsYAML(cluster.Endpoints()), 0o644)
 	cfgPath := filepath.Join(dir, "config.yaml")
 	os.WriteFile(cfgPath, []byte("endpoints_file: endpoints.yaml\nsocket: {path: "+sock+"}\n"), 0o644)
 
