@@ -1,200 +1,52 @@
-package agent
+package agent_test
 
 import (
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"udp_iaasd/client"
 	"udp_iaasd/config"
+	"udp_iaasd/internal/agenttest"
 	"udp_iaasd/internal/etcdtest"
-	"udp_iaasd/internal/syncbuf"
 )
-
-// harness runs an agent on real files, a real socket and a real cluster.
-type harness struct {
-	t       *testing.T
-	cluster *etcdtest.Cluster
-	dir     string
-	cfgPath string
-	epsPath string
-	sock    string
-	agent   *Agent
-	c       *client.Client
-	http    *http.Client
-	notes   *notes
-	logs    *syncbuf.Buffer // everything the agent logged
-	cancel  context.CancelFunc
-	done    chan error
-}
-
-// notes records what the agent would tell systemd.
-type notes struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-func (n *notes) add(s string) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	n.lines = append(n.lines, s)
-}
-
-func (n *notes) all() []string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return slices.Clone(n.lines)
-}
 
 // endpointsFile is config.EndpointsYAML for a test's variadic lists.
 func endpointsFile(eps ...string) string { return string(config.EndpointsYAML(eps)) }
 
-// start writes config.yaml (extra appended) and, unless eps is nil, the
-// endpoints file, then runs the agent.
-func start(t *testing.T, cluster *etcdtest.Cluster, eps []string, extra string) *harness {
-	t.Helper()
-	return startWith(t, cluster, eps, extra, "")
-}
-
-// startWith is start with more keys for config.yaml's etcd section.
-func startWith(t *testing.T, cluster *etcdtest.Cluster, eps []string, extra, etcdExtra string) *harness {
-	t.Helper()
-	dir := t.TempDir()
-	h := &harness{t: t, cluster: cluster, dir: dir, cfgPath: filepath.Join(dir, "config.yaml"),
-		epsPath: filepath.Join(dir, "etc", "endpoints.yaml"), sock: filepath.Join(dir, "run", "endpointd.sock"), notes: &notes{},
-		logs: &syncbuf.Buffer{}}
-	if err := os.MkdirAll(filepath.Dir(h.epsPath), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cfg := fmt.Sprintf(`endpoints_file: %s
-min_cluster_size: 2
-socket: {path: %s}
-etcd: {request_timeout: 2s, dial_timeout: 2s%s}
-backoff: {initial: 50ms, max: 1s}
-watch: {debounce: 50ms, resync_interval: 1s}
-%s`, h.epsPath, h.sock, etcdExtra, extra)
-	if err := os.WriteFile(h.cfgPath, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if eps != nil {
-		h.write(endpointsFile(eps...))
-	}
-	c, err := config.Load(h.cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.agent, err = New(Options{Config: c, ConfigPath: h.cfgPath, Version: "test", Notify: h.notes.add,
-		StatusProbeInterval: time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.MultiWriter(etcdtest.LogWriter(t), h.logs), nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	h.cancel, h.done = cancel, make(chan error, 1)
-	go func() { h.done <- h.agent.Run(ctx) }()
-	t.Cleanup(h.stop)
-	h.c = client.New(h.sock, client.Options{RetryMax: -1})
-	h.http = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", h.sock)
-	}}}
-	// Wait for an answer, not for the file: the socket exists from bind(),
-	// a moment before listen(), when a connect is refused.
-	h.eventually("the socket serves", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_, _, err := h.c.Status(ctx)
-		return err == nil
-	})
-	return h
-}
-
-func (h *harness) stop() {
-	if h.cancel == nil {
-		return
-	}
-	h.cancel()
-	h.cancel = nil
-	if err := <-h.done; err != nil {
-		h.t.Errorf("Run: %v", err)
-	}
-}
-
-func (h *harness) write(data string) {
-	h.t.Helper()
-	if err := os.WriteFile(h.epsPath, []byte(data), 0o644); err != nil {
-		h.t.Fatal(err)
-	}
-}
-
-func (h *harness) status() *client.Status {
-	h.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	st, _, err := h.c.Status(ctx)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return st
-}
-
-// eventually polls cond; the bound is for a broken agent, not a speed claim.
-func (h *harness) eventually(what string, cond func() bool) time.Duration {
-	h.t.Helper()
-	start := time.Now()
-	etcdtest.Eventually(h.t, 15*time.Second, what, cond)
-	return time.Since(start)
-}
-
-func (h *harness) get(path string) (int, string) {
-	h.t.Helper()
-	resp, err := h.http.Get("http://localhost" + path)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
-func (h *harness) appliedEndpoints() []string { return h.status().Endpoints }
-
 func TestStartAppliesAndServes(t *testing.T) {
 	cluster := etcdtest.New(t, 3)
-	h := start(t, cluster, cluster.Endpoints(), "")
-	h.eventually("ready", func() bool { return h.status().Ready })
-	st := h.status()
+	h := agenttest.Start(t, agenttest.Options{Endpoints: cluster.Endpoints()})
+	h.Eventually("ready", func() bool { return h.Status().Ready })
+	st := h.Status()
 	if !slices.Equal(st.Endpoints, cluster.Endpoints()) || st.Config.Reloads != 1 || st.Config.SHA256 == "" ||
 		st.Config.AppliedAt == "" || st.Config.LastError != "" || !st.Etcd.Connected || len(st.Etcd.Members) != 3 {
 		t.Fatalf("status = %+v", st)
 	}
-	if code, _ := h.get("/readyz"); code != 200 {
+	if code, _ := h.Get("/readyz"); code != 200 {
 		t.Fatalf("/readyz = %d", code)
 	}
 	ctx := context.Background()
-	if _, err := h.c.Put(ctx, "agent/k", []byte("v")); err != nil {
+	if _, err := h.Client.Put(ctx, "agent/k", []byte("v")); err != nil {
 		t.Fatal(err)
 	}
-	if kv, err := h.c.Get(ctx, "agent/k"); err != nil || string(kv.Value) != "v" {
+	if kv, err := h.Client.Get(ctx, "agent/k"); err != nil || string(kv.Value) != "v" {
 		t.Fatalf("Get = %v, %v", kv, err)
 	}
 	// READY=1 came once the socket served, and a STATUS line said so.
-	if n := h.notes.all(); !slices.Contains(n, "READY=1") {
+	if n := h.Notes(); !slices.Contains(n, "READY=1") {
 		t.Fatalf("notifications %q lack READY=1", n)
 	}
-	_, metrics := h.get("/metrics")
+	_, metrics := h.Get("/metrics")
 	for _, name := range []string{
 		`endpointd_config_reloads_total{result="success"} 1`,
 		`endpointd_config_reloads_total{result="failure"} 0`,
@@ -220,51 +72,51 @@ func TestStartAppliesAndServes(t *testing.T) {
 func TestReplacementStylesApplied(t *testing.T) {
 	cluster := etcdtest.New(t, 3)
 	eps := cluster.Endpoints()
-	h := start(t, cluster, eps, "")
-	h.eventually("first apply", func() bool { return h.status().Config.Reloads == 1 })
+	h := agenttest.Start(t, agenttest.Options{Endpoints: eps})
+	h.Eventually("first apply", func() bool { return h.Status().Config.Reloads == 1 })
 
 	sets := [][]string{{eps[1], eps[2], eps[0]}, {eps[2], eps[0]}, eps, {eps[0], eps[1]}, {eps[1], eps[0], eps[2]}, eps[1:]}
 	styles := []struct {
 		name    string
 		replace func(data string)
 	}{
-		{"truncate and write", func(data string) { h.write(data) }},
+		{"truncate and write", func(data string) { h.Write(data) }},
 		{"temp file and rename", func(data string) {
-			tmp := filepath.Join(filepath.Dir(h.epsPath), ".ansible_tmp")
+			tmp := filepath.Join(filepath.Dir(h.EpsPath), ".ansible_tmp")
 			os.WriteFile(tmp, []byte(data), 0o644)
-			os.Rename(tmp, h.epsPath)
+			os.Rename(tmp, h.EpsPath)
 		}},
 		{"sed -i", func(data string) {
 			// sed rewrites through a temp file and renames it over.
-			script := filepath.Join(h.dir, "script.sed")
+			script := filepath.Join(h.Dir, "script.sed")
 			os.WriteFile(script, []byte("1,$d\n"), 0o644)
-			exec.Command("sed", "-i", "-f", script, h.epsPath).Run()
-			f, _ := os.OpenFile(h.epsPath, os.O_WRONLY|os.O_APPEND, 0)
+			exec.Command("sed", "-i", "-f", script, h.EpsPath).Run()
+			f, _ := os.OpenFile(h.EpsPath, os.O_WRONLY|os.O_APPEND, 0)
 			f.WriteString(data)
 			f.Close()
 		}},
 		{"delete and recreate", func(data string) {
-			os.Remove(h.epsPath)
-			h.write(data)
+			os.Remove(h.EpsPath)
+			h.Write(data)
 		}},
 		{"editor backup rename", func(data string) {
-			os.Rename(h.epsPath, h.epsPath+"~")
-			h.write(data)
+			os.Rename(h.EpsPath, h.EpsPath+"~")
+			h.Write(data)
 		}},
 		{"directory removed and recreated", func(data string) {
-			os.RemoveAll(filepath.Dir(h.epsPath))
+			os.RemoveAll(filepath.Dir(h.EpsPath))
 			time.Sleep(100 * time.Millisecond)
-			os.MkdirAll(filepath.Dir(h.epsPath), 0o755)
-			h.write(data)
+			os.MkdirAll(filepath.Dir(h.EpsPath), 0o755)
+			h.Write(data)
 		}},
 	}
 	for i, st := range styles {
 		want := sets[i]
 		st.replace(endpointsFile(want...))
-		took := h.eventually(st.name, func() bool { return slices.Equal(h.appliedEndpoints(), want) })
+		took := h.Eventually(st.name, func() bool { return slices.Equal(h.Status().Endpoints, want) })
 		t.Logf("%s: applied %v after the change", st.name, took)
 	}
-	if st := h.status(); st.Config.LastError != "" && !strings.Contains(st.Config.LastError, "missing") {
+	if st := h.Status(); st.Config.LastError != "" && !strings.Contains(st.Config.LastError, "missing") {
 		t.Fatalf("last_error %q after valid replacements", st.Config.LastError)
 	}
 }
@@ -272,8 +124,8 @@ func TestReplacementStylesApplied(t *testing.T) {
 func TestKubernetesConfigMapSwap(t *testing.T) {
 	cluster := etcdtest.New(t, 3)
 	eps := cluster.Endpoints()
-	h := start(t, cluster, nil, "")
-	dir := filepath.Dir(h.epsPath)
+	h := agenttest.Start(t, agenttest.Options{})
+	dir := filepath.Dir(h.EpsPath)
 	version := func(name string, list []string) {
 		os.Mkdir(filepath.Join(dir, name), 0o755)
 		os.WriteFile(filepath.Join(dir, name, "endpoints.yaml"), []byte(endpointsFile(list...)), 0o644)
@@ -281,11 +133,11 @@ func TestKubernetesConfigMapSwap(t *testing.T) {
 		os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data"))
 	}
 	version("..v1", eps)
-	os.Symlink("..data/endpoints.yaml", h.epsPath)
-	h.eventually("v1 applied", func() bool { return slices.Equal(h.appliedEndpoints(), eps) })
+	os.Symlink("..data/endpoints.yaml", h.EpsPath)
+	h.Eventually("v1 applied", func() bool { return slices.Equal(h.Status().Endpoints, eps) })
 	want := []string{eps[2], eps[1]}
 	version("..v2", want)
-	h.eventually("v2 applied through the ..data swap", func() bool { return slices.Equal(h.appliedEndpoints(), want) })
+	h.Eventually("v2 applied through the ..data swap", func() bool { return slices.Equal(h.Status().Endpoints, want) })
 }
 
 // A bad file never takes effect: the last good set stays, and status and
@@ -293,9 +145,9 @@ func TestKubernetesConfigMapSwap(t *testing.T) {
 func TestBadEditsKeepLastGood(t *testing.T) {
 	cluster := etcdtest.New(t, 3)
 	eps := cluster.Endpoints()
-	h := start(t, cluster, eps, "")
-	h.eventually("first apply", func() bool { return h.status().Config.Reloads == 1 })
-	good := h.status()
+	h := agenttest.Start(t, agenttest.Options{Endpoints: eps})
+	h.Eventually("first apply", func() bool { return h.Status().Config.Reloads == 1 })
+	good := h.Status()
 
 	bad := []struct {
 		name, data, wantErr string
@@ -309,43 +161,43 @@ func TestBadEditsKeepLastGood(t *testing.T) {
 	}
 	failures := 0
 	for _, b := range bad {
-		h.write(b.data)
+		h.Write(b.data)
 		failures++
-		h.eventually(b.name+" rejected", func() bool { return strings.Contains(h.status().Config.LastError, b.wantErr) })
-		st := h.status()
+		h.Eventually(b.name+" rejected", func() bool { return strings.Contains(h.Status().Config.LastError, b.wantErr) })
+		st := h.Status()
 		if !slices.Equal(st.Endpoints, eps) || st.Config.Reloads != 1 || st.Config.SHA256 != good.Config.SHA256 || st.Config.LastErrorAt == "" {
 			t.Fatalf("%s: status changed: %+v", b.name, st)
 		}
-		if !strings.Contains(st.Config.LastError, h.epsPath) {
+		if !strings.Contains(st.Config.LastError, h.EpsPath) {
 			t.Fatalf("%s: last_error %q does not name the file", b.name, st.Config.LastError)
 		}
-		if _, err := h.c.Put(context.Background(), "still/works", []byte(b.name)); err != nil {
+		if _, err := h.Client.Put(context.Background(), "still/works", []byte(b.name)); err != nil {
 			t.Fatalf("%s: KV failed while a bad file was in place: %v", b.name, err)
 		}
 	}
-	_, m := h.get("/metrics")
+	_, m := h.Get("/metrics")
 	if !strings.Contains(m, fmt.Sprintf(`endpointd_config_reloads_total{result="failure"} %d`, failures)) ||
 		!strings.Contains(m, "endpointd_config_last_reload_successful 0") {
 		t.Fatalf("metrics after %d rejections:\n%s", failures, grep(m, "endpointd_config"))
 	}
 
 	// Deleting the file is a rejection too.
-	os.Remove(h.epsPath)
-	h.eventually("missing file reported", func() bool { return strings.Contains(h.status().Config.LastError, "missing") })
-	if !slices.Equal(h.appliedEndpoints(), eps) {
+	os.Remove(h.EpsPath)
+	h.Eventually("missing file reported", func() bool { return strings.Contains(h.Status().Config.LastError, "missing") })
+	if !slices.Equal(h.Status().Endpoints, eps) {
 		t.Fatal("deleting the file changed the applied set")
 	}
 
 	// The same set, valid again after a rejection, is applied and counted.
-	h.write(endpointsFile(eps...))
-	h.eventually("good file applied again", func() bool { return h.status().Config.Reloads == 2 })
-	if st := h.status(); st.Config.LastError != "" {
+	h.Write(endpointsFile(eps...))
+	h.Eventually("good file applied again", func() bool { return h.Status().Config.Reloads == 2 })
+	if st := h.Status(); st.Config.LastError != "" {
 		t.Fatalf("last_error not cleared: %+v", st.Config)
 	}
 	// Identical bytes are not processed again.
-	h.write(endpointsFile(eps...))
+	h.Write(endpointsFile(eps...))
 	time.Sleep(500 * time.Millisecond)
-	if n := h.status().Config.Reloads; n != 2 {
+	if n := h.Status().Config.Reloads; n != 2 {
 		t.Fatalf("identical bytes counted as a reload: %d", n)
 	}
 }
@@ -365,53 +217,53 @@ func grep(s, sub string) string {
 // file that appears.
 func TestStartWithoutEndpointsFile(t *testing.T) {
 	cluster := etcdtest.New(t, 3)
-	h := start(t, cluster, nil, "")
-	h.eventually("missing file reported", func() bool { return strings.Contains(h.status().Config.LastError, "missing") })
-	if code, _ := h.get("/healthz"); code != 200 {
+	h := agenttest.Start(t, agenttest.Options{})
+	h.Eventually("missing file reported", func() bool { return strings.Contains(h.Status().Config.LastError, "missing") })
+	if code, _ := h.Get("/healthz"); code != 200 {
 		t.Fatalf("/healthz = %d", code)
 	}
-	if code, body := h.get("/readyz"); code != 503 || !strings.Contains(body, "no valid endpoint set") {
+	if code, body := h.Get("/readyz"); code != 503 || !strings.Contains(body, "no valid endpoint set") {
 		t.Fatalf("/readyz = %d %s", code, body)
 	}
-	if _, err := h.c.Get(context.Background(), "k"); !errors.Is(err, client.ErrUnavailable) {
+	if _, err := h.Client.Get(context.Background(), "k"); !errors.Is(err, client.ErrUnavailable) {
 		t.Fatalf("KV before endpoints = %v, want ErrUnavailable", err)
 	}
-	h.write(endpointsFile(cluster.Endpoints()...))
-	h.eventually("ready after the file appears", func() bool { return h.status().Ready })
+	h.Write(endpointsFile(cluster.Endpoints()...))
+	h.Eventually("ready after the file appears", func() bool { return h.Status().Ready })
 }
 
 // A whole-cluster outage shows in status and readiness, requests fail fast,
 // and the agent reconnects by itself.
 func TestWholeClusterOutage(t *testing.T) {
 	cluster := etcdtest.New(t, 3)
-	h := start(t, cluster, cluster.Endpoints(), "")
-	h.eventually("ready", func() bool { return h.status().Ready })
+	h := agenttest.Start(t, agenttest.Options{Endpoints: cluster.Endpoints()})
+	h.Eventually("ready", func() bool { return h.Status().Ready })
 
 	cluster.StopAll()
-	h.eventually("disconnected", func() bool { return !h.status().Etcd.Connected })
-	if code, body := h.get("/readyz"); code != 503 || !strings.Contains(body, "etcd unreachable") {
+	h.Eventually("disconnected", func() bool { return !h.Status().Etcd.Connected })
+	if code, body := h.Get("/readyz"); code != 503 || !strings.Contains(body, "etcd unreachable") {
 		t.Fatalf("/readyz during outage = %d %s", code, body)
 	}
 	start := time.Now()
-	_, err := h.c.Put(context.Background(), "outage/k", []byte("v"))
+	_, err := h.Client.Put(context.Background(), "outage/k", []byte("v"))
 	if !errors.Is(err, client.ErrUnavailable) && !errors.Is(err, client.ErrTimeout) {
 		t.Fatalf("Put during outage = %v", err)
 	}
 	if took := time.Since(start); took > 3*time.Second { // request_timeout 2s plus margin: a hang, not a speed claim
 		t.Fatalf("Put during outage took %v", took)
 	}
-	if code, _ := h.get("/healthz"); code != 200 {
+	if code, _ := h.Get("/healthz"); code != 200 {
 		t.Fatal("the agent stopped serving health during the outage")
 	}
 
 	if err := cluster.RestartAll(); err != nil {
 		t.Fatal(err)
 	}
-	h.eventually("ready again", func() bool { return h.status().Ready })
-	if _, err := h.c.Put(context.Background(), "outage/k", []byte("after")); err != nil {
+	h.Eventually("ready again", func() bool { return h.Status().Ready })
+	if _, err := h.Client.Put(context.Background(), "outage/k", []byte("after")); err != nil {
 		t.Fatalf("Put after recovery: %v", err)
 	}
-	if st := h.status(); st.Etcd.Reconnects < 1 {
+	if st := h.Status(); st.Etcd.Reconnects < 1 {
 		t.Fatalf("reconnects = %d", st.Etcd.Reconnects)
 	}
 }
@@ -421,33 +273,35 @@ func TestWholeClusterOutage(t *testing.T) {
 func TestReload(t *testing.T) {
 	cluster := etcdtest.New(t, 3)
 	eps := cluster.Endpoints()
-	h := start(t, cluster, eps[:2], "")
-	h.eventually("applied", func() bool { return h.status().Config.Reloads == 1 })
+	h := agenttest.Start(t, agenttest.Options{Endpoints: eps[:2]})
+	h.Eventually("applied", func() bool { return h.Status().Config.Reloads == 1 })
 
 	// Raise min_cluster_size to 3: the same two-endpoint file is now
 	// rejected on the re-read the reload does.
-	cfg, _ := os.ReadFile(h.cfgPath)
-	os.WriteFile(h.cfgPath, []byte(strings.Replace(string(cfg), "min_cluster_size: 2", "min_cluster_size: 3", 1)), 0o644)
-	h.agent.Reload()
-	h.eventually("re-read under the new minimum", func() bool {
-		return strings.Contains(h.status().Config.LastError, "fewer than min_cluster_size 3")
+	cfg, _ := os.ReadFile(h.CfgPath)
+	os.WriteFile(h.CfgPath, []byte(strings.Replace(string(cfg), "min_cluster_size: 2", "min_cluster_size: 3", 1)), 0o644)
+	h.Agent.Reload()
+	h.Eventually("re-read under the new minimum", func() bool {
+		return strings.Contains(h.Status().Config.LastError, "fewer than min_cluster_size 3")
 	})
-	if !slices.Equal(h.appliedEndpoints(), eps[:2]) {
+	if !slices.Equal(h.Status().Endpoints, eps[:2]) {
 		t.Fatal("the applied set changed on a rejected re-read")
 	}
-	notes := h.notes.all()
+	notes := h.Notes()
 	if !slices.ContainsFunc(notes, func(s string) bool { return strings.HasPrefix(s, "RELOADING=1\nMONOTONIC_USEC=") }) {
 		t.Fatalf("no RELOADING=1 with MONOTONIC_USEC in %q", notes)
 	}
 
 	// A bad config.yaml is rejected; the running config (min 3) stays.
-	os.WriteFile(h.cfgPath, []byte("min_cluster_size: zero\n"), 0o644)
-	h.agent.Reload()
-	h.write(endpointsFile(eps...))
-	h.eventually("three endpoints applied under the kept config", func() bool { return slices.Equal(h.appliedEndpoints(), eps) })
-	if h.agent.cfg.Load().MinClusterSize != 3 {
-		t.Fatal("a bad config.yaml replaced the running one")
-	}
+	os.WriteFile(h.CfgPath, []byte("min_cluster_size: zero\n"), 0o644)
+	h.Agent.Reload()
+	h.Write(endpointsFile(eps...))
+	h.Eventually("three endpoints applied under the kept config", func() bool { return slices.Equal(h.Status().Endpoints, eps) })
+	// The kept minimum still rules: a two-endpoint file is rejected.
+	h.Write(endpointsFile(eps[:2]...))
+	h.Eventually("a two-endpoint file rejected under the kept minimum of 3", func() bool {
+		return strings.Contains(h.Status().Config.LastError, "fewer than min_cluster_size 3")
+	})
 }
 
 // etcd.tls in config.yaml reaches the client: bare host:port entries in the
@@ -458,12 +312,12 @@ func TestAgentOverTLS(t *testing.T) {
 	port := strings.Split(host, ":")[1]
 	// Two spellings of the one member (the certificate names both), so the
 	// file meets min_cluster_size 2.
-	h := startWith(t, cluster, []string{host, "localhost:" + port}, "", ", tls: {ca_file: "+files.CAFile+"}")
-	h.eventually("ready over TLS", func() bool { return h.status().Ready })
-	if eps := h.status().Endpoints; eps[0] != "https://"+host {
+	h := agenttest.Start(t, agenttest.Options{Endpoints: []string{host, "localhost:" + port}, EtcdExtra: "tls: {ca_file: " + files.CAFile + "}"})
+	h.Eventually("ready over TLS", func() bool { return h.Status().Ready })
+	if eps := h.Status().Endpoints; eps[0] != "https://"+host {
 		t.Fatalf("applied %v, want https entries", eps)
 	}
-	if _, err := h.c.Put(context.Background(), "tls/agent", []byte("v")); err != nil {
+	if _, err := h.Client.Put(context.Background(), "tls/agent", []byte("v")); err != nil {
 		t.Fatalf("Put through the agent over TLS: %v", err)
 	}
 }
@@ -473,25 +327,25 @@ func TestAgentOverTLS(t *testing.T) {
 func TestApplyAndRejectionLogLines(t *testing.T) {
 	cluster := etcdtest.New(t, 3)
 	eps := cluster.Endpoints()
-	h := start(t, cluster, eps, "")
-	h.eventually("applied", func() bool { return h.status().Config.Reloads == 1 })
-	sum := h.status().Config.SHA256
-	if got := h.logs.Lines("endpoints applied", "sha256="+sum); len(got) != 1 {
+	h := agenttest.Start(t, agenttest.Options{Endpoints: eps})
+	h.Eventually("applied", func() bool { return h.Status().Config.Reloads == 1 })
+	sum := h.Status().Config.SHA256
+	if got := h.Logs.Lines("endpoints applied", "sha256="+sum); len(got) != 1 {
 		t.Fatalf("%d apply lines with sha256=%s, want 1: %q", len(got), sum, got)
 	}
 
 	bad := endpointsFile(eps[0], "10.0.0.1:99999")
-	h.write(bad)
-	h.eventually("rejected", func() bool { return h.status().Config.LastError != "" })
+	h.Write(bad)
+	h.Eventually("rejected", func() bool { return h.Status().Config.LastError != "" })
 	badSum := fmt.Sprintf("%x", sha256.Sum256([]byte(bad)))
-	got := h.logs.Lines("endpoints file rejected", "sha256="+badSum)
-	if len(got) != 1 || !strings.Contains(got[0], "port out of range 1-65535") || !strings.Contains(got[0], h.epsPath+":3:5") {
+	got := h.Logs.Lines("endpoints file rejected", "sha256="+badSum)
+	if len(got) != 1 || !strings.Contains(got[0], "port out of range 1-65535") || !strings.Contains(got[0], h.EpsPath+":3:5") {
 		t.Fatalf("rejection lines %q, want one with the sha256, FILE:LINE:COL and the message", got)
 	}
 	// The same bad bytes again: not processed, so not logged again.
-	h.write(bad)
+	h.Write(bad)
 	time.Sleep(500 * time.Millisecond)
-	if n := len(h.logs.Lines("endpoints file rejected")); n != 1 {
+	if n := len(h.Logs.Lines("endpoints file rejected")); n != 1 {
 		t.Fatalf("%d rejection lines after rewriting identical bytes, want 1", n)
 	}
 }
@@ -512,45 +366,45 @@ func TestAuthentication(t *testing.T) {
 	writePW("agentpw")
 	cluster.StopAll()
 
-	h := startWith(t, cluster, cluster.Endpoints(), "", ", username: agent, password_file: "+pwFile)
-	h.eventually("the endpoints file applied while etcd is down", func() bool {
-		st := h.status()
+	h := agenttest.Start(t, agenttest.Options{Endpoints: cluster.Endpoints(), EtcdExtra: "username: agent, password_file: " + pwFile})
+	h.Eventually("the endpoints file applied while etcd is down", func() bool {
+		st := h.Status()
 		return st.Config.Reloads == 1 && st.Config.LastError == "" && !st.Etcd.Connected
 	})
-	if code, body := h.get("/v1/kv/a/k"); code != http.StatusServiceUnavailable {
+	if code, body := h.Get("/v1/kv/a/k"); code != http.StatusServiceUnavailable {
 		t.Fatalf("GET while etcd is down: %d %s", code, body)
 	}
 	if err := cluster.RestartAll(); err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	h.eventually("a write once etcd is back", func() bool {
-		_, err := h.c.Put(ctx, "a/k", []byte("v"))
+	h.Eventually("a write once etcd is back", func() bool {
+		_, err := h.Client.Put(ctx, "a/k", []byte("v"))
 		return err == nil
 	})
-	if code, body := h.get("/v1/kv/b/k"); code != http.StatusForbidden || !strings.Contains(body, `"code":"forbidden"`) {
+	if code, body := h.Get("/v1/kv/b/k"); code != http.StatusForbidden || !strings.Contains(body, `"code":"forbidden"`) {
 		t.Fatalf("GET outside the user's permissions: %d %s", code, body)
 	}
 
 	// A wrong password on reload: the client is rebuilt with it and cannot
 	// authenticate; status says why.
 	writePW("wrong")
-	h.agent.Reload()
-	h.eventually("status to report the refused password", func() bool {
-		st := h.status()
+	h.Agent.Reload()
+	h.Eventually("status to report the refused password", func() bool {
+		st := h.Status()
 		return !st.Etcd.Connected && strings.Contains(st.Etcd.LastError, "authentication failed")
 	})
-	if code, _ := h.get("/v1/kv/a/k"); code != http.StatusServiceUnavailable {
+	if code, _ := h.Get("/v1/kv/a/k"); code != http.StatusServiceUnavailable {
 		t.Fatalf("GET with a refused password: %d, want 503", code)
 	}
 	// The right one on the next reload repairs it.
 	writePW("agentpw")
-	h.agent.Reload()
-	h.eventually("a read after the password is fixed", func() bool {
-		kv, err := h.c.Get(ctx, "a/k")
+	h.Agent.Reload()
+	h.Eventually("a read after the password is fixed", func() bool {
+		kv, err := h.Client.Get(ctx, "a/k")
 		return err == nil && string(kv.Value) == "v"
 	})
-	if lines := h.logs.Lines("agentpw"); len(lines) > 0 {
+	if lines := h.Logs.Lines("agentpw"); len(lines) > 0 {
 		t.Errorf("the password appears in the log: %q", lines)
 	}
 }

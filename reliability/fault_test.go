@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"udp_iaasd/client"
+	"udp_iaasd/internal/agenttest"
 	"udp_iaasd/internal/etcdtest"
 )
 
@@ -45,12 +46,12 @@ func TestFaultInjection(t *testing.T) {
 	}
 	cluster := etcdtest.NewProc(t, 3)
 	run := startAgent(t, cluster)
-	c := run.client()
+	c := run.Client
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
 	// The watch starts before the first write and uses the resuming client.
-	watcher := client.New(run.sock, client.Options{RetryMax: 100})
+	watcher := client.New(run.Sock, client.Options{RetryMax: 100})
 	type seen struct {
 		key  string
 		rev  int64
@@ -120,7 +121,7 @@ func TestFaultInjection(t *testing.T) {
 		// A fresh probe round: the snapshot's leader is as of the last
 		// event, and the previous kill may have moved leadership since.
 		hctx, hcancel := context.WithTimeout(context.Background(), 5*time.Second)
-		leader := run.agent.Etcd().CheckHealth(hctx).Leader == m.Endpoint()
+		leader := run.Agent.Etcd().CheckHealth(hctx).Leader == m.Endpoint()
 		hcancel()
 		t.Logf("kill -9 %s (leader: %v)", m.Name, leader)
 		kills = append(kills, kill{time.Now(), m.Name, leader})
@@ -132,13 +133,13 @@ func TestFaultInjection(t *testing.T) {
 		t.Logf("%s restarted, %v after the first kill", m.Name, time.Since(kills[0].at).Round(time.Millisecond))
 		switch i {
 		case 0:
-			run.writeEndpoints([]string{eps[2], eps[0], eps[1]})
+			agenttest.WriteEndpoints(t, run.EpsPath, eps[2], eps[0], eps[1])
 			t.Log("endpoints file reordered")
 		case 1:
-			run.writeEndpoints(eps[1:])
+			agenttest.WriteEndpoints(t, run.EpsPath, eps[1:]...)
 			t.Logf("endpoints file: a changed set swapped in, %v after the first kill", time.Since(kills[0].at).Round(time.Millisecond))
 		case 2:
-			run.writeEndpoints(eps)
+			agenttest.WriteEndpoints(t, run.EpsPath, eps...)
 			t.Log("endpoints file: the full set back")
 		}
 		time.Sleep(step)
@@ -197,7 +198,7 @@ func TestFaultInjection(t *testing.T) {
 			}
 		}
 	}
-	rc := run.client()
+	rc := run.Client
 	for _, r := range acked {
 		kv, err := rc.Get(context.Background(), r.key)
 		if err != nil || string(kv.Value) != r.value || kv.ModRevision != r.rev {

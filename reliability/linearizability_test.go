@@ -160,7 +160,7 @@ func TestLinearizability(t *testing.T) {
 	}
 	cluster := etcdtest.NewProc(t, 3)
 	run := startAgent(t, cluster)
-	c := run.client()
+	c := run.Client
 	rec := &recorder{start: time.Now(), stats: map[string]int{}}
 	keys := []string{"lin/a", "lin/b", "lin/c", "lin/d"}
 	duration := faultDuration(t, 12*time.Second)
