@@ -96,10 +96,10 @@ type Config struct {
 	// does not answer within it, while another does, is ejected until it
 	// answers again.
 	ProbeTimeout time.Duration
-	// SuspectAfter is how long requests may sit on one member's connection
-	// with none completing, while requests on another complete, before that
-	// member is probed (see outcome.go). It bounds how long a hung member
-	// keeps receiving requests. Default 1s.
+	// SuspectAfter is how long a connection may have requests in flight
+	// with none completing before the members are probed (see outcome.go).
+	// With ProbeTimeout it bounds how long a hung member keeps receiving
+	// requests. Default 1s.
 	SuspectAfter time.Duration
 	// StatusProbeInterval is the youngest a member probe round may be before
 	// CheckHealth (GET /v1/status) probes again. Default 30s.

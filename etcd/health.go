@@ -31,6 +31,8 @@ type Health struct {
 	LastError  string
 	CheckedAt  time.Time // when Members were probed; zero before the first round
 	Members    []MemberHealth
+
+	answered int // members that answered the round at all (healthy or not)
 }
 
 // MemberHealth is the latest probe of one endpoint.
@@ -106,6 +108,7 @@ type healthLoop struct {
 	statec     chan connectivity.State // state changes of gen's channel
 	unfollow   context.CancelFunc
 	state      connectivity.State // gen's channel state, as last reported
+	leaderless bool               // the last round: members answered, none with a leader and no alarm
 	connected  bool
 	everUp     bool
 	reconnects uint64
@@ -280,10 +283,11 @@ func (l *healthLoop) onSuspicion(ctx context.Context) {
 	}
 }
 
-// troubled: a client waits to be built, a member is ejected, or every member
-// was found silent. Each needs a later round to end it.
+// troubled: a client waits to be built, a member is ejected, every member
+// was found silent, or none had a leader. Each needs a later round to end
+// it.
 func (l *healthLoop) troubled() bool {
-	return l.c.hasPending() || l.c.hasEjected() || l.down.Load()
+	return l.c.hasPending() || l.c.hasEjected() || l.down.Load() || l.leaderless
 }
 
 // follow makes the loop follow g's channel state (nil: none).
@@ -365,9 +369,16 @@ func (l *healthLoop) round(ctx context.Context) int {
 	} else {
 		l.c.setEjected(epoch, nil) // never eject every member
 	}
-	// Every member silent while gRPC still holds connections: a hung
-	// cluster. (With no connection the channel's state already says so.)
-	l.down.Store(!anyHealthy && len(h.Members) > 0)
+	// No member answering at all while gRPC still holds connections: a
+	// hung cluster, so requests fail fast instead of each waiting for its
+	// timeout. Members that answer without a leader (an election) are not
+	// hung: requests keep going, and etcd decides. (With no connection at
+	// all the channel's state already says so.)
+	l.down.Store(h.answered == 0 && len(h.Members) > 0)
+	// Members answering without a leader (quorum lost, or an election) are
+	// not connected for /readyz, and a later round must tell when that
+	// ends; requests still go to them.
+	l.leaderless = h.answered > 0 && !anyHealthy
 	l.store(h)
 	return len(silent)
 }
@@ -389,7 +400,7 @@ func (l *healthLoop) store(h Health) {
 	}
 	// No client (none built yet, or being rebuilt with new credentials):
 	// whatever the last channel said, nothing is connected.
-	connected = connected && !l.down.Load() && l.c.liveGen() != nil
+	connected = connected && !l.down.Load() && !l.leaderless && l.c.liveGen() != nil
 	log := l.c.log
 	switch {
 	case connected && !l.connected:
@@ -447,6 +458,7 @@ func (c *EtcdClient) dialProbes(eps []string) ([]*grpc.ClientConn, error) {
 func probeMembers(ctx context.Context, eps []string, conns []*grpc.ClientConn, timeout time.Duration) Health {
 	members := make([]MemberHealth, len(eps))
 	resps := make([]*pb.StatusResponse, len(eps))
+	var answered atomic.Int32
 	var wg sync.WaitGroup
 	for i, ep := range eps {
 		conn := conns[i]
@@ -462,6 +474,9 @@ func probeMembers(ctx context.Context, eps []string, conns []*grpc.ClientConn, t
 			resp, err := pb.NewMaintenanceClient(conn).Status(pctx, &pb.StatusRequest{})
 			if ready {
 				m.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
+			}
+			if err == nil {
+				answered.Add(1)
 			}
 			switch {
 			case err != nil:
@@ -479,7 +494,7 @@ func probeMembers(ctx context.Context, eps []string, conns []*grpc.ClientConn, t
 	}
 	wg.Wait()
 
-	h := Health{CheckedAt: time.Now(), Members: members}
+	h := Health{CheckedAt: time.Now(), Members: members, answered: int(answered.Load())}
 	var errs []string
 	for i, m := range members {
 		if !m.Healthy {

@@ -371,3 +371,31 @@ func TestConnectSpread(t *testing.T) {
 		t.Fatalf("Get after the join = %q, %v", v, err)
 	}
 }
+
+// A member that answers without a leader (its cluster lost quorum) is not a
+// hung cluster: the client reports not connected (so /readyz says so), but
+// requests still go to etcd, which decides, rather than being refused with
+// ErrUnavailable. When quorum returns, the client says connected again by
+// itself.
+func TestQuorumLostIsNotHung(t *testing.T) {
+	cluster := etcdtest.New(t, 3)
+	c := newTestClient(t, Config{Endpoints: cluster.Endpoints(), MinClusterSize: 1, ProbeTimeout: 500 * time.Millisecond})
+	if err := c.Put(ctxT(t, 10*time.Second), "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	cluster.Members[1].Stop()
+	cluster.Members[2].Stop()
+	// A write cannot commit; its timeout is the outcome that prompts a probe.
+	etcdtest.Eventually(t, 20*time.Second, "the client to report no leader", func() bool {
+		c.Put(ctxT(t, 300*time.Millisecond), "k", "lost")
+		return !c.Health().Connected
+	})
+	err := c.Put(ctxT(t, 300*time.Millisecond), "k", "lost")
+	if err == nil || errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Put without quorum = %v: want it sent to etcd and failing there, not refused", err)
+	}
+	if err := cluster.RestartAll(); err != nil {
+		t.Fatal(err)
+	}
+	etcdtest.Eventually(t, 20*time.Second, "connected again", func() bool { return c.Health().Connected })
+}
