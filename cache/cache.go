@@ -45,8 +45,8 @@ type Cache struct {
 	// older copy.
 	maxStaleness time.Duration
 	// runCtx is Run's context, for the progress requests reads ask for;
-	// set by Run before any prefix syncs.
-	runCtx context.Context
+	// set by Run, read by any reader (nil before Run).
+	runCtx atomic.Pointer[context.Context]
 	// askedAt is when the last progress request was sent (unix nanoseconds).
 	// RequestProgress returns once the request is sent, not answered, so
 	// "one in flight" is kept as "one per maxStaleness": an answer takes a
@@ -75,7 +75,7 @@ func (c *Cache) Run(ctx context.Context) {
 	// etcd answers a progress request only when every watcher of its stream
 	// is synced, so an API watch from the current revision + 1 on a quiet
 	// key must not share it (watchableStore.progressIfSync).
-	c.runCtx = ctx
+	c.runCtx.Store(&ctx)
 	var wg sync.WaitGroup
 	for _, p := range c.prefixes {
 		wg.Go(func() { p.run(ctx) })
@@ -132,11 +132,12 @@ func (c *Cache) Get(key string) (kv *mvccpb.KeyValue, rev int64, ok bool) {
 func (c *Cache) askProgress() {
 	now := time.Now().UnixNano()
 	last := c.askedAt.Load()
-	if c.runCtx == nil || now-last < int64(c.maxStaleness) || !c.askedAt.CompareAndSwap(last, now) {
+	ctx := c.runCtx.Load()
+	if ctx == nil || now-last < int64(c.maxStaleness) || !c.askedAt.CompareAndSwap(last, now) {
 		return
 	}
 	go func() {
-		if err := c.ec.RequestWatchProgress(c.runCtx, stream); err != nil {
+		if err := c.ec.RequestWatchProgress(*ctx, stream); err != nil {
 			c.log.Debug("cache: progress request failed", "error", err)
 		}
 	}()
