@@ -122,6 +122,7 @@ func New(opts Options) (*Agent, error) {
 		ProbeTimeout:        cfg.Etcd.ProbeTimeout,
 		SuspectAfter:        cfg.Etcd.SuspectAfter,
 		ConnectSpread:       cfg.Etcd.ConnectSpread,
+		RebalanceSpread:     cfg.Etcd.RebalanceSpread,
 		TLS:                 tlsCfg,
 		Username:            cfg.Etcd.Username,
 		Password:            password,

@@ -71,9 +71,12 @@ type Etcd struct {
 	// ConnectSpread spreads the connections an endpoint change opens
 	// (etcd.Config.ConnectSpread); 0 applies changes at once.
 	ConnectSpread time.Duration
-	Username      string
-	PasswordFile  string
-	TLS           TLS
+	// RebalanceSpread re-places watch streams after a member returns
+	// (etcd.Config.RebalanceSpread); 0 leaves them where they are.
+	RebalanceSpread time.Duration
+	Username        string
+	PasswordFile    string
+	TLS             TLS
 }
 
 // TLS names the files of the client's TLS setup.
@@ -139,6 +142,7 @@ func Default() *Config {
 			SuspectAfter:        time.Second,
 			StatusProbeInterval: 30 * time.Second,
 			ConnectSpread:       2 * time.Second,
+			RebalanceSpread:     10 * time.Second,
 		},
 		Backoff: backoff.DefaultPolicy(),
 		Watch:   Watch{Debounce: 100 * time.Millisecond, ResyncInterval: 30 * time.Second},
@@ -227,6 +231,7 @@ func (c *Config) fields() map[string]field {
 			"suspect_after":         duration(&c.Etcd.SuspectAfter),
 			"status_probe_interval": duration(&c.Etcd.StatusProbeInterval),
 			"connect_spread":        duration(&c.Etcd.ConnectSpread),
+			"rebalance_spread":      duration(&c.Etcd.RebalanceSpread),
 			"username":              str(&c.Etcd.Username),
 			"password_file":         str(&c.Etcd.PasswordFile),
 			"tls": section(map[string]field{
@@ -365,6 +370,7 @@ func (v *checks) etcd(e Etcd) {
 	v.positive("etcd.suspect_after", e.SuspectAfter)
 	v.positive("etcd.status_probe_interval", e.StatusProbeInterval)
 	v.notNegative("etcd.connect_spread", e.ConnectSpread)
+	v.notNegative("etcd.rebalance_spread", e.RebalanceSpread)
 	if (e.Username == "") != (e.PasswordFile == "") {
 		v.bad("etcd.username", "username and password_file go together: set both or neither")
 	}
@@ -527,6 +533,7 @@ var restartOnly = []struct {
 	{"etcd.suspect_after", func(l, r *Config) { l.Etcd.SuspectAfter = r.Etcd.SuspectAfter }},
 	{"etcd.status_probe_interval", func(l, r *Config) { l.Etcd.StatusProbeInterval = r.Etcd.StatusProbeInterval }},
 	{"etcd.connect_spread", func(l, r *Config) { l.Etcd.ConnectSpread = r.Etcd.ConnectSpread }},
+	{"etcd.rebalance_spread", func(l, r *Config) { l.Etcd.RebalanceSpread = r.Etcd.RebalanceSpread }},
 	{"etcd.tls", func(l, r *Config) { l.Etcd.TLS = r.Etcd.TLS }},
 	{"backoff", func(l, r *Config) { l.Backoff = r.Backoff }},
 	{"cache", func(l, r *Config) { l.Cache = r.Cache }},

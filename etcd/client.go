@@ -113,6 +113,14 @@ type Config struct {
 	// unless none of the old ones stays, in which case the old connections
 	// serve until the new addresses join. Default 0: applied at once.
 	ConnectSpread time.Duration
+	// RebalanceSpread, when positive, re-places the client's watch streams
+	// after a member returns (restarted, reachable again, or added): at a
+	// random time in [RebalanceSpread/2, RebalanceSpread) every WatchKV
+	// watch reopens on a fresh gRPC stream from the revision after its last
+	// delivered one, so that a fleet's streams spread over the members again
+	// instead of staying where a rolling restart left them (rebalance.go).
+	// Default 0: streams stay where clientv3 placed them.
+	RebalanceSpread time.Duration
 	// WatchBuffer is how many responses a Subscribe subscriber may lag
 	// behind its shared watch before it is detached to watch on its own.
 	// Default 256.
@@ -185,6 +193,7 @@ type EtcdClient struct {
 	reads    reader         // batches concurrent linearizable reads (batch.go)
 	health   *healthLoop
 	hubs     hubs           // shared watches (watch.go)
+	streams  *rebalancer    // watch stream placement (rebalance.go)
 	outcomes *outcomes      // watches request outcomes for hung members (outcome.go)
 	conns    connTracker    // dials every connection, so an ejected member's can be closed (conns.go)
 	retired  sync.WaitGroup // clients replaced by UpdateEndpoints, closing
@@ -223,6 +232,11 @@ func New(cfg Config) (*EtcdClient, error) {
 	c.reqTimeout.Store(int64(cfg.RequestTimeout))
 	c.rand = rand.Float64
 	c.outcomes = newOutcomes(cfg.SuspectAfter, func() { c.health.suspect() })
+	c.streams = newRebalancer(cfg.RebalanceSpread, func() float64 { return c.rand() }, func(epoch uint64) {
+		c.log.Info("etcd: a member returned; moving watch streams to spread them over the members", "epoch", epoch)
+	})
+	c.conns.settle = cfg.RebalanceSpread
+	c.conns.onReturn = c.streams.schedule
 	if len(cfg.Endpoints) > 0 {
 		eps, err := endpoint.ParseList(cfg.Endpoints, cfg.TLS != nil, cfg.MinClusterSize)
 		if err != nil {
@@ -745,6 +759,7 @@ func (c *EtcdClient) Close() error {
 	c.mu.Unlock()
 
 	c.health.stop()
+	c.streams.stop()
 	if g != nil {
 		c.retire(g)
 	}

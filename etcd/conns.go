@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"time"
 )
 
 // connTracker dials the client's connections (as gRPC's context dialer)
@@ -19,9 +20,19 @@ import (
 // It dials as gRPC's default dialer does (tcp for host:port, unix for
 // unix:PATH and unix://PATH addresses), without gRPC's HTTP CONNECT proxy
 // support: the agent talks to its cluster directly.
+//
+// It also tells the client when a member returns (rebalance.go): an address
+// whose connections had all closed is dialled again, or an address is first
+// dialled more than settle after the client's first connection (a member
+// added later, rather than one of the list the client started with).
 type connTracker struct {
+	onReturn func() // set before the first dial; must not block
+	settle   time.Duration
+
 	mu     sync.Mutex
 	byAddr map[string]map[*trackedConn]struct{}
+	seen   map[string]bool // addresses ever connected
+	first  time.Time       // the first connection
 }
 
 type trackedConn struct {
@@ -52,9 +63,15 @@ func (t *connTracker) dial(ctx context.Context, addr string) (net.Conn, error) {
 	defer t.mu.Unlock()
 	if t.byAddr == nil {
 		t.byAddr = map[string]map[*trackedConn]struct{}{}
+		t.seen = map[string]bool{}
+		t.first = time.Now()
 	}
 	if t.byAddr[addr] == nil {
 		t.byAddr[addr] = map[*trackedConn]struct{}{}
+		if (t.seen[addr] || time.Since(t.first) > t.settle) && t.onReturn != nil {
+			t.onReturn()
+		}
+		t.seen[addr] = true
 	}
 	t.byAddr[addr][tc] = struct{}{}
 	return tc, nil

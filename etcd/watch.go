@@ -3,6 +3,7 @@ package etcd
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"sync/atomic"
 
@@ -28,6 +29,8 @@ type WatchResponse struct {
 	// Err, when set, says the watch has ended (cancelled, its member lost
 	// its leader or went away): resume from the last revision delivered.
 	Err error
+	// MemberID is the member that sent the response.
+	MemberID uint64
 }
 
 // errWatchCanceled ends a watch etcd cancelled without saying why.
@@ -35,7 +38,7 @@ var errWatchCanceled = errors.New("etcd: watch cancelled")
 
 func toWatchResponse(r clientv3.WatchResponse) WatchResponse {
 	wr := WatchResponse{Events: r.Events, Revision: r.Header.Revision, Progress: r.IsProgressNotify(),
-		Created: r.Created, CompactRevision: r.CompactRevision, Err: r.Err()}
+		Created: r.Created, CompactRevision: r.CompactRevision, Err: r.Err(), MemberID: r.Header.MemberId}
 	if wr.Err == nil && r.Canceled && r.CompactRevision == 0 {
 		wr.Err = errWatchCanceled
 	}
@@ -61,8 +64,13 @@ type WatchOptions struct {
 }
 
 // watchContext gives ctx the metadata that picks the watch's gRPC stream:
-// clientv3 keys streams by a context's outgoing metadata.
-func watchContext(ctx context.Context, stream string) context.Context {
+// clientv3 keys streams by a context's outgoing metadata. The placement
+// epoch is part of the name, so that a move (rebalance.go) opens fresh
+// streams, which clientv3 places afresh.
+func watchContext(ctx context.Context, stream string, epoch uint64) context.Context {
+	if epoch > 0 {
+		stream += "#" + strconv.FormatUint(epoch, 10)
+	}
 	if stream != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "endpointd-watch-stream", stream)
 	}
@@ -72,44 +80,152 @@ func watchContext(ctx context.Context, stream string) context.Context {
 // WatchKV watches key as o says. The channel closes after a response that
 // ends the watch (Err or CompactRevision), or once ctx ends. Like Watch it
 // does not pin the client: a client replaced by UpdateEndpoints ends its
-// watches, and the caller resumes.
+// watches, and the caller resumes. A rebalance (rebalance.go) moves it to a
+// fresh stream without the caller seeing anything but MemberID change.
 func (c *EtcdClient) WatchKV(ctx context.Context, key string, o WatchOptions) (<-chan WatchResponse, error) {
-	opts := []clientv3.OpOption{}
-	if o.Rev > 0 {
-		opts = append(opts, clientv3.WithRev(o.Rev))
+	if c.initErr != nil {
+		return nil, c.initErr
 	}
-	if o.Prefix {
-		opts = append(opts, clientv3.WithPrefix())
-	}
-	if o.CreatedNotify {
-		opts = append(opts, clientv3.WithCreatedNotify())
-	}
-	wch, err := c.Watch(watchContext(ctx, o.Stream), key, opts...)
+	w := &kvWatch{c: c, key: key, o: o, next: o.Rev, at: c.streams.current()}
+	wch, cancel, err := w.open(ctx, o.Rev)
 	if err != nil {
 		return nil, err
 	}
 	out := make(chan WatchResponse, 1)
-	go func() { // ends with the clientv3 watch, which ends with ctx
-		defer close(out)
-		for r := range wch {
-			wr := toWatchResponse(r)
-			select {
-			case out <- wr:
-			case <-ctx.Done():
+	go w.run(ctx, wch, cancel, out)
+	return out, nil
+}
+
+// kvWatch is one WatchKV watch; its run goroutine owns every field.
+type kvWatch struct {
+	c   *EtcdClient
+	key string
+	o   WatchOptions
+	// next: every event below it has been delivered, none at or above it;
+	// 0 until the first response says where the watch started.
+	next    int64
+	at      *placement // the epoch whose stream the watch is on
+	resumed bool       // reopened by a move: its Created is not news, and it repeats revision next-1
+}
+
+// open starts the etcd watch from rev (0: now) on the stream of w.at.
+// etcd is always asked to confirm creation, since the confirmation's
+// revision is where a watch from "now" starts, which a move needs.
+func (w *kvWatch) open(ctx context.Context, rev int64) (clientv3.WatchChan, context.CancelFunc, error) {
+	opts := []clientv3.OpOption{clientv3.WithCreatedNotify()}
+	if rev > 0 {
+		opts = append(opts, clientv3.WithRev(rev))
+	}
+	if w.o.Prefix {
+		opts = append(opts, clientv3.WithPrefix())
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	wch, err := w.c.Watch(watchContext(wctx, w.o.Stream, w.at.epoch), w.key, opts...)
+	if err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	return wch, cancel, nil
+}
+
+// run delivers the watch until it ends; it closes out.
+func (w *kvWatch) run(ctx context.Context, wch clientv3.WatchChan, cancel context.CancelFunc, out chan<- WatchResponse) {
+	defer close(out)
+	defer func() { cancel() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.at.moved:
+			w.at = w.c.streams.current()
+			if w.next == 0 {
+				continue // not started yet: it moves with the next epoch
+			}
+			cancel()
+			// Resume one revision early: etcd answers a progress request
+			// only when every watch of the stream starts at or below the
+			// store's revision (watchableStore.progressIfSync), which a
+			// watch from next on a quiet cluster does not. The repeated
+			// revision is dropped in deliverable.
+			var err error
+			w.resumed = true
+			if wch, cancel, err = w.open(ctx, max(1, w.next-1)); err != nil {
+				cancel = func() {}
+				w.send(ctx, out, WatchResponse{Err: err})
 				return
 			}
-			if wr.ended() {
+		case r, ok := <-wch:
+			if !ok {
+				return
+			}
+			wr := toWatchResponse(r)
+			if w.resumed && wr.CompactRevision != 0 && wr.CompactRevision <= w.next {
+				// Only the repeated revision is compacted: resume at next.
+				cancel()
+				var err error
+				if wch, cancel, err = w.open(ctx, w.next); err != nil {
+					cancel = func() {}
+					w.send(ctx, out, WatchResponse{Err: err})
+					return
+				}
+				continue
+			}
+			if !w.deliverable(&wr) {
+				continue
+			}
+			if !w.send(ctx, out, wr) || wr.ended() {
 				return
 			}
 		}
-	}()
-	return out, nil
+	}
+}
+
+// deliverable advances next past wr and trims what the caller has already
+// had; false: nothing is left to deliver.
+func (w *kvWatch) deliverable(wr *WatchResponse) bool {
+	if wr.ended() {
+		return true
+	}
+	if wr.Created {
+		if w.next == 0 {
+			w.next = wr.Revision + 1 // a watch from now starts after it
+		}
+		return !w.resumed && w.o.CreatedNotify
+	}
+	if w.resumed {
+		i := 0
+		for i < len(wr.Events) && wr.Events[i].Kv.ModRevision < w.next {
+			i++
+		}
+		if i == len(wr.Events) && !wr.Progress {
+			return false
+		}
+		wr.Events = wr.Events[i:]
+	}
+	if n := len(wr.Events); n > 0 {
+		w.next = max(w.next, wr.Events[n-1].Kv.ModRevision+1)
+	} else if wr.Progress {
+		w.next = max(w.next, wr.Revision+1)
+	}
+	return true
+}
+
+func (w *kvWatch) send(ctx context.Context, out chan<- WatchResponse, wr WatchResponse) bool {
+	select {
+	case out <- wr:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // RequestWatchProgress asks etcd for a progress notification on the watches
 // of a stream (WatchOptions.Stream).
 func (c *EtcdClient) RequestWatchProgress(ctx context.Context, stream string) error {
-	return c.RequestProgress(watchContext(ctx, stream))
+	if c.initErr != nil {
+		return c.initErr
+	}
+	return c.RequestProgress(watchContext(ctx, stream, c.streams.current().epoch))
 }
 
 // Watch coalescing: watches on the same key or prefix through Subscribe
