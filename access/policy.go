@@ -1,0 +1,206 @@
+// Package access decides which local peers may touch which etcd keys: who a
+// peer is (Identify, read from the kernel once per connection) and what the
+// rules allow it (Policy.Check). Every surface that takes keys from a peer —
+// KV, watch, transactions, locks, elections, the gRPC socket — asks
+// Policy.Check, and nothing else, so that one function holds the rule.
+package access
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Op is what a request does with its keys.
+type Op uint8
+
+const (
+	// Read: GET, HEAD, watch, a transaction's compares and reads.
+	Read Op = iota + 1
+	// Write: PUT, DELETE (with conditions and TTL), a transaction's writes,
+	// locks and elections.
+	Write
+)
+
+func (o Op) String() string {
+	switch o {
+	case Read:
+		return "read"
+	case Write:
+		return "write"
+	}
+	return "op(" + strconv.Itoa(int(o)) + ")"
+}
+
+// Rule grants the peers it matches some operations on key prefixes. A peer
+// matches when any of UIDs, GIDs (primary or supplementary) or Units matches
+// it. Names (users, groups) are resolved by the caller before the rule is
+// built, so that a policy never looks anything up on the request path.
+type Rule struct {
+	Name  string
+	UIDs  []uint32
+	GIDs  []uint32
+	Units []string // systemd unit names; '*' matches any run of characters
+	// Prefixes the rule covers; "" covers every key.
+	Prefixes []string
+	Read     bool
+	Write    bool
+}
+
+// Policy is an immutable set of rules. The nil or empty Policy allows
+// everything (no access: section).
+type Policy struct {
+	rules []Rule
+}
+
+// NewPolicy builds a policy from rules, refusing a rule that could never
+// match or never allow anything (the config loader reports these with their
+// positions first; this is the last line).
+func NewPolicy(rules []Rule) (*Policy, error) {
+	names := map[string]bool{}
+	for i, r := range rules {
+		switch {
+		case r.Name == "":
+			return nil, fmt.Errorf("access: rule %d has no name", i+1)
+		case names[r.Name]:
+			return nil, fmt.Errorf("access: rule %q is defined twice", r.Name)
+		case len(r.UIDs)+len(r.GIDs)+len(r.Units) == 0:
+			return nil, fmt.Errorf("access: rule %q matches no peer (no uids, users, gids, groups or units)", r.Name)
+		case len(r.Prefixes) == 0:
+			return nil, fmt.Errorf("access: rule %q covers no keys (no prefixes)", r.Name)
+		case !r.Read && !r.Write:
+			return nil, fmt.Errorf("access: rule %q allows nothing", r.Name)
+		}
+		names[r.Name] = true
+	}
+	return &Policy{rules: append([]Rule(nil), rules...)}, nil
+}
+
+// Enabled: the policy has rules, so peers are checked against them.
+func (p *Policy) Enabled() bool { return p != nil && len(p.rules) > 0 }
+
+// Rules returns the number of rules (metrics, logs).
+func (p *Policy) Rules() int {
+	if p == nil {
+		return 0
+	}
+	return len(p.rules)
+}
+
+// Matches reports whether some rule matches the peer: such a peer may use
+// the agent's own paths (/v1/status, /healthz, /readyz, /metrics). Without
+// rules every peer does.
+func (p *Policy) Matches(peer Peer) bool {
+	if !p.Enabled() {
+		return true
+	}
+	for i := range p.rules {
+		if p.rules[i].matches(peer) {
+			return true
+		}
+	}
+	return false
+}
+
+// Check is the one access decision: may peer do op on key (with prefix, on
+// every key under key)? It returns the name of the rule that allows it (""
+// without rules), or a *Denied.
+//
+// A range is allowed only when it lies wholly inside a rule's prefix: a
+// single key must start with one of the prefixes, and so must a prefix
+// request's prefix — the keys under "bill" include "billing/…" and "bills",
+// so a rule for "billing/" does not cover the prefix "bill". Either way the
+// test is the same: key starts with an allowed prefix.
+func (p *Policy) Check(peer Peer, op Op, key string, prefix bool) (string, error) {
+	if !p.Enabled() {
+		return "", nil
+	}
+	if peer.Known {
+		for i := range p.rules {
+			r := &p.rules[i]
+			if !r.allows(op) || !r.matches(peer) {
+				continue
+			}
+			for _, pre := range r.Prefixes {
+				if strings.HasPrefix(key, pre) {
+					return r.Name, nil
+				}
+			}
+		}
+	}
+	return "", &Denied{Peer: peer, Op: op, Key: key, Prefix: prefix}
+}
+
+func (r *Rule) allows(op Op) bool {
+	return (op == Read && r.Read) || (op == Write && r.Write)
+}
+
+func (r *Rule) matches(peer Peer) bool {
+	if !peer.Known {
+		return false
+	}
+	for _, u := range r.UIDs {
+		if peer.UID == u {
+			return true
+		}
+	}
+	for _, g := range r.GIDs {
+		if peer.inGroup(g) {
+			return true
+		}
+	}
+	if peer.Unit != "" {
+		for _, pat := range r.Units {
+			if Glob(pat, peer.Unit) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Denied is Check's refusal. Its message names the peer, the operation and
+// the key — never the prefixes some other rule would have allowed.
+type Denied struct {
+	Peer   Peer
+	Op     Op
+	Key    string
+	Prefix bool
+}
+
+func (d *Denied) Error() string {
+	what := "key"
+	if d.Prefix {
+		what = "keys under prefix"
+	}
+	return fmt.Sprintf("%s may not %s %s %q (access rules)", d.Peer, d.Op, what, d.Key)
+}
+
+// Glob matches name against pattern, in which '*' matches any run of
+// characters (none included) and every other character only itself.
+func Glob(pattern, name string) bool {
+	// Greedy with backtracking to the last star: linear in practice, and
+	// never exponential.
+	p, n := 0, 0
+	star, mark := -1, 0
+	for n < len(name) {
+		switch {
+		case p < len(pattern) && pattern[p] == '*':
+			star, mark = p, n
+			p++
+		case p < len(pattern) && pattern[p] == name[n]:
+			p++
+			n++
+		case star >= 0:
+			p = star + 1
+			mark++
+			n = mark
+		default:
+			return false
+		}
+	}
+	for p < len(pattern) && pattern[p] == '*' {
+		p++
+	}
+	return p == len(pattern)
+}
