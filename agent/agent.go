@@ -137,10 +137,15 @@ func New(opts Options) (*Agent, error) {
 	if len(cfg.Cache.Prefixes) > 0 {
 		a.cache = cache.New(a.etcd, cfg.Cache.Prefixes, cfg.Cache.MaxStaleness, a.log)
 	}
+	limits, err := serverLimits(cfg)
+	if err != nil {
+		a.etcd.Close()
+		return nil, fmt.Errorf("agent: %w", err)
+	}
 	a.srv = server.New(server.Options{
 		Etcd:              a.etcd,
 		Cache:             a.cache,
-		Limits:            serverLimits(cfg),
+		Limits:            limits,
 		Status:            a.Status,
 		Registry:          a.reg,
 		Logger:            a.log,
@@ -153,7 +158,13 @@ func New(opts Options) (*Agent, error) {
 	return a, nil
 }
 
-func serverLimits(cfg *config.Config) server.Limits {
+// serverLimits is what the server takes live from cfg. The access rules'
+// user and group names are resolved here, at start and on every reload.
+func serverLimits(cfg *config.Config) (server.Limits, error) {
+	policy, err := cfg.AccessPolicy()
+	if err != nil {
+		return server.Limits{}, err
+	}
 	return server.Limits{
 		MaxKeyBytes:    cfg.Limits.MaxKeyBytes,
 		MaxValueBytes:  cfg.Limits.MaxValueBytes,
@@ -161,7 +172,9 @@ func serverLimits(cfg *config.Config) server.Limits {
 		RequestTimeout: cfg.Etcd.RequestTimeout,
 		AllowedUIDs:    cfg.Socket.AllowedUIDs,
 		AllowedGIDs:    cfg.Socket.AllowedGIDs,
-	}
+		Access:         policy,
+		Audit:          cfg.Log.Audit,
+	}, nil
 }
 
 // Etcd returns the agent's etcd client.
@@ -374,6 +387,10 @@ func (a *Agent) reloadConfig() (restartWatcher bool) {
 	if err == nil {
 		password, err = next.Password()
 	}
+	var limits server.Limits
+	if err == nil {
+		limits, err = serverLimits(next)
+	}
 	if err != nil {
 		a.log.Error("reload: config rejected; keeping the running config", "file", a.opts.ConfigPath, "error", err)
 		return false
@@ -387,7 +404,8 @@ func (a *Agent) reloadConfig() (restartWatcher bool) {
 	// The password file is read again on every reload (a rotation); the
 	// client is rebuilt only if the credentials changed.
 	a.etcd.SetCredentials(live.Etcd.Username, password)
-	a.srv.SetLimits(serverLimits(live))
+	// Every setting serverLimits reads is live, so next's and live's agree.
+	a.srv.SetLimits(limits)
 	if a.opts.LogLevel != nil {
 		a.opts.LogLevel.Set(ParseLevel(live.Log.Level))
 	}

@@ -408,3 +408,44 @@ func TestAuthentication(t *testing.T) {
 		t.Errorf("the password appears in the log: %q", lines)
 	}
 }
+
+// Access rules come from config.yaml and reload with it: a reload with a bad
+// rule (an unknown user) is rejected at its position and the running rules
+// stay; a good one applies to the next request.
+func TestAccessRulesReload(t *testing.T) {
+	cluster := etcdtest.New(t, 2)
+	rules := func(prefix, user string) string {
+		return fmt.Sprintf("access:\n  - name: tests\n    uids: [%d]\n    users: [%s]\n    prefixes: [%q]\n    allow: [read, write]\n",
+			os.Getuid(), user, prefix)
+	}
+	h := agenttest.Start(t, agenttest.Options{Endpoints: cluster.Endpoints(), Extra: rules("ok/", "root")})
+	h.Eventually("applied", func() bool { return h.Status().Config.Reloads == 1 })
+	put := func(key string) error { _, err := h.Client.Put(context.Background(), key, []byte("v")); return err }
+	if err := put("ok/x"); err != nil {
+		t.Fatalf("allowed put: %v", err)
+	}
+	if err := put("no/x"); !errors.Is(err, client.ErrForbidden) {
+		t.Fatalf("put outside the rule: %v, want forbidden", err)
+	}
+
+	cfg, _ := os.ReadFile(h.CfgPath)
+	bad := strings.Replace(string(cfg), "users: [root]", "users: [no-such-user-endpointd]", 1)
+	os.WriteFile(h.CfgPath, []byte(bad), 0o644)
+	h.Agent.Reload()
+	h.Eventually("the bad rule rejected", func() bool {
+		return strings.Contains(h.Logs.String(), `unknown user \"no-such-user-endpointd\"`)
+	})
+	if !strings.Contains(h.Logs.String(), "config.yaml:") {
+		t.Errorf("the rejection does not name the file and position:\n%s", h.Logs.String())
+	}
+	if err := put("ok/x"); err != nil {
+		t.Fatalf("the running rules were dropped: %v", err)
+	}
+	if err := put("no/x"); !errors.Is(err, client.ErrForbidden) {
+		t.Fatalf("the running rules were loosened: %v", err)
+	}
+
+	os.WriteFile(h.CfgPath, []byte(strings.Replace(string(cfg), `prefixes: ["ok/"]`, `prefixes: [""]`, 1)), 0o644)
+	h.Agent.Reload()
+	h.Eventually("the wider rule applied", func() bool { return put("no/x") == nil })
+}

@@ -12,17 +12,22 @@ package config
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
+	"os/user"
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
+	"udp_iaasd/access"
 	"udp_iaasd/backoff"
 	"udp_iaasd/endpoint"
 	"udp_iaasd/etcd"
@@ -43,6 +48,9 @@ type Config struct {
 	Cache          Cache
 	Limits         Limits
 	Log            Log
+	// Access holds the per-peer rules (API.md "Access control"); empty:
+	// socket.allowed_uids/allowed_gids alone decide.
+	Access []AccessRule
 
 	file string                // the path it was read from, for messages
 	pos  map[string]*yaml.Node // value node of each key, by dotted path
@@ -125,6 +133,23 @@ type Limits struct {
 type Log struct {
 	Level  string
 	Format string
+	// Audit logs every write at info with the peer's identity and the rule
+	// that allowed it.
+	Audit bool
+}
+
+// AccessRule is one entry of access: — who it matches (any of the five
+// lists), which keys it covers and what it allows there. Users and groups
+// are names, resolved when the file is loaded (AccessPolicy).
+type AccessRule struct {
+	Name     string
+	UIDs     []int
+	Users    []string
+	GIDs     []int
+	Groups   []string
+	Units    []string
+	Prefixes []string
+	Allow    []string
 }
 
 // Default returns the settings CONFIG.md documents as defaults.
@@ -268,6 +293,38 @@ func (c *Config) fields() map[string]field {
 		"log": section(map[string]field{
 			"level":  str(&c.Log.Level),
 			"format": str(&c.Log.Format),
+			"audit":  boolean(&c.Log.Audit),
+		}),
+		"access": at(func(d *decoder, path string, n *yaml.Node) {
+			items := d.list(n, path)
+			c.Access = make([]AccessRule, len(items))
+			for i, it := range items {
+				r := &c.Access[i]
+				p := fmt.Sprintf("access[%d]", i)
+				c.pos[p] = it
+				// Lists record where each entry is, so that an unknown user
+				// is reported at its own line and column.
+				list := func(f field) field {
+					return at(func(d *decoder, path string, n *yaml.Node) {
+						if n.Kind == yaml.SequenceNode {
+							for j, e := range n.Content {
+								c.pos[fmt.Sprintf("%s[%d]", path, j)] = e
+							}
+						}
+						f(d, path, n)
+					})
+				}
+				d.mapping(it, p, map[string]field{
+					"name":     at(str(&r.Name)),
+					"uids":     list(intList(&r.UIDs)),
+					"users":    list(stringList(&r.Users)),
+					"gids":     list(intList(&r.GIDs)),
+					"groups":   list(stringList(&r.Groups)),
+					"units":    list(stringList(&r.Units)),
+					"prefixes": list(stringList(&r.Prefixes)),
+					"allow":    list(stringList(&r.Allow)),
+				})
+			}
 		}),
 	}
 }
@@ -294,6 +351,7 @@ func (c *Config) Validate() error {
 	v.limits(c.Limits)
 	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	v.oneOf("log.format", c.Log.Format, "text", "json")
+	v.access(c.Access)
 	if len(v.probs) > 0 {
 		return v.probs.sorted()
 	}
@@ -582,4 +640,123 @@ func EndpointsYAML(eps []string) []byte {
 		b = append(b, '\n')
 	}
 	return b
+}
+
+// access checks the rules, resolving user and group names as the agent will
+// (an unknown name is an error at its own position).
+func (v *checks) access(rules []AccessRule) {
+	first := map[string]int{}
+	for i, r := range rules {
+		p := fmt.Sprintf("access[%d]", i)
+		switch j, dup := first[r.Name]; {
+		case r.Name == "":
+			v.bad(p, "every rule needs a name")
+		case dup:
+			v.bad(p+".name", "duplicate rule name %q (first used by access[%d])", r.Name, j)
+		default:
+			first[r.Name] = i
+		}
+		if len(r.UIDs)+len(r.Users)+len(r.GIDs)+len(r.Groups)+len(r.Units) == 0 {
+			v.bad(p, "rule %q matches no peer: give at least one of uids, users, gids, groups, units", r.Name)
+		}
+		if len(r.Prefixes) == 0 {
+			v.bad(p, "rule %q covers no keys: give prefixes (\"\" covers every key)", r.Name)
+		}
+		if len(r.Allow) == 0 {
+			v.bad(p, "rule %q allows nothing: give allow: [read], [write] or [read, write]", r.Name)
+		}
+		for j, a := range r.Allow {
+			if a != "read" && a != "write" {
+				v.bad(fmt.Sprintf("%s.allow[%d]", p, j), "%q is not read or write", a)
+			}
+		}
+		for j, id := range r.UIDs {
+			if id < 0 || id > math.MaxUint32-1 {
+				v.bad(fmt.Sprintf("%s.uids[%d]", p, j), "uid %d is out of range", id)
+			}
+		}
+		for j, id := range r.GIDs {
+			if id < 0 || id > math.MaxUint32-1 {
+				v.bad(fmt.Sprintf("%s.gids[%d]", p, j), "gid %d is out of range", id)
+			}
+		}
+		for j, name := range r.Users {
+			if _, err := lookupUser(name); err != nil {
+				v.bad(fmt.Sprintf("%s.users[%d]", p, j), "%v", err)
+			}
+		}
+		for j, name := range r.Groups {
+			if _, err := lookupGroup(name); err != nil {
+				v.bad(fmt.Sprintf("%s.groups[%d]", p, j), "%v", err)
+			}
+		}
+		for j, u := range r.Units {
+			if u == "" || strings.ContainsAny(u, "/\x00") {
+				v.bad(fmt.Sprintf("%s.units[%d]", p, j), "%q is not a unit name (such as billing.service or web-*.service)", u)
+			}
+		}
+	}
+}
+
+func lookupUser(name string) (uint32, error) {
+	u, err := user.Lookup(name)
+	if errors.As(err, new(user.UnknownUserError)) {
+		return 0, fmt.Errorf("unknown user %q (not in the user database)", name)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("user %q: %w", name, err)
+	}
+	id, err := strconv.ParseUint(u.Uid, 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("user %q has uid %q, not a number", name, u.Uid)
+	}
+	return uint32(id), nil
+}
+
+func lookupGroup(name string) (uint32, error) {
+	g, err := user.LookupGroup(name)
+	if errors.As(err, new(user.UnknownGroupError)) {
+		return 0, fmt.Errorf("unknown group %q (not in the group database)", name)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("group %q: %w", name, err)
+	}
+	id, err := strconv.ParseUint(g.Gid, 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("group %q has gid %q, not a number", name, g.Gid)
+	}
+	return uint32(id), nil
+}
+
+// AccessPolicy builds the access rules, resolving user and group names now
+// (at start and on every reload). A config without access: gives a policy
+// that allows every peer the socket lets in.
+func (c *Config) AccessPolicy() (*access.Policy, error) {
+	rules := make([]access.Rule, 0, len(c.Access))
+	for _, r := range c.Access {
+		ar := access.Rule{Name: r.Name, Units: r.Units, Prefixes: r.Prefixes,
+			Read: slices.Contains(r.Allow, "read"), Write: slices.Contains(r.Allow, "write")}
+		for _, id := range r.UIDs {
+			ar.UIDs = append(ar.UIDs, uint32(id))
+		}
+		for _, id := range r.GIDs {
+			ar.GIDs = append(ar.GIDs, uint32(id))
+		}
+		for _, name := range r.Users {
+			id, err := lookupUser(name)
+			if err != nil {
+				return nil, fmt.Errorf("access rule %q: %w", r.Name, err)
+			}
+			ar.UIDs = append(ar.UIDs, id)
+		}
+		for _, name := range r.Groups {
+			id, err := lookupGroup(name)
+			if err != nil {
+				return nil, fmt.Errorf("access rule %q: %w", r.Name, err)
+			}
+			ar.GIDs = append(ar.GIDs, id)
+		}
+		rules = append(rules, ar)
+	}
+	return access.NewPolicy(rules)
 }

@@ -287,6 +287,14 @@ func text(dst *string) field {
 	}
 }
 
+func boolean(dst *bool) field {
+	return func(d *decoder, path string, n *yaml.Node) {
+		if v, ok := d.scalar(n, path, "true or false", "!!bool"); ok {
+			*dst = v == "true" || v == "True" || v == "TRUE"
+		}
+	}
+}
+
 func integer(dst *int) field {
 	return func(d *decoder, path string, n *yaml.Node) {
 		v, ok := d.scalar(n, path, "a whole number", "!!int")

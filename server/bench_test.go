@@ -2,10 +2,12 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"udp_iaasd/access"
 	"udp_iaasd/api"
 	"udp_iaasd/cache"
 	"udp_iaasd/config"
@@ -24,12 +27,33 @@ import (
 // real one-member cluster, for profiling the agent's share of a request:
 //
 //	go test -run '^$' -bench BenchmarkGet -cpuprofile cpu.out ./server
-func BenchmarkGet(b *testing.B) { benchmarkGet(b, "/v1/kv/bench/k", false) }
+func BenchmarkGet(b *testing.B) { benchmarkGet(b, "/v1/kv/bench/k", false, nil) }
 
 // BenchmarkGetCached is a serializable GET answered from cache.prefixes.
-func BenchmarkGetCached(b *testing.B) { benchmarkGet(b, "/v1/kv/bench/k?serializable", true) }
+func BenchmarkGetCached(b *testing.B) { benchmarkGet(b, "/v1/kv/bench/k?serializable", true, nil) }
 
-func benchmarkGet(b *testing.B, path string, cached bool) {
+// BenchmarkGetCachedWithRules is BenchmarkGetCached under 20 access rules,
+// the one that allows the read last: the check on the fastest path, beside
+// BenchmarkGetCached in the same run.
+func BenchmarkGetCachedWithRules(b *testing.B) {
+	benchmarkGet(b, "/v1/kv/bench/k?serializable", true, benchPolicy(b))
+}
+
+func benchPolicy(b *testing.B) *access.Policy {
+	var rules []access.Rule
+	for i := range 19 {
+		rules = append(rules, access.Rule{Name: fmt.Sprintf("r%d", i), UIDs: []uint32{uint32(50000 + i)},
+			Units: []string{fmt.Sprintf("svc-%d-*.service", i)}, Prefixes: []string{fmt.Sprintf("svc%d/", i)}, Read: true, Write: true})
+	}
+	rules = append(rules, access.Rule{Name: "bench", UIDs: []uint32{uint32(os.Getuid())}, Prefixes: []string{"other/", "bench/"}, Read: true})
+	p, err := access.NewPolicy(rules)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return p
+}
+
+func benchmarkGet(b *testing.B, path string, cached bool, policy *access.Policy) {
 	cl := etcdtest.New(b, 1)
 	ec, err := etcd.New(etcd.Config{Endpoints: cl.Endpoints()})
 	if err != nil {
@@ -43,7 +67,7 @@ func benchmarkGet(b *testing.B, path string, cached bool) {
 		go c.Run(ctx)
 	}
 	srv := New(Options{Etcd: ec, Registry: prometheus.NewRegistry(), Cache: c,
-		Limits: Limits{MaxKeyBytes: 4096, MaxValueBytes: 1 << 20, MaxWatches: 16, RequestTimeout: 5 * time.Second},
+		Limits: Limits{MaxKeyBytes: 4096, MaxValueBytes: 1 << 20, MaxWatches: 16, RequestTimeout: 5 * time.Second, Access: policy},
 		Status: func() api.Status { return api.Status{Ready: true} }})
 	sock := filepath.Join(b.TempDir(), "b.sock")
 	ln, err := Listen(sock, 0o600, -1)

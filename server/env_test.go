@@ -21,6 +21,7 @@ import (
 	"udp_iaasd/api"
 	"udp_iaasd/etcd"
 	"udp_iaasd/internal/etcdtest"
+	"udp_iaasd/internal/peertest"
 )
 
 // One three-member cluster serves the package's tests that do not stop
@@ -32,8 +33,10 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	peertest.RunIfHelper()
 	etcdtest.RunMemberIfRequested()
 	code := m.Run()
+	peertest.Cleanup()
 	if sharedCluster != nil {
 		sharedCluster.Close()
 	}

@@ -22,6 +22,9 @@ import (
 func TestHostileClientsLeakNothing(t *testing.T) {
 	// etcd runs in a process of its own, so every goroutine left in this one
 	// after the server and its etcd client are closed is a leak of ours.
+	// (This must run before any test starts the in-process shared cluster,
+	// whose goroutines come and go on their own: test files run in name
+	// order, and none before this one uses it.)
 	cl := etcdtest.NewProc(t, 1)
 	ignore := goleak.IgnoreCurrent()
 

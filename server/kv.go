@@ -13,6 +13,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
+	"udp_iaasd/access"
 	"udp_iaasd/api"
 	"udp_iaasd/etcd"
 )
@@ -109,15 +110,17 @@ func (s *Server) key(raw string, prefix bool) (string, error) {
 
 // keyRequest parses what every key path shares: the query, checked against
 // the parameters the method accepts; the prefix flag; and the key.
-func (s *Server) keyRequest(r *http.Request, rawKey string, allowed ...string) (p params, key string, prefix bool, err error) {
+func (s *Server) keyRequest(r *http.Request, rawKey string, op access.Op, allowed ...string) (p params, key string, prefix bool, err error) {
 	if p, err = parseParams(r, allowed...); err != nil {
 		return nil, "", false, err
 	}
 	if prefix, err = p.flag("prefix"); err != nil {
 		return nil, "", false, err
 	}
-	key, err = s.key(rawKey, prefix)
-	return p, key, prefix, err
+	if key, err = s.key(rawKey, prefix); err != nil {
+		return nil, "", false, err
+	}
+	return p, key, prefix, s.authorize(r, op, key, prefix)
 }
 
 // withTimeout bounds one request's etcd work by etcd.request_timeout.
@@ -126,7 +129,7 @@ func (s *Server) withTimeout(r *http.Request) (context.Context, context.CancelFu
 }
 
 func (s *Server) getKV(w http.ResponseWriter, r *http.Request, rawKey string) error {
-	p, key, prefix, err := s.keyRequest(r, rawKey, "prefix", "limit", "keys_only", "rev", "serializable")
+	p, key, prefix, err := s.keyRequest(r, rawKey, access.Read, "prefix", "limit", "keys_only", "rev", "serializable")
 	if err != nil {
 		return err
 	}
@@ -309,7 +312,7 @@ func parseCondition(r *http.Request) (etcd.Condition, error) {
 }
 
 func (s *Server) putKV(w http.ResponseWriter, r *http.Request, rawKey string) error {
-	p, key, _, err := s.keyRequest(r, rawKey, "ttl")
+	p, key, _, err := s.keyRequest(r, rawKey, access.Write, "ttl")
 	if err != nil {
 		return err
 	}
@@ -384,7 +387,7 @@ func (s *Server) readValue(w http.ResponseWriter, r *http.Request) ([]byte, erro
 }
 
 func (s *Server) deleteKV(w http.ResponseWriter, r *http.Request, rawKey string) error {
-	_, key, prefix, err := s.keyRequest(r, rawKey, "prefix")
+	_, key, prefix, err := s.keyRequest(r, rawKey, access.Write, "prefix")
 	if err != nil {
 		return err
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"udp_iaasd/access"
 	"udp_iaasd/api"
 	"udp_iaasd/cache"
 	"udp_iaasd/etcd"
@@ -38,6 +39,10 @@ type Limits struct {
 	RequestTimeout time.Duration
 	AllowedUIDs    []int
 	AllowedGIDs    []int
+	// Access holds the per-peer rules (nil: none); Audit logs every allowed
+	// write with the peer and the rule.
+	Access *access.Policy
+	Audit  bool
 }
 
 // Options configure New.
@@ -62,14 +67,18 @@ type Options struct {
 
 // Server serves the local API. Build it with New.
 type Server struct {
-	etcd    *etcd.EtcdClient
-	cache   *cache.Cache
-	status  func() api.Status
-	log     *slog.Logger
-	opts    Options
-	limits  atomic.Pointer[Limits]
-	metrics *metrics
-	promh   http.Handler
+	etcd   *etcd.EtcdClient
+	cache  *cache.Cache
+	status func() api.Status
+	log    *slog.Logger
+	opts   Options
+	limits atomic.Pointer[Limits]
+	// limitsChanged is closed and replaced by SetLimits, so that open
+	// watches re-check their keys against new rules.
+	limitsChanged atomic.Pointer[chan struct{}]
+	denials       denialLog
+	metrics       *metrics
+	promh         http.Handler
 
 	watchers atomic.Int64
 	// stopping is closed when shutdown begins, so open watch streams end
@@ -109,7 +118,14 @@ func (s *Server) SetLimits(l Limits) {
 		l.RequestTimeout = etcd.DefaultRequestTimeout
 	}
 	s.limits.Store(&l)
+	next := make(chan struct{})
+	if old := s.limitsChanged.Swap(&next); old != nil {
+		close(*old)
+	}
 }
+
+// changed is closed by the next SetLimits.
+func (s *Server) changed() <-chan struct{} { return *s.limitsChanged.Load() }
 
 // Serve serves on ln until ctx ends, then stops accepting, ends open watch
 // streams, lets in-flight requests finish within the shutdown budget, and
@@ -172,6 +188,11 @@ func (s *Server) serveHTTP(rw http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("uid %d (gid %d) may not use this socket (socket.allowed_uids/allowed_gids)", peer.UID, peer.GID), nil)
 		return
 	}
+	if !s.limits.Load().Access.Matches(peer) && !isSelf(peer) {
+		s.denied(peer, 0, rawPath(r), errors.New("no access rule matches the peer"))
+		writeError(w, api.CodeForbidden, fmt.Sprintf("%s matches no access rule", peer), nil)
+		return
+	}
 
 	path := rawPath(r)
 	switch {
@@ -226,7 +247,7 @@ func rawPath(r *http.Request) string {
 	return p
 }
 
-func (s *Server) allowed(p peer) bool {
+func (s *Server) allowed(p access.Peer) bool {
 	l := s.limits.Load()
 	if len(l.AllowedUIDs) == 0 && len(l.AllowedGIDs) == 0 {
 		return true

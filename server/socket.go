@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -113,43 +112,6 @@ func typeName(m fs.FileMode) string {
 	return "non-socket file"
 }
 
-// peer is the process on the other end of a connection, from SO_PEERCRED:
-// what the kernel says, never what the client claims.
-type peer struct {
-	Known         bool
-	PID, UID, GID uint32
-}
-
-type peerKey struct{}
-
-func peerFrom(ctx context.Context) (peer, bool) {
-	p, ok := ctx.Value(peerKey{}).(peer)
-	return p, ok
-}
-
-// connContext records the peer's credentials on every connection's context.
-func connContext(ctx context.Context, c net.Conn) context.Context {
-	if lc, ok := c.(*limitedConn); ok {
-		c = lc.Conn
-	}
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return ctx
-	}
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return ctx
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil || cerr != nil {
-		return ctx
-	}
-	return context.WithValue(ctx, peerKey{}, peer{Known: true, PID: uint32(cred.Pid), UID: cred.Uid, GID: cred.Gid})
-}
-
 // limitListener caps concurrent connections: past max, Accept waits for one
 // to close and new clients queue in the kernel's backlog.
 func limitListener(ln net.Listener, max int) net.Listener {
@@ -190,6 +152,9 @@ type limitedConn struct {
 	once    sync.Once
 	release func()
 }
+
+// Unwrap gives access.IdentifyConn the unix connection.
+func (c *limitedConn) Unwrap() net.Conn { return c.Conn }
 
 func (c *limitedConn) Close() error {
 	err := c.Conn.Close()

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"udp_iaasd/access"
 	"udp_iaasd/api"
 	"udp_iaasd/backoff"
 	"udp_iaasd/etcd"
@@ -35,7 +36,7 @@ func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, rawKey strin
 // the stream starts are answered as JSON errors; once it has started, the
 // stream ends with an ERROR line instead.
 func (s *Server) watch(w http.ResponseWriter, r *http.Request, rawKey string) error {
-	p, key, prefix, err := s.keyRequest(r, rawKey, "prefix", "rev", "heartbeat")
+	p, key, prefix, err := s.keyRequest(r, rawKey, access.Read, "prefix", "rev", "heartbeat")
 	if err != nil {
 		return err
 	}
@@ -191,10 +192,19 @@ func (st *stream) run(heartbeat time.Duration) {
 	defer hb.Stop()
 	bo := backoff.Backoff{Policy: resumeBackoff}
 	var retry <-chan time.Time
+	changed := st.s.changed()
 	for {
 		select {
 		case <-st.r.Context().Done():
 			return
+		case <-changed:
+			// New rules (SIGHUP): a peer that may no longer read these keys
+			// loses the stream.
+			changed = st.s.changed()
+			if err := st.s.authorize(st.r, access.Read, st.key, st.prefix); err != nil {
+				st.writeError(api.CodeForbidden, err.Error(), nil)
+				return
+			}
 		case <-st.s.stopping:
 			st.writeError(api.CodeUnavailable, "the agent is shutting down; resume from the last revision", nil)
 			return
