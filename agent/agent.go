@@ -168,6 +168,7 @@ func serverLimits(cfg *config.Config) (server.Limits, error) {
 	return server.Limits{
 		MaxKeyBytes:    cfg.Limits.MaxKeyBytes,
 		MaxValueBytes:  cfg.Limits.MaxValueBytes,
+		MaxTxnBytes:    cfg.Limits.MaxTxnBytes,
 		MaxWatches:     cfg.Limits.MaxWatches,
 		RequestTimeout: cfg.Etcd.RequestTimeout,
 		AllowedUIDs:    cfg.Socket.AllowedUIDs,

@@ -120,6 +120,7 @@ type Cache struct {
 type Limits struct {
 	MaxKeyBytes   int
 	MaxValueBytes int
+	MaxTxnBytes   int
 	// Beyond CONFIG.md's two keys (documented in examples/config.yaml):
 	MaxHeaderBytes    int
 	ReadHeaderTimeout time.Duration
@@ -175,6 +176,7 @@ func Default() *Config {
 		Limits: Limits{
 			MaxKeyBytes:       4096,
 			MaxValueBytes:     1 << 20,
+			MaxTxnBytes:       2 << 20,
 			MaxHeaderBytes:    64 << 10,
 			ReadHeaderTimeout: 5 * time.Second,
 			IdleTimeout:       2 * time.Minute,
@@ -283,6 +285,7 @@ func (c *Config) fields() map[string]field {
 		"limits": section(map[string]field{
 			"max_key_bytes":       integer(&c.Limits.MaxKeyBytes),
 			"max_value_bytes":     integer(&c.Limits.MaxValueBytes),
+			"max_txn_bytes":       integer(&c.Limits.MaxTxnBytes),
 			"max_header_bytes":    integer(&c.Limits.MaxHeaderBytes),
 			"read_header_timeout": duration(&c.Limits.ReadHeaderTimeout),
 			"idle_timeout":        duration(&c.Limits.IdleTimeout),
@@ -454,6 +457,7 @@ func (v *checks) backoff(b Backoff) {
 func (v *checks) limits(l Limits) {
 	v.atLeast("limits.max_key_bytes", l.MaxKeyBytes, 1)
 	v.atLeast("limits.max_value_bytes", l.MaxValueBytes, 1)
+	v.atLeast("limits.max_txn_bytes", l.MaxTxnBytes, 1)
 	v.atLeast("limits.max_header_bytes", l.MaxHeaderBytes, 1024)
 	v.positive("limits.read_header_timeout", l.ReadHeaderTimeout)
 	v.positive("limits.idle_timeout", l.IdleTimeout)

@@ -41,6 +41,10 @@ const (
 	KindFutureRevision
 	// KindTooLarge: etcd refused the request as too large.
 	KindTooLarge
+	// KindInvalid: etcd refused the request as malformed (a transaction
+	// with more operations than --max-txn-ops, or writing a key twice).
+	// Nothing was applied.
+	KindInvalid
 )
 
 // KindOf classifies err (nil: KindOther; check err first). etcd's errors
@@ -62,6 +66,8 @@ func KindOf(err error) Kind {
 		return KindFutureRevision
 	case isAny(err, rpctypes.ErrRequestTooLarge, rpctypes.ErrGRPCRequestTooLarge):
 		return KindTooLarge
+	case isAny(err, rpctypes.ErrTooManyOps, rpctypes.ErrGRPCTooManyOps, rpctypes.ErrDuplicateKey, rpctypes.ErrGRPCDuplicateKey):
+		return KindInvalid
 	case isAny(err, rpctypes.ErrTimeout, rpctypes.ErrGRPCTimeout, rpctypes.ErrTimeoutDueToLeaderFail,
 		rpctypes.ErrGRPCTimeoutDueToLeaderFail, rpctypes.ErrTimeoutDueToConnectionLost,
 		rpctypes.ErrGRPCTimeoutDueToConnectionLost, rpctypes.ErrTimeoutWaitAppliedIndex,

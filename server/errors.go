@@ -62,6 +62,8 @@ func (s *Server) classify(r *http.Request, err error) *apiError {
 		return &apiError{api.CodeGone, "the requested revision has been compacted", nil}
 	case etcd.KindFutureRevision:
 		return badRequest("the requested revision is newer than the store's current revision")
+	case etcd.KindInvalid:
+		return badRequest("etcd refused the request: " + err.Error())
 	case etcd.KindTooLarge:
 		return &apiError{api.CodeTooLarge, "etcd refused the request as too large", nil}
 	case etcd.KindTimeout:

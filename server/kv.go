@@ -2,14 +2,11 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
-	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
@@ -364,26 +361,10 @@ func appendRevision(b []byte, rev, deleted int64) []byte {
 	return append(b, "}\n"...)
 }
 
-// readValue reads the body, refusing one over limits.max_value_bytes (413)
-// before reading it when Content-Length says so, and while reading otherwise.
+// readValue reads a value: at most limits.max_value_bytes.
 func (s *Server) readValue(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	l := s.limits.Load()
-	tooLarge := &apiError{code: api.CodeTooLarge,
-		msg: fmt.Sprintf("value is over limits.max_value_bytes (%d bytes)", l.MaxValueBytes)}
-	if r.ContentLength > int64(l.MaxValueBytes) {
-		return nil, tooLarge
-	}
-	// A client that trickles its body holds a connection; bound the read.
-	http.NewResponseController(w).SetReadDeadline(time.Now().Add(l.RequestTimeout))
-	value, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(l.MaxValueBytes)))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return nil, tooLarge
-		}
-		return nil, badRequest("reading the request body: " + err.Error())
-	}
-	return value, nil
+	max := s.limits.Load().MaxValueBytes
+	return s.readBody(w, r, max, fmt.Sprintf("value is over limits.max_value_bytes (%d bytes)", max))
 }
 
 func (s *Server) deleteKV(w http.ResponseWriter, r *http.Request, rawKey string) error {

@@ -39,11 +39,15 @@ type Limits struct {
 	RequestTimeout time.Duration
 	AllowedUIDs    []int
 	AllowedGIDs    []int
+	MaxTxnBytes    int
 	// Access holds the per-peer rules (nil: none); Audit logs every allowed
 	// write with the peer and the rule.
 	Access *access.Policy
 	Audit  bool
 }
+
+// DefaultMaxTxnBytes is limits.max_txn_bytes's default (CONFIG.md).
+const DefaultMaxTxnBytes = 2 << 20
 
 // Options configure New.
 type Options struct {
@@ -116,6 +120,9 @@ func New(opts Options) *Server {
 func (s *Server) SetLimits(l Limits) {
 	if l.RequestTimeout <= 0 {
 		l.RequestTimeout = etcd.DefaultRequestTimeout
+	}
+	if l.MaxTxnBytes <= 0 {
+		l.MaxTxnBytes = DefaultMaxTxnBytes
 	}
 	s.limits.Store(&l)
 	next := make(chan struct{})
@@ -203,6 +210,10 @@ func (s *Server) serveHTTP(rw http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.serveWatch(w, r, path[len(watchPrefix):])
+	case path == "/v1/txn":
+		if methodIs(w, r, http.MethodPost) {
+			s.serveTxn(w, r)
+		}
 	case path == "/healthz":
 		if methodIs(w, r, http.MethodGet, http.MethodHead) && noQuery(w, r) {
 			writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})

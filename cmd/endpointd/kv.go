@@ -24,9 +24,12 @@ const kvUsage = `usage:
   endpointd kv del KEY [-prefix] [-if-revision N]
   endpointd kv ls [PREFIX] [-limit N] [-json]
   endpointd kv watch KEY [-prefix] [-rev N] one JSON event per line until interrupted
+  endpointd kv txn                          run the /v1/txn body on stdin, print the answer
+                                            (exit 0: the compares held, 1: they did not)
 
 common flags: -socket PATH (else $ENDPOINTD_SOCKET, else socket.path of -config, else the default)
-exit codes: 0 ok, 1 key absent or condition failed, 2 usage, 3 agent or etcd unavailable
+exit codes: 0 ok, 1 key absent or condition failed, 2 usage or a request refused as malformed,
+            3 agent or etcd unavailable
 `
 
 func cmdKV(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
@@ -78,6 +81,26 @@ var kvCommands = map[string]kvCommand{
 	"del":   {1, 1, kvDel},
 	"ls":    {0, 1, kvLs},
 	"watch": {1, 1, kvWatch},
+	"txn":   {0, 0, kvTxn},
+}
+
+func kvTxn(*flag.FlagSet) kvRun {
+	return func(ctx context.Context, c *client.Client, pos []string, std kvIO) int {
+		body, err := io.ReadAll(std.in)
+		if err != nil {
+			fmt.Fprintf(std.errOut, "endpointd kv txn: reading the transaction from stdin: %v\n", err)
+			return exitUsage
+		}
+		answer, succeeded, err := c.TxnJSON(ctx, body)
+		if err != nil {
+			return kvFail(std.errOut, err)
+		}
+		std.out.Write(answer)
+		if !succeeded {
+			return exitFailure
+		}
+		return exitOK
+	}
 }
 
 func kvGet(*flag.FlagSet) kvRun {
