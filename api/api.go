@@ -20,6 +20,9 @@ const (
 	CodeUnavailable        = "unavailable"
 	CodeTimeout            = "timeout"
 	CodeInternal           = "internal"
+	// CodeLocked (version 1.1): a lock's wait ran out; the body names the
+	// holder's key and revision.
+	CodeLocked = "locked"
 )
 
 // HTTPStatus is the HTTP status API.md gives an error code; an unknown code
@@ -44,6 +47,8 @@ func HTTPStatus(code string) int {
 		return http.StatusServiceUnavailable
 	case CodeTimeout:
 		return http.StatusGatewayTimeout
+	case CodeLocked:
+		return http.StatusConflict
 	}
 	return http.StatusInternalServerError
 }
@@ -70,6 +75,8 @@ func CodeForStatus(status int) string {
 		return CodeUnavailable
 	case http.StatusGatewayTimeout:
 		return CodeTimeout
+	case http.StatusConflict:
+		return CodeLocked
 	}
 	return CodeInternal
 }
@@ -83,6 +90,10 @@ type Error struct {
 	CurrentModRevision int64 `json:"current_mod_revision"`
 	// CompactRevision comes with gone.
 	CompactRevision int64 `json:"compact_revision"`
+	// Key and Revision come with locked: the holder's key and its create
+	// revision.
+	Key      string `json:"key,omitempty"`
+	Revision int64  `json:"revision,omitempty"`
 }
 
 // Status is GET /v1/status (API.md "Agent endpoints"); the fields API.md

@@ -26,6 +26,9 @@ var (
 	// ErrTimeout: etcd did not answer in time; a write may have been applied.
 	ErrTimeout  = errors.New("client: timeout")
 	ErrInternal = errors.New("client: internal error")
+	// ErrLocked: a lock's wait ran out (or a try found it held); the
+	// *Error's HolderKey and HolderRevision name the holder.
+	ErrLocked = errors.New("client: locked")
 )
 
 var codes = map[string]error{
@@ -39,6 +42,7 @@ var codes = map[string]error{
 	api.CodeUnavailable:        ErrUnavailable,
 	api.CodeTimeout:            ErrTimeout,
 	api.CodeInternal:           ErrInternal,
+	api.CodeLocked:             ErrLocked,
 }
 
 // Error is an error answer from the agent.
@@ -50,6 +54,9 @@ type Error struct {
 	CurrentModRevision int64
 	// CompactRevision is set for gone.
 	CompactRevision int64
+	// HolderKey and HolderRevision are set for locked.
+	HolderKey      string
+	HolderRevision int64
 }
 
 func (e *Error) Error() string {
@@ -67,7 +74,8 @@ func decodeError(resp *http.Response) error {
 		body.Error, body.Code = fmt.Sprintf("unexpected answer %q", raw), api.CodeForStatus(resp.StatusCode)
 	}
 	return &Error{Status: resp.StatusCode, Code: body.Code, Message: body.Error,
-		CurrentModRevision: body.CurrentModRevision, CompactRevision: body.CompactRevision}
+		CurrentModRevision: body.CurrentModRevision, CompactRevision: body.CompactRevision,
+		HolderKey: body.Key, HolderRevision: body.Revision}
 }
 
 func base64Decode(s string) ([]byte, error) { return base64.StdEncoding.DecodeString(s) }

@@ -193,6 +193,7 @@ type EtcdClient struct {
 	reads    reader         // batches concurrent linearizable reads (batch.go)
 	health   *healthLoop
 	hubs     hubs           // shared watches (watch.go)
+	sessions sessionPool    // leases of locks and elections (lock.go)
 	streams  *rebalancer    // watch stream placement (rebalance.go)
 	outcomes *outcomes      // watches request outcomes for hung members (outcome.go)
 	conns    connTracker    // dials every connection, so an ejected member's can be closed (conns.go)

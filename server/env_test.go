@@ -220,18 +220,23 @@ type watchStream struct {
 	lines chan map[string]any
 }
 
-func (e *env) watch(target string) *watchStream {
+func (e *env) watch(target string) *watchStream { return e.stream("GET", target, "") }
+
+// stream sends a request whose answer is NDJSON (a watch, a lock, a
+// campaign, an observation) and returns once its headers are in.
+func (e *env) stream(method, target, body string) *watchStream {
 	e.t.Helper()
 	conn, err := net.Dial("unix", e.sock)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(func() { conn.Close() })
-	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: localhost\r\n\r\n", target)
+	fmt.Fprintf(conn, "%s %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%s", method, target, len(body), body)
 	br := bufio.NewReader(conn)
-	r, err := http.ReadResponse(br, &http.Request{Method: http.MethodGet})
+	r, err := http.ReadResponse(br, &http.Request{Method: method})
 	if err != nil {
-		e.t.Fatal(err)
+		e.t.Error(err)
+		return &watchStream{t: e.t, conn: conn, lines: make(chan map[string]any)}
 	}
 	ws := &watchStream{t: e.t, conn: conn, resp: r, lines: make(chan map[string]any, 1000)}
 	go func() {

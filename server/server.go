@@ -210,6 +210,10 @@ func (s *Server) serveHTTP(rw http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.serveWatch(w, r, path[len(watchPrefix):])
+	case strings.HasPrefix(path, lockPrefix):
+		s.serveLock(w, r, path[len(lockPrefix):])
+	case strings.HasPrefix(path, electionPrefix):
+		s.serveElection(w, r, path[len(electionPrefix):])
 	case path == "/v1/txn":
 		if methodIs(w, r, http.MethodPost) {
 			s.serveTxn(w, r)

@@ -44,13 +44,9 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, rawKey string) er
 	if err != nil {
 		return err
 	}
-	heartbeat := defaultHeartbeat
-	if p.has("heartbeat") {
-		v := p["heartbeat"][0]
-		heartbeat, err = time.ParseDuration(v)
-		if err != nil || heartbeat < minHeartbeat || heartbeat > maxHeartbeat {
-			return badRequest(fmt.Sprintf("heartbeat must be a duration from 100ms to 1h, such as 2s; got %q", v))
-		}
+	heartbeat, err := heartbeatParam(p)
+	if err != nil {
+		return err
 	}
 
 	l := s.limits.Load()

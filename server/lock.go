@@ -1,0 +1,342 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"udp_iaasd/access"
+	"udp_iaasd/api"
+	"udp_iaasd/etcd"
+)
+
+// Locks and elections (API.md "Locks", "Elections"): the request holds the
+// lock (or leadership) for as long as it stays open, and the agent keeps
+// the lease alive meanwhile.
+
+const (
+	lockPrefix     = "/v1/lock/"
+	electionPrefix = "/v1/election/"
+	defaultLockTTL = 10
+)
+
+// holdParams are the query parameters of a lock or a campaign.
+type holdParams struct {
+	name      string
+	ttl       int64
+	wait      time.Duration
+	hasWait   bool
+	heartbeat time.Duration
+}
+
+// holdRequest parses a lock or campaign request and checks that the peer
+// may write the name's keys.
+func (s *Server) holdRequest(r *http.Request, rawName string, allowed ...string) (holdParams, params, error) {
+	p, err := parseParams(r, allowed...)
+	if err != nil {
+		return holdParams{}, nil, err
+	}
+	var hp holdParams
+	if hp.name, err = s.key(rawName, false); err != nil {
+		return hp, nil, err
+	}
+	ttl, has, err := p.positive("ttl")
+	if err != nil {
+		return hp, nil, err
+	}
+	hp.ttl = defaultLockTTL
+	if has {
+		hp.ttl = ttl
+	}
+	if p.has("wait") {
+		v := p["wait"][0]
+		if hp.wait, err = time.ParseDuration(v); err != nil || hp.wait < 0 {
+			return hp, nil, badRequest(fmt.Sprintf("wait must be a duration such as 30s (0: try once); got %q", v))
+		}
+		hp.hasWait = true
+	}
+	if hp.heartbeat, err = heartbeatParam(p); err != nil {
+		return hp, nil, err
+	}
+	return hp, p, s.authorize(r, access.Write, hp.name+"/", true)
+}
+
+// heartbeatParam reads the heartbeat parameter shared by every stream.
+func heartbeatParam(p params) (time.Duration, error) {
+	if !p.has("heartbeat") {
+		return defaultHeartbeat, nil
+	}
+	v := p["heartbeat"][0]
+	d, err := time.ParseDuration(v)
+	if err != nil || d < minHeartbeat || d > maxHeartbeat {
+		return 0, badRequest(fmt.Sprintf("heartbeat must be a duration from 100ms to 1h, such as 2s; got %q", v))
+	}
+	return d, nil
+}
+
+func (s *Server) serveLock(w http.ResponseWriter, r *http.Request, rawName string) {
+	if !methodIs(w, r, http.MethodPost) {
+		return
+	}
+	if err := s.lock(w, r, rawName); err != nil {
+		s.writeAPIError(w, r, err)
+	}
+}
+
+func (s *Server) lock(w http.ResponseWriter, r *http.Request, rawName string) error {
+	hp, _, err := s.holdRequest(r, rawName, "ttl", "wait", "heartbeat")
+	if err != nil {
+		return err
+	}
+	ctx := r.Context()
+	try := hp.hasWait && hp.wait == 0
+	if hp.hasWait && hp.wait > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, hp.wait)
+		defer cancel()
+	}
+	h, err := s.etcd.Lock(ctx, hp.name, hp.ttl, try)
+	if err != nil {
+		return s.lockError(r, err)
+	}
+	s.hold(w, r, h, "LOCKED", hp)
+	return nil
+}
+
+// lockError answers a lock that was not taken: 409 locked naming the
+// holder when the wait ran out or a try found it held.
+func (s *Server) lockError(r *http.Request, err error) error {
+	var le *etcd.LockedError
+	switch {
+	case errors.As(err, &le):
+		return &apiError{code: api.CodeLocked, msg: fmt.Sprintf("the lock is held by %s (revision %d)", le.Key, le.Revision),
+			extra: map[string]any{"key": le.Key, "revision": le.Revision}}
+	case errors.Is(err, etcd.ErrLocked):
+		return &apiError{code: api.CodeLocked, msg: "the lock is held by another holder"}
+	}
+	return err
+}
+
+func (s *Server) serveElection(w http.ResponseWriter, r *http.Request, rawName string) {
+	var err error
+	switch r.Method {
+	case http.MethodPost:
+		err = s.campaign(w, r, rawName)
+	case http.MethodGet, http.MethodHead:
+		err = s.leader(w, r, rawName)
+	default:
+		methodIs(w, r, http.MethodGet, http.MethodPost)
+	}
+	if err != nil {
+		s.writeAPIError(w, r, err)
+	}
+}
+
+func (s *Server) campaign(w http.ResponseWriter, r *http.Request, rawName string) error {
+	hp, _, err := s.holdRequest(r, rawName, "ttl", "heartbeat")
+	if err != nil {
+		return err
+	}
+	value, err := s.readValue(w, r)
+	if err != nil {
+		return err
+	}
+	h, err := s.etcd.Campaign(r.Context(), hp.name, string(value), hp.ttl)
+	if err != nil {
+		return err
+	}
+	s.hold(w, r, h, "ELECTED", hp)
+	return nil
+}
+
+// leader answers GET /v1/election/NAME (the leader, 404 without one) and,
+// with observe, streams the leader and each change.
+func (s *Server) leader(w http.ResponseWriter, r *http.Request, rawName string) error {
+	p, err := parseParams(r, "observe", "heartbeat")
+	if err != nil {
+		return err
+	}
+	name, err := s.key(rawName, false)
+	if err != nil {
+		return err
+	}
+	observe, err := p.flag("observe")
+	if err != nil {
+		return err
+	}
+	if p.has("heartbeat") && !observe {
+		return badRequest("heartbeat applies only with observe")
+	}
+	if err := s.authorize(r, access.Read, name+"/", true); err != nil {
+		return err
+	}
+	if observe {
+		hb, err := heartbeatParam(p)
+		if err != nil {
+			return err
+		}
+		return s.observe(w, r, name, hb)
+	}
+	ctx, cancel := s.withTimeout(r)
+	defer cancel()
+	l, err := s.etcd.ElectionLeader(ctx, name)
+	if errors.Is(err, etcd.ErrNoLeader) {
+		return &apiError{code: api.CodeNotFound, msg: fmt.Sprintf("the election %q has no leader", name)}
+	}
+	if err != nil {
+		return err
+	}
+	writeBody(w, http.StatusOK, "application/json", append(appendLeader(nil, "", l), '\n'))
+	return nil
+}
+
+// appendLeader appends {"type":…,"key":…,"value":…,"revision":N} (no
+// type when typ is "").
+func appendLeader(b []byte, typ string, l etcd.Leader) []byte {
+	b = append(b, '{')
+	if typ != "" {
+		b = append(b, `"type":"`...)
+		b = append(b, typ...)
+		b = append(b, `",`...)
+	}
+	b = appendBytesField(b, "key", []byte(l.Key))
+	b = append(b, ',')
+	b = appendBytesField(b, "value", l.Value)
+	b = append(b, ',')
+	b = appendIntField(b, "revision", l.Revision)
+	return append(b, '}')
+}
+
+// streamWriter writes NDJSON lines, flushing each and giving a client that
+// stopped reading watchWriteTimeout.
+type streamWriter struct {
+	w  http.ResponseWriter
+	rc *http.ResponseController
+}
+
+func startStream(w http.ResponseWriter) *streamWriter {
+	h := w.Header()
+	h.Set("Content-Type", "application/x-ndjson")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	sw := &streamWriter{w: w, rc: http.NewResponseController(w)}
+	sw.rc.Flush() // the client sees the stream begin before its first line
+	return sw
+}
+
+func (sw *streamWriter) line(b []byte) bool {
+	sw.rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout))
+	if _, err := sw.w.Write(append(b, '\n')); err != nil {
+		return false
+	}
+	return sw.rc.Flush() == nil
+}
+
+func (sw *streamWriter) event(typ, msg, code string) bool {
+	b := append([]byte(`{"type":"`), typ...)
+	b = append(b, '"')
+	if code != "" {
+		b = append(b, `,"code":`...)
+		b = appendJSONString(b, []byte(code))
+	}
+	if msg != "" {
+		b = append(b, `,"error":`...)
+		b = appendJSONString(b, []byte(msg))
+	}
+	return sw.line(append(b, '}'))
+}
+
+// hold streams a held lock or leadership until the client leaves (released
+// at once), the lease is lost (LOST), the agent stops or the rules no
+// longer allow it (ERROR; released). Every way out releases the hold.
+func (s *Server) hold(w http.ResponseWriter, r *http.Request, h *etcd.Held, typ string, hp holdParams) {
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), s.limits.Load().RequestTimeout)
+		defer cancel()
+		if err := h.Release(ctx); err != nil {
+			s.log.Warn("releasing a lock or leadership failed; it ends with its lease", "key", h.Key, "error", err)
+		}
+	}()
+	sw := startStream(w)
+	first := []byte(`{"type":"` + typ + `",`)
+	first = appendBytesField(first, "key", []byte(h.Key))
+	first = append(first, ',')
+	first = appendIntField(first, "revision", h.Revision)
+	if !sw.line(append(first, '}')) {
+		return
+	}
+	hb := time.NewTicker(hp.heartbeat)
+	defer hb.Stop()
+	progress := []byte(`{"type":"PROGRESS","revision":` + strconv.FormatInt(h.Revision, 10) + `}`)
+	changed := s.changed()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-h.Lost():
+			sw.event("LOST", fmt.Sprintf("the lease (ttl %ds) could not be kept alive; the hold on %s has ended", hp.ttl, h.Key), "")
+			return
+		case <-s.stopping:
+			sw.event("ERROR", "the agent is shutting down; the hold is released", api.CodeUnavailable)
+			return
+		case <-changed:
+			changed = s.changed()
+			if err := s.authorize(r, access.Write, hp.name+"/", true); err != nil {
+				sw.event("ERROR", err.Error()+"; the hold is released", api.CodeForbidden)
+				return
+			}
+		case <-hb.C:
+			if !sw.line(progress) {
+				return
+			}
+		}
+	}
+}
+
+// observe streams the leader of name and each change as LEADER lines,
+// with PROGRESS heartbeats; no line while the election has no leader.
+func (s *Server) observe(w http.ResponseWriter, r *http.Request, name string, heartbeat time.Duration) error {
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	ch, err := s.etcd.ObserveLeader(ctx, name)
+	if err != nil {
+		return err
+	}
+	sw := startStream(w)
+	hb := time.NewTicker(heartbeat)
+	defer hb.Stop()
+	changed := s.changed()
+	for {
+		select {
+		case <-r.Context().Done():
+			return nil
+		case <-s.stopping:
+			sw.event("ERROR", "the agent is shutting down; observe again", api.CodeUnavailable)
+			return nil
+		case <-changed:
+			changed = s.changed()
+			if err := s.authorize(r, access.Read, name+"/", true); err != nil {
+				sw.event("ERROR", err.Error(), api.CodeForbidden)
+				return nil
+			}
+		case l, ok := <-ch:
+			if !ok {
+				sw.event("ERROR", "observing the election failed (etcd unreachable?); observe again", api.CodeUnavailable)
+				return nil
+			}
+			if l.Key == "" {
+				continue
+			}
+			if !sw.line(appendLeader(nil, "LEADER", l)) {
+				return nil
+			}
+		case <-hb.C:
+			if !sw.line([]byte(`{"type":"PROGRESS"}`)) {
+				return nil
+			}
+		}
+	}
+}

@@ -1,0 +1,196 @@
+package server
+
+import (
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"udp_iaasd/access"
+	"udp_iaasd/internal/etcdtest"
+	"udp_iaasd/internal/peertest"
+)
+
+func revOf(t *testing.T, m map[string]any) int64 {
+	t.Helper()
+	f, ok := m["revision"].(float64)
+	if !ok {
+		t.Fatalf("no revision in %v", m)
+	}
+	return int64(f)
+}
+
+// A lock is held while its request is open: a second request waits (409
+// locked naming the holder when its wait runs out), and gets the lock as
+// soon as the first connection closes, with a larger fencing token.
+func TestLockHoldAndRelease(t *testing.T) {
+	e := newEnv(t, nil)
+	first := e.stream("POST", "/v1/lock/svl?ttl=5&heartbeat=100ms", "")
+	if first.resp.StatusCode != http.StatusOK || first.resp.Header.Get("Content-Type") != "application/x-ndjson" {
+		t.Fatalf("lock: %d %v", first.resp.StatusCode, first.resp.Header)
+	}
+	locked := first.next()
+	if locked["type"] != "LOCKED" || !strings.HasPrefix(locked["key"].(string), "svl/") {
+		t.Fatalf("first line %v", locked)
+	}
+	rev := revOf(t, locked)
+	// Heartbeats while held.
+	select {
+	case m := <-first.lines:
+		if m["type"] != "PROGRESS" {
+			t.Fatalf("heartbeat %v", m)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no heartbeat")
+	}
+
+	for _, q := range []string{"wait=0", "wait=200ms"} {
+		r := e.do("POST", "/v1/lock/svl?"+q, nil, nil)
+		e.expect(r, http.StatusConflict, "locked")
+		var body struct {
+			Key      string
+			Revision int64
+		}
+		json.Unmarshal(r.body, &body)
+		if body.Key != locked["key"] || body.Revision != rev {
+			t.Fatalf("%s: 409 body %s, want the holder %v", q, r.body, locked)
+		}
+	}
+
+	got := make(chan *watchStream, 1)
+	go func() { got <- e.stream("POST", "/v1/lock/svl?wait=20s", "") }()
+	time.Sleep(200 * time.Millisecond) // the second is waiting
+	released := time.Now()
+	first.conn.Close()
+	second := <-got
+	m := second.next()
+	if m["type"] != "LOCKED" || revOf(t, m) <= rev {
+		t.Fatalf("second holder %v (first's revision %d)", m, rev)
+	}
+	t.Logf("the waiter got the lock %v after the holder's connection closed", time.Since(released).Round(time.Millisecond))
+}
+
+// A holder killed with SIGKILL (a real process, whose socket the kernel
+// closes) releases the lock at once, not after the TTL.
+func TestLockReleasedWhenHolderKilled(t *testing.T) {
+	peertest.Skip(t, false)
+	e := newEnv(t, nil)
+	os.Chmod(e.sock, 0o666)
+	peertest.OpenPath(t, filepath.Dir(e.sock))
+	holder := peertest.Command(t, e.sock, peertest.Identity{UID: 0, GID: 0}, "watch", "POST", "http://localhost/v1/lock/kill9?ttl=60", "")
+	out, _ := holder.StdoutPipe()
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 256)
+	n, _ := out.Read(buf)
+	if !strings.Contains(string(buf[:n]), "200") {
+		t.Fatalf("holder: %q", buf[:n])
+	}
+	etcdtest.Eventually(t, 10*time.Second, "the holder's key", func() bool {
+		resp, err := e.direct.Get(t.Context(), "kill9/", clientv3.WithPrefix())
+		return err == nil && len(resp.Kvs) == 1
+	})
+	holder.Process.Kill()
+	holder.Wait()
+	killed := time.Now()
+	next := e.stream("POST", "/v1/lock/kill9?wait=10s&heartbeat=1h", "")
+	if next.resp.StatusCode != http.StatusOK {
+		t.Fatalf("after the holder was killed: %d", next.resp.StatusCode)
+	}
+	if m := next.next(); m["type"] != "LOCKED" {
+		t.Fatalf("after the holder was killed: %v", m)
+	}
+	// Within the 10s wait, far inside the 60s TTL: released by the closed
+	// connection, not by the lease.
+	t.Logf("acquired %v after SIGKILL of the holder (ttl 60s)", time.Since(killed).Round(time.Millisecond))
+}
+
+// Elections: the leader is the first campaigner until it leaves, GET and
+// observe say so, and the next one is elected when it does.
+func TestElectionStreams(t *testing.T) {
+	e := newEnv(t, nil)
+	e.expect(e.do("GET", "/v1/election/sve", nil, nil), http.StatusNotFound, "not_found")
+	obs := e.stream("GET", "/v1/election/sve?observe&heartbeat=1h", "")
+	a := e.stream("POST", "/v1/election/sve?ttl=5", "alpha")
+	ea := a.next()
+	if ea["type"] != "ELECTED" {
+		t.Fatalf("a: %v", ea)
+	}
+	if l := obs.next(); l["type"] != "LEADER" || l["value"] != "alpha" || l["key"] != ea["key"] {
+		t.Fatalf("observed %v", l)
+	}
+	r := e.do("GET", "/v1/election/sve", nil, nil)
+	var cur map[string]any
+	json.Unmarshal(r.body, &cur)
+	if r.status != 200 || cur["value"] != "alpha" || revOf(t, cur) != revOf(t, ea) {
+		t.Fatalf("GET leader: %d %s", r.status, r.body)
+	}
+	bc := make(chan *watchStream, 1)
+	go func() { bc <- e.stream("POST", "/v1/election/sve", "beta") }()
+	time.Sleep(200 * time.Millisecond)
+	a.conn.Close()
+	b := <-bc
+	eb := b.next()
+	if eb["type"] != "ELECTED" || revOf(t, eb) <= revOf(t, ea) {
+		t.Fatalf("b: %v", eb)
+	}
+	if l := obs.next(); l["value"] != "beta" {
+		t.Fatalf("observed %v after a left", l)
+	}
+	e.expect(e.do("PUT", "/v1/election/sve", nil, nil), http.StatusMethodNotAllowed, "method_not_allowed")
+}
+
+// A hold whose lease is gone ends with LOST; names go through the access
+// rules, and a reload that takes the right away ends the hold (released).
+func TestLockLostAndAccess(t *testing.T) {
+	policy := func(prefix string) *access.Policy {
+		p, err := access.NewPolicy([]access.Rule{{Name: "t", UIDs: []uint32{uint32(os.Getuid())}, Prefixes: []string{prefix}, Read: true, Write: true}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	e := newEnv(t, nil, func(o *Options) { o.Limits.Access = policy("lk/") })
+	e.expect(e.do("POST", "/v1/lock/other", nil, nil), http.StatusForbidden, "forbidden")
+	e.expect(e.do("POST", "/v1/election/other", nil, []byte("v")), http.StatusForbidden, "forbidden")
+	e.expect(e.do("GET", "/v1/election/other", nil, nil), http.StatusForbidden, "forbidden")
+	// "lk" itself is outside lk/: the lock's keys are lk/…, under "lk/"
+	// only when the name starts with it.
+	e.expect(e.do("POST", "/v1/lock/l", nil, nil), http.StatusForbidden, "forbidden")
+
+	s := e.stream("POST", "/v1/lock/lk/a?ttl=3", "")
+	m := s.next()
+	key := m["key"].(string)
+	lease, err := strconv.ParseInt(key[strings.LastIndexByte(key, '/')+1:], 16, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.direct.Revoke(t.Context(), clientv3.LeaseID(lease)); err != nil {
+		t.Fatal(err)
+	}
+	if m := s.next(); m["type"] != "LOST" {
+		t.Fatalf("after the lease was revoked: %v", m)
+	}
+
+	s2 := e.stream("POST", "/v1/lock/lk/b", "")
+	if m := s2.next(); m["type"] != "LOCKED" {
+		t.Fatal(m)
+	}
+	l := *e.srv.limits.Load()
+	l.Access = policy("elsewhere/")
+	e.srv.SetLimits(l)
+	if m := s2.next(); m["type"] != "ERROR" || m["code"] != "forbidden" {
+		t.Fatalf("after the rule was taken away: %v", m)
+	}
+	etcdtest.Eventually(t, 5*time.Second, "the revoked hold released", func() bool {
+		resp, err := e.direct.Get(t.Context(), "lk/b/", clientv3.WithPrefix())
+		return err == nil && len(resp.Kvs) == 0
+	})
+}
