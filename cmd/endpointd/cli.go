@@ -14,7 +14,7 @@ const (
 	exitOK          = 0
 	exitFailure     = 1 // invalid input (validate), key absent or condition failed (kv), agent failure (run)
 	exitUsage       = 2
-	exitUnavailable = 3  // the agent or etcd is unavailable (kv, status)
+	exitUnavailable = 3  // the agent or etcd is unavailable (kv, status); a hold was lost (lock, elect)
 	exitConfig      = 78 // EX_CONFIG: run could not start for its config
 )
 
@@ -37,6 +37,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return cmdKV(ctx, rest, stdin, stdout, stderr)
 	case "status":
 		return cmdStatus(ctx, rest, stdout, stderr)
+	case "lock":
+		return cmdHold(ctx, false, rest, stdout, stderr)
+	case "elect":
+		return cmdHold(ctx, true, rest, stdout, stderr)
 	case "dev":
 		return cmdDev(ctx, rest, stdout, stderr)
 	case "version", "-version", "--version":
@@ -58,6 +62,9 @@ commands:
   run      [-config PATH]                       run the agent (what the systemd unit starts)
   validate [-config PATH] [ENDPOINTS_FILE]      check config.yaml and an endpoints file offline
   kv       get|put|del|ls|watch …               read and write etcd through the agent's socket
+  kv txn                                        run a /v1/txn body from stdin
+  lock     [-ttl D] [-wait D] NAME -- CMD …     run CMD while holding the lock NAME
+  elect    NAME VALUE -- CMD … | -observe NAME  run CMD while leader; or follow the leader
   status   [-json]                              show the agent's status
   dev                                           a demo: 3-member etcd in-process, the agent, lines to try
   version                                       print the version

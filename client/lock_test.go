@@ -1,0 +1,89 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"udp_iaasd/client"
+	"udp_iaasd/internal/etcdtest"
+)
+
+// The Go client's locks and elections against a real agent: a held lock
+// excludes, names its holder when a wait runs out, passes on at Release
+// with a larger token; a hold whose agent goes away is Lost; elections
+// agree between Campaign, Leader and Observe.
+func TestLockAndElection(t *testing.T) {
+	cluster := etcdtest.New(t, 1)
+	sock := filepath.Join(t.TempDir(), "a.sock")
+	serveAgent(t, cluster, sock)
+	c := client.New(sock, client.Options{})
+	ctx := context.Background()
+
+	h, err := c.Lock(ctx, "cl", client.HoldTTL(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Lock(ctx, "cl", client.LockWait(0))
+	var e *client.Error
+	if !errors.Is(err, client.ErrLocked) || !errors.As(err, &e) || e.HolderKey != h.Key || e.HolderRevision != h.Revision {
+		t.Fatalf("try on a held lock: %v", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	_, err = c.Lock(wctx, "cl")
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a wait cut by ctx: %v", err)
+	}
+	got := make(chan *client.Hold, 1)
+	go func() {
+		h2, err := c.Lock(ctx, "cl")
+		if err != nil {
+			t.Error(err)
+		}
+		got <- h2
+	}()
+	time.Sleep(100 * time.Millisecond)
+	h.Release()
+	h2 := <-got
+	if h2 == nil || h2.Revision <= h.Revision {
+		t.Fatalf("next holder %+v after %d", h2, h.Revision)
+	}
+	select {
+	case <-h.Lost():
+		t.Fatal("a released hold reports Lost")
+	default:
+	}
+	h2.Release()
+
+	// Elections.
+	obsCtx, stopObs := context.WithCancel(ctx)
+	defer stopObs()
+	seen := make(chan client.Leader, 8)
+	go func() {
+		for l, err := range c.Observe(obsCtx, "ce") {
+			if err != nil {
+				return
+			}
+			seen <- l
+		}
+	}()
+	a, err := c.Campaign(ctx, "ce", []byte("alpha"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, err := c.Leader(ctx, "ce"); err != nil || string(l.Value) != "alpha" || l.Revision != a.Revision {
+		t.Fatalf("Leader = %+v, %v", l, err)
+	}
+	if l := <-seen; string(l.Value) != "alpha" {
+		t.Fatalf("observed %+v", l)
+	}
+	// Release closes the connection; the agent resigns when it sees it go.
+	a.Release()
+	etcdtest.Eventually(t, 5*time.Second, "no leader after the only candidate left", func() bool {
+		_, err := c.Leader(ctx, "ce")
+		return errors.Is(err, client.ErrNotFound)
+	})
+}

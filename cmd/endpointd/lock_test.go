@@ -1,0 +1,174 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"udp_iaasd/client"
+	"udp_iaasd/internal/agenttest"
+	"udp_iaasd/internal/etcdtest"
+	"udp_iaasd/internal/syncbuf"
+)
+
+// endpointd runs this test binary as the endpointd command (TestMain).
+func endpointd(args ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "ENDPOINTD_BE_MAIN=1")
+	return cmd
+}
+
+// The README's nightly backup: `endpointd lock` on three hosts (three
+// agents, one cluster), three runs each; one command runs at a time, each
+// with its fencing token, each run's exit status passed through.
+func TestLockCommandOneAtATime(t *testing.T) {
+	cluster := etcdtest.New(t, 3)
+	var socks []string
+	for range 3 {
+		socks = append(socks, agenttest.Start(t, agenttest.Options{Endpoints: cluster.Endpoints()}).Sock)
+	}
+	log := filepath.Join(t.TempDir(), "runs.log")
+	script := `echo "start $ENDPOINTD_LOCK_REVISION $ENDPOINTD_LOCK_KEY" >> "$LOG"; sleep 0.05; echo "end $ENDPOINTD_LOCK_REVISION" >> "$LOG"`
+	var wg sync.WaitGroup
+	for _, s := range socks {
+		for range 3 {
+			wg.Go(func() {
+				cmd := endpointd("lock", "-socket", s, "nightly-backup", "--", "sh", "-c", script)
+				cmd.Env = append(cmd.Env, "LOG="+log)
+				if out, err := cmd.CombinedOutput(); err != nil {
+					t.Errorf("endpointd lock: %v\n%s", err, out)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	data, _ := os.ReadFile(log)
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) != 18 {
+		t.Fatalf("%d lines, want 18:\n%s", len(lines), data)
+	}
+	last := int64(0)
+	for i := 0; i < len(lines); i += 2 {
+		start, end := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if start[0] != "start" || end[0] != "end" || start[1] != end[1] || !strings.HasPrefix(start[2], "nightly-backup/") {
+			t.Fatalf("runs overlap or lack the token:\n%s", data)
+		}
+		rev, _ := strconv.ParseInt(start[1], 10, 64)
+		if rev <= last {
+			t.Fatalf("fencing token %d after %d:\n%s", rev, last, data)
+		}
+		last = rev
+	}
+}
+
+// Exit statuses, a wait that runs out, signals passed to the command, and a
+// lost hold ending the command.
+func TestLockCommandBehaviour(t *testing.T) {
+	cluster := etcdtest.New(t, 2)
+	sock := agenttest.Start(t, agenttest.Options{Endpoints: cluster.Endpoints()}).Sock
+	run := func(args ...string) (int, string) {
+		cmd := endpointd(append([]string{"lock", "-socket", sock}, args...)...)
+		out, _ := cmd.CombinedOutput()
+		return cmd.ProcessState.ExitCode(), string(out)
+	}
+	if code, out := run("st", "--", "sh", "-c", "exit 7"); code != 7 {
+		t.Fatalf("exit status: %d %s", code, out)
+	}
+	if code, out := run("st"); code != 2 || !strings.Contains(out, "NAME -- CMD") {
+		t.Fatalf("no command: %d %s", code, out)
+	}
+
+	c := client.New(sock, client.Options{})
+	h, err := c.Lock(context.Background(), "held")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, wait := range []string{"0", "300ms"} {
+		code, out := run("-wait", wait, "held", "--", "touch", filepath.Join(t.TempDir(), "ran"))
+		if code != 1 || !strings.Contains(out, "is held by "+h.Key) {
+			t.Fatalf("-wait %s on a held lock: %d %s", wait, code, out)
+		}
+	}
+	h.Release()
+
+	// SIGTERM to endpointd reaches the command, whose status comes back.
+	dir := t.TempDir()
+	ready := filepath.Join(dir, "ready")
+	cmd := endpointd("lock", "-socket", sock, "sig", "--", "sh", "-c", `trap "exit 42" TERM; touch "$READY"; while :; do sleep 0.05; done`)
+	cmd.Env = append(cmd.Env, "READY="+ready)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	etcdtest.Eventually(t, 10*time.Second, "the command running", func() bool { _, err := os.Stat(ready); return err == nil })
+	cmd.Process.Signal(syscall.SIGTERM)
+	cmd.Wait()
+	if code := cmd.ProcessState.ExitCode(); code != 42 {
+		t.Fatalf("after SIGTERM: exit %d, want the command's 42", code)
+	}
+
+	// A lost hold (its lease revoked, as an expiry would) stops the command:
+	// SIGTERM, then SIGKILL after -grace for one that ignores it; exit 3.
+	ready2 := filepath.Join(dir, "ready2")
+	var out bytes.Buffer
+	cmd = endpointd("lock", "-socket", sock, "-ttl", "5s", "-grace", "300ms", "lost", "--", "sh", "-c", `trap "" TERM; touch "$READY"; while :; do sleep 0.05; done`)
+	cmd.Env = append(cmd.Env, "READY="+ready2)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	etcdtest.Eventually(t, 10*time.Second, "the command running", func() bool { _, err := os.Stat(ready2); return err == nil })
+	direct := cluster.Client(t)
+	resp, err := direct.Get(context.Background(), "lost/", clientv3.WithPrefix())
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("the lock key: %v %v", resp, err)
+	}
+	if _, err := direct.Revoke(context.Background(), clientv3.LeaseID(resp.Kvs[0].Lease)); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("endpointd lock did not end after the hold was lost:\n%s", out.String())
+	}
+	if code := cmd.ProcessState.ExitCode(); code != 3 || !strings.Contains(out.String(), "was lost") {
+		t.Fatalf("after the hold was lost: exit %d\n%s", code, out.String())
+	}
+}
+
+// endpointd elect runs the command as leader; -observe prints the leader.
+func TestElectCommand(t *testing.T) {
+	cluster := etcdtest.New(t, 2)
+	sock := agenttest.Start(t, agenttest.Options{Endpoints: cluster.Endpoints()}).Sock
+	cmd := endpointd("elect", "-socket", sock, "leader", "host-a", "--", "sh", "-c", `echo "$ENDPOINTD_ELECTION_KEY $ENDPOINTD_ELECTION_REVISION"; sleep 1`)
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	obs := endpointd("elect", "-socket", sock, "-observe", "leader")
+	var obsOut syncbuf.Buffer
+	obs.Stdout = &obsOut
+	obs.Start()
+	etcdtest.Eventually(t, 10*time.Second, "the observer sees host-a", func() bool { return strings.Contains(obsOut.String(), " host-a") })
+	obs.Process.Signal(syscall.SIGTERM)
+	obs.Wait()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("elect: %v", err)
+	}
+	if !strings.HasPrefix(out.String(), "leader/") {
+		t.Fatalf("the command's environment: %q", out.String())
+	}
+}
