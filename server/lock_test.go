@@ -194,3 +194,88 @@ func TestLockLostAndAccess(t *testing.T) {
 		return err == nil && len(resp.Kvs) == 0
 	})
 }
+
+// etcd away for less than the TTL does not end a hold; away for longer,
+// the hold ends with LOST (the agent cannot know its lease survived).
+// The member is a process of its own, stopped with SIGSTOP.
+func TestLockOutageShorterAndLongerThanTTL(t *testing.T) {
+	cl := etcdtest.NewProc(t, 1)
+	e := newEnv(t, cl)
+	s := e.stream("POST", "/v1/lock/outage?ttl=4&heartbeat=200ms", "")
+	if m := s.next(); m["type"] != "LOCKED" {
+		t.Fatal(m)
+	}
+	m := cl.Members[0]
+	if err := m.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	m.Resume()
+	// The hold stands: heartbeats go on and no LOST comes for well past the
+	// outage.
+	deadline := time.After(3 * time.Second)
+	for done := false; !done; {
+		select {
+		case l, ok := <-s.lines:
+			if !ok || l["type"] != "PROGRESS" {
+				t.Fatalf("after a 1s outage (ttl 4s): %v (open %v)", l, ok)
+			}
+		case <-deadline:
+			done = true
+		}
+	}
+	if err := m.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Resume()
+	if l := s.next(); l["type"] != "LOST" {
+		t.Fatalf("after an outage longer than the ttl: %v", l)
+	}
+}
+
+// Killing the etcd leader (SIGKILL, a member process) while a lock is held
+// does not end the hold: the cluster elects another leader within the TTL,
+// the lease survives, and a contender keeps waiting until the holder lets
+// go.
+func TestLockSurvivesLeaderKill(t *testing.T) {
+	cl := etcdtest.NewProc(t, 3)
+	e := newEnv(t, cl)
+	s := e.stream("POST", "/v1/lock/lk9?ttl=10&heartbeat=200ms", "")
+	if m := s.next(); m["type"] != "LOCKED" {
+		t.Fatal(m)
+	}
+	killed := false
+	for _, m := range cl.Members {
+		st, err := e.direct.Status(t.Context(), m.Endpoint())
+		if err == nil && st.Leader == st.Header.MemberId {
+			m.Kill()
+			killed = true
+			break
+		}
+	}
+	if !killed {
+		t.Fatal("no leader found")
+	}
+	waiter := make(chan *watchStream, 1)
+	go func() { waiter <- e.stream("POST", "/v1/lock/lk9?wait=30s", "") }()
+	// For longer than an election takes, the hold stands and the contender
+	// waits.
+	deadline := time.After(4 * time.Second)
+	for done := false; !done; {
+		select {
+		case l, ok := <-s.lines:
+			if !ok || l["type"] != "PROGRESS" {
+				t.Fatalf("after the leader was killed: %v (open %v)", l, ok)
+			}
+		case w := <-waiter:
+			t.Fatalf("a contender got the lock while it was held: %d", w.resp.StatusCode)
+		case <-deadline:
+			done = true
+		}
+	}
+	s.conn.Close()
+	w := <-waiter
+	if m := w.next(); m["type"] != "LOCKED" {
+		t.Fatalf("the contender after release: %v", m)
+	}
+}

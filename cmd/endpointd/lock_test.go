@@ -16,6 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"udp_iaasd/client"
+	"udp_iaasd/config"
 	"udp_iaasd/internal/agenttest"
 	"udp_iaasd/internal/etcdtest"
 	"udp_iaasd/internal/syncbuf"
@@ -171,4 +172,45 @@ func TestElectCommand(t *testing.T) {
 	if !strings.HasPrefix(out.String(), "leader/") {
 		t.Fatalf("the command's environment: %q", out.String())
 	}
+}
+
+// An agent killed with SIGKILL cannot release its holders' locks: they go
+// with the lease, after its TTL, and another agent's client gets the lock
+// then.
+func TestLockReleasedWithinTTLWhenAgentDies(t *testing.T) {
+	cluster := etcdtest.New(t, 2)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "agent.sock")
+	cfg := filepath.Join(dir, "config.yaml")
+	os.WriteFile(filepath.Join(dir, "endpoints.yaml"), config.EndpointsYAML(cluster.Endpoints()), 0o644)
+	os.WriteFile(cfg, []byte("endpoints_file: endpoints.yaml\nmin_cluster_size: 1\nsocket: {path: "+sock+"}\n"), 0o644)
+	agent := endpointd("run", "-config", cfg)
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { agent.Process.Kill(); agent.Wait() })
+	c := client.New(sock, client.Options{RetryMax: 10})
+	var h *client.Hold
+	etcdtest.Eventually(t, 20*time.Second, "the agent's lock", func() bool {
+		var err error
+		h, err = c.Lock(context.Background(), "agentdies", client.HoldTTL(3*time.Second))
+		return err == nil
+	})
+	agent.Process.Kill()
+	agent.Wait()
+	killed := time.Now()
+	direct := cluster.Client(t)
+	if resp, err := direct.Get(context.Background(), h.Key); err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("the lock key right after the agent died: %v %v", resp, err)
+	}
+	other := client.New(agenttest.Start(t, agenttest.Options{Endpoints: cluster.Endpoints()}).Sock, client.Options{})
+	h2, err := other.Lock(context.Background(), "agentdies", client.LockWait(20*time.Second))
+	if err != nil {
+		t.Fatalf("the lock after the agent died: %v", err)
+	}
+	t.Logf("acquired %v after SIGKILL of the holder's agent (ttl 3s)", time.Since(killed).Round(10*time.Millisecond))
+	if h2.Revision <= h.Revision {
+		t.Fatalf("token %d after %d", h2.Revision, h.Revision)
+	}
+	h2.Release()
 }
