@@ -136,14 +136,14 @@ func TestLockTryAndWait(t *testing.T) {
 	h2.Release(ctx)
 }
 
-// Leases are shared: locks on distinct names with one TTL use one lease;
-// two holders of one name need two.
+// Leases are shared: 1,000 locks on distinct names with one TTL use one
+// lease; two holders of one name need two.
 func TestLockSessionsShared(t *testing.T) {
 	cl := etcdtest.New(t, 1)
 	c := newTestClient(t, Config{Endpoints: cl.Endpoints()})
-	ctx := ctxT(t, 30*time.Second)
+	ctx := ctxT(t, 120*time.Second)
 	var held []*Held
-	for i := range 100 {
+	for i := range 1000 {
 		h, err := c.Lock(ctx, fmt.Sprintf("many/%d", i), 10, false)
 		if err != nil {
 			t.Fatal(err)
@@ -151,7 +151,7 @@ func TestLockSessionsShared(t *testing.T) {
 		held = append(held, h)
 	}
 	if n := c.Sessions(); n != 1 {
-		t.Fatalf("100 locks on distinct names hold %d leases, want 1", n)
+		t.Fatalf("1,000 locks on distinct names hold %d leases, want 1", n)
 	}
 	// A second contender for a held name gets a lease of its own (on the
 	// same lease it would be the holder itself).
