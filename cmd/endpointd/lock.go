@@ -96,7 +96,9 @@ func cmdHold(ctx context.Context, election bool, args []string, stdout, stderr i
 	defer signal.Stop(sigs)
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	waiting := make(chan struct{})
 	go func() {
+		defer close(waiting)
 		select {
 		case <-sigs:
 			cancel()
@@ -133,11 +135,8 @@ func cmdHold(ctx context.Context, election bool, args []string, stdout, stderr i
 		return kvFail(stderr, err)
 	}
 	defer h.Release()
-	cancel() // the wait is over: signals now go to the command
-	signal.Stop(sigs)
-	sigs = make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigs)
+	cancel() // the wait is over: from here on signals go to the command
+	<-waiting
 
 	cmd := exec.Command(command[0], command[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, stdout, stderr
