@@ -112,6 +112,19 @@ func (p *Policy) Matches(peer Peer) bool {
 // so a rule for "billing/" does not cover the prefix "bill". Either way the
 // test is the same: key starts with an allowed prefix.
 func (p *Policy) Check(peer Peer, op Op, key string, prefix bool) (string, error) {
+	end := ""
+	if prefix {
+		end = PrefixEnd(key)
+	}
+	return p.CheckRange(peer, op, key, end)
+}
+
+// CheckRange is Check for etcd's range form, the one etcd's gRPC API
+// speaks: end "" is the single key, "\x00" every key from key on, else the
+// keys in [key, end). A range is allowed when one allowed prefix P covers
+// all of it: key starts with P, and end is at most P's own range end — so
+// Check's prefix requests are the case end = PrefixEnd(key).
+func (p *Policy) CheckRange(peer Peer, op Op, key, end string) (string, error) {
 	if !p.Enabled() {
 		return "", nil
 	}
@@ -122,13 +135,52 @@ func (p *Policy) Check(peer Peer, op Op, key string, prefix bool) (string, error
 				continue
 			}
 			for _, pre := range r.Prefixes {
-				if strings.HasPrefix(key, pre) {
+				if covers(pre, key, end) {
 					return r.Name, nil
 				}
 			}
 		}
 	}
-	return "", &Denied{Peer: peer, Op: op, Key: key, Prefix: prefix}
+	d := &Denied{Peer: peer, Op: op, Key: key}
+	switch end {
+	case "":
+	case PrefixEnd(key):
+		d.Prefix = true
+	default:
+		d.End, d.Range = end, true
+	}
+	return "", d
+}
+
+// covers: every key of the range [key, end) (see CheckRange) starts with
+// pre.
+func covers(pre, key, end string) bool {
+	if !strings.HasPrefix(key, pre) {
+		return false
+	}
+	if end == "" {
+		return true
+	}
+	limit := PrefixEnd(pre) // "\x00": pre is empty or all 0xff, every key from pre on
+	if limit == "\x00" {
+		return true
+	}
+	return end != "\x00" && end <= limit
+}
+
+// PrefixEnd is etcd's range end for the keys starting with prefix
+// (clientv3.GetPrefixRangeEnd): prefix with its last byte below 0xff
+// incremented and the rest dropped, or "\x00" (every key from prefix on)
+// when there is none.
+func PrefixEnd(prefix string) string {
+	b := []byte(prefix)
+	for i := len(b) - 1; i >= 0; i-- {
+		if b[i] < 0xff {
+			b[i]++
+			return string(b[:i+1])
+		}
+	}
+	return "\x00"
 }
 
 func (r *Rule) allows(op Op) bool {
@@ -166,14 +218,21 @@ type Denied struct {
 	Op     Op
 	Key    string
 	Prefix bool
+	// Range: the keys from Key up to End (not a prefix's range).
+	Range bool
+	End   string
 }
 
 func (d *Denied) Error() string {
-	what := "key"
-	if d.Prefix {
-		what = "keys under prefix"
+	switch {
+	case d.Range && d.End == "\x00":
+		return fmt.Sprintf("%s may not %s the keys from %q on (access rules)", d.Peer, d.Op, d.Key)
+	case d.Range:
+		return fmt.Sprintf("%s may not %s the keys from %q to %q (access rules)", d.Peer, d.Op, d.Key, d.End)
+	case d.Prefix:
+		return fmt.Sprintf("%s may not %s keys under prefix %q (access rules)", d.Peer, d.Op, d.Key)
 	}
-	return fmt.Sprintf("%s may not %s %s %q (access rules)", d.Peer, d.Op, what, d.Key)
+	return fmt.Sprintf("%s may not %s key %q (access rules)", d.Peer, d.Op, d.Key)
 }
 
 // Glob matches name against pattern, in which '*' matches any run of

@@ -240,3 +240,87 @@ func BenchmarkCheck(b *testing.B) {
 		}
 	}
 }
+
+// CheckRange against a brute-force reference: a range is allowed exactly
+// when one rule prefix holds every key in it. The universe of keys holds
+// every short key of the alphabet plus each prefix's own range end — the
+// first key past a prefix, the witness that a range runs over its end.
+func TestRangeProperty(t *testing.T) {
+	alphabet := []byte{'a', 'b', '/', 0x00, 0xff}
+	rng := rand.New(rand.NewPCG(3, 4))
+	randKey := func(maxLen int) string {
+		b := make([]byte, rng.IntN(maxLen+1))
+		for i := range b {
+			b[i] = alphabet[rng.IntN(len(alphabet))]
+		}
+		return string(b)
+	}
+	var base []string
+	var gen func(string, int)
+	gen = func(s string, n int) {
+		base = append(base, s)
+		if n == 0 {
+			return
+		}
+		for _, c := range alphabet {
+			gen(s+string([]byte{c}), n-1)
+		}
+	}
+	gen("", 3)
+	inRange := func(k, key, end string) bool {
+		switch end {
+		case "":
+			return k == key
+		case "\x00":
+			return k >= key
+		}
+		return k >= key && k < end
+	}
+	peer := Peer{Known: true, UID: 1}
+	for round := range 300 {
+		var prefixes []string
+		for range 1 + rng.IntN(3) {
+			prefixes = append(prefixes, randKey(2))
+		}
+		p := mustPolicy(t, Rule{Name: "r", UIDs: []uint32{1}, Prefixes: prefixes, Read: true})
+		universe := append([]string(nil), base...)
+		for _, pre := range prefixes {
+			if e := PrefixEnd(pre); e != "\x00" {
+				universe = append(universe, e)
+			}
+		}
+		for range 40 {
+			key := randKey(3)
+			var end string
+			switch rng.IntN(4) {
+			case 0:
+				end = ""
+			case 1:
+				end = "\x00"
+			case 2:
+				end = PrefixEnd(key)
+			default:
+				end = randKey(3)
+				if end <= key || end == "\x00" {
+					continue // empty ranges are refused, not checked against the reference
+				}
+			}
+			universe := append(universe, key)
+			want := false
+			for _, pre := range prefixes {
+				all := true
+				for _, k := range universe {
+					if inRange(k, key, end) && !strings.HasPrefix(k, pre) {
+						all = false
+						break
+					}
+				}
+				want = want || all
+			}
+			_, err := p.CheckRange(peer, Read, key, end)
+			if got := err == nil; got != want {
+				t.Fatalf("round %d: prefixes %q, range [%q, %q): CheckRange allows=%v, reference=%v", round, prefixes, key, end, got, want)
+			}
+		}
+	}
+}
