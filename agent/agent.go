@@ -35,6 +35,7 @@ import (
 	"udp_iaasd/client"
 	"udp_iaasd/config"
 	"udp_iaasd/etcd"
+	"udp_iaasd/grpcapi"
 	"udp_iaasd/server"
 	"udp_iaasd/watcher"
 )
@@ -53,6 +54,9 @@ type Options struct {
 	// Listener, when set, is served instead of creating socket.path (socket
 	// activation). The agent then never removes the socket file.
 	Listener net.Listener
+	// GRPCListener, when set, serves etcd's gRPC API (socket activation);
+	// else socket.grpc_path, when set, is created.
+	GRPCListener net.Listener
 	// Notify, when set, receives sd_notify-style state lines ("READY=1",
 	// "STATUS=…", "RELOADING=1", "STOPPING=1").
 	Notify func(state string)
@@ -227,6 +231,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	srvCtx, stopSrv := context.WithCancel(context.Background())
 	srvDone := make(chan error, 1)
 	go func() { srvDone <- a.srv.Serve(srvCtx, ln) }()
+	grpcDone, err := a.serveGRPC(srvCtx, cfg)
+	if err != nil {
+		stopSrv()
+		<-srvDone
+		a.etcd.Close()
+		return err
+	}
 
 	w := a.startWatcher(cfg)
 	cacheCtx, stopCache := context.WithCancel(context.Background())
@@ -269,6 +280,9 @@ loop:
 	a.log.Info("shutting down")
 	w.stop()
 	stopSrv()
+	if err := <-grpcDone; err != nil {
+		a.log.Warn("gRPC socket shutdown", "error", err)
+	}
 	if srvDone != nil {
 		if err := <-srvDone; err != nil {
 			a.log.Warn("server shutdown", "error", err)
@@ -279,6 +293,33 @@ loop:
 	a.etcd.Close()
 	a.log.Info("stopped")
 	return runErr
+}
+
+// serveGRPC serves etcd's gRPC API on the activated listener or
+// socket.grpc_path, when either is there, until ctx ends; the channel gets
+// Serve's result (nil at once when there is no gRPC socket).
+func (a *Agent) serveGRPC(ctx context.Context, cfg *config.Config) (<-chan error, error) {
+	done := make(chan error, 1)
+	ln := a.opts.GRPCListener
+	if ln == nil && cfg.Socket.GRPCPath != "" {
+		gid, err := ResolveGroup(cfg.Socket.Group)
+		if err != nil {
+			return nil, err
+		}
+		ul, err := server.Listen(cfg.Socket.GRPCPath, fs.FileMode(cfg.Socket.Mode), gid)
+		if err != nil {
+			return nil, err
+		}
+		ln = ul
+		a.log.Info("serving etcd's gRPC API", "socket", cfg.Socket.GRPCPath)
+	}
+	if ln == nil {
+		done <- nil
+		return done, nil
+	}
+	g := grpcapi.New(grpcapi.Options{Etcd: a.etcd, Auth: a.srv, Logger: a.log, ShutdownTimeout: cfg.Limits.ShutdownTimeout})
+	go func() { done <- g.Serve(ctx, ln) }()
+	return done, nil
 }
 
 // SelfCheck asks the agent's own socket for /healthz through the Go client,

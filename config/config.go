@@ -58,7 +58,10 @@ type Config struct {
 
 // Socket is the unix socket the agent serves on.
 type Socket struct {
-	Path        string
+	Path string
+	// GRPCPath, when set, serves etcd's v3 gRPC API on a second socket with
+	// the same mode, group and peer checks (API.md); "" is off.
+	GRPCPath    string
 	Mode        uint32 // permission bits
 	Group       string // name or numeric gid; "" keeps the process's group
 	AllowedUIDs []int
@@ -244,6 +247,7 @@ func (c *Config) fields() map[string]field {
 		"min_cluster_size": at(integer(&c.MinClusterSize)),
 		"socket": section(map[string]field{
 			"path":         str(&c.Socket.Path),
+			"grpc_path":    str(&c.Socket.GRPCPath),
 			"mode":         fileMode(&c.Socket.Mode),
 			"group":        text(&c.Socket.Group),
 			"allowed_uids": intList(&c.Socket.AllowedUIDs),
@@ -400,15 +404,22 @@ func (v *checks) oneOf(path, got string, allowed ...string) {
 }
 
 func (v *checks) socket(s Socket) {
-	switch p := s.Path; {
-	case p == "":
+	if s.Path == "" {
 		v.bad("socket.path", "must name a file")
-	case !filepath.IsAbs(p):
-		v.bad("socket.path", "must be an absolute path, got %q", p)
-	case strings.HasPrefix(p, "@"):
-		v.bad("socket.path", "abstract sockets are not allowed")
-	case len(p) > 107:
-		v.bad("socket.path", "is %d bytes, longer than a unix socket path may be (107)", len(p))
+	}
+	for key, p := range map[string]string{"socket.path": s.Path, "socket.grpc_path": s.GRPCPath} {
+		switch {
+		case p == "":
+		case !filepath.IsAbs(p):
+			v.bad(key, "must be an absolute path, got %q", p)
+		case strings.HasPrefix(p, "@"):
+			v.bad(key, "abstract sockets are not allowed")
+		case len(p) > 107:
+			v.bad(key, "is %d bytes, longer than a unix socket path may be (107)", len(p))
+		}
+	}
+	if s.GRPCPath != "" && filepath.Clean(s.GRPCPath) == filepath.Clean(s.Path) {
+		v.bad("socket.grpc_path", "must differ from socket.path")
 	}
 	for _, id := range s.AllowedUIDs {
 		if id < 0 {
@@ -586,6 +597,7 @@ var restartOnly = []struct {
 	keep func(live, running *Config)
 }{
 	{"socket.path", func(l, r *Config) { l.Socket.Path = r.Socket.Path }},
+	{"socket.grpc_path", func(l, r *Config) { l.Socket.GRPCPath = r.Socket.GRPCPath }},
 	{"socket.mode", func(l, r *Config) { l.Socket.Mode = r.Socket.Mode }},
 	{"socket.group", func(l, r *Config) { l.Socket.Group = r.Socket.Group }},
 	{"etcd.dial_timeout", func(l, r *Config) { l.Etcd.DialTimeout = r.Etcd.DialTimeout }},

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -48,18 +49,55 @@ func isSelf(p access.Peer) bool { return p.Known && p.PID == selfPID }
 // allowed write is logged when log.audit is on.
 func (s *Server) authorize(r *http.Request, op access.Op, key string, prefix bool) error {
 	peer, _ := peerFrom(r.Context())
-	l := s.limits.Load()
-	rule, err := l.Access.Check(peer, op, key, prefix)
-	if err != nil {
-		s.denied(peer, op, key, err)
-		return &apiError{code: api.CodeForbidden, msg: err.Error()}
+	end := ""
+	if prefix {
+		end = access.PrefixEnd(key)
 	}
-	if op == access.Write && l.Audit {
-		s.log.Info("audit: write allowed", "uid", peer.UID, "gid", peer.GID, "pid", peer.PID, "unit", peer.Unit,
-			"key", key, "prefix", prefix, "method", r.Method, "rule", rule)
+	if err := s.AuthorizeRange(peer, op, key, end, r.Method); err != nil {
+		return &apiError{code: api.CodeForbidden, msg: err.Error()}
 	}
 	return nil
 }
+
+// AuthorizeRange is the access decision for every surface of the agent —
+// the HTTP API here, the gRPC socket (grpcapi) — with its audit: may peer
+// do op on the keys [key, end) (etcd's range form; end "" the one key)? A
+// refusal (an *access.Denied) is counted and logged; an allowed write is
+// logged when log.audit is on, with what (the HTTP method or gRPC method).
+func (s *Server) AuthorizeRange(peer access.Peer, op access.Op, key, end, what string) error {
+	l := s.limits.Load()
+	rule, err := l.Access.CheckRange(peer, op, key, end)
+	if err != nil {
+		s.denied(peer, op, key, err)
+		return err
+	}
+	if op == access.Write && l.Audit {
+		s.log.Info("audit: write allowed", "uid", peer.UID, "gid", peer.GID, "pid", peer.PID, "unit", peer.Unit,
+			"key", key, "range_end", end, "method", what, "rule", rule)
+	}
+	return nil
+}
+
+// Admit is the check every request passes first, on either socket: the
+// peer is in socket.allowed_uids/allowed_gids when those are set, and
+// matches some access rule when there are rules (the agent's own process
+// excepted). The error says why not.
+func (s *Server) Admit(peer access.Peer) error {
+	if !s.allowed(peer) {
+		s.log.Debug("peer refused", "uid", peer.UID, "gid", peer.GID, "pid", peer.PID)
+		return fmt.Errorf("uid %d (gid %d) may not use this socket (socket.allowed_uids/allowed_gids)", peer.UID, peer.GID)
+	}
+	if !s.limits.Load().Access.Matches(peer) && !isSelf(peer) {
+		err := fmt.Errorf("%s matches no access rule", peer)
+		s.denied(peer, 0, "", err)
+		return err
+	}
+	return nil
+}
+
+// Changed is closed by the next SetLimits (a reload): open streams re-check
+// their keys then.
+func (s *Server) Changed() <-chan struct{} { return s.changed() }
 
 // denied counts a refusal (op 0: the peer matches no rule) and logs it, at most once per deniedLogEvery per
 // peer, so that a client looping on a forbidden key cannot flood the

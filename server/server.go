@@ -189,15 +189,8 @@ func (s *Server) serveHTTP(rw http.ResponseWriter, r *http.Request) {
 	defer func() { s.metrics.observe(r.Method, w.status(), time.Since(start)) }()
 
 	peer, _ := peerFrom(r.Context())
-	if !s.allowed(peer) {
-		s.log.Debug("peer refused", "uid", peer.UID, "gid", peer.GID, "pid", peer.PID)
-		writeError(w, api.CodeForbidden,
-			fmt.Sprintf("uid %d (gid %d) may not use this socket (socket.allowed_uids/allowed_gids)", peer.UID, peer.GID), nil)
-		return
-	}
-	if !s.limits.Load().Access.Matches(peer) && !isSelf(peer) {
-		s.denied(peer, 0, rawPath(r), errors.New("no access rule matches the peer"))
-		writeError(w, api.CodeForbidden, fmt.Sprintf("%s matches no access rule", peer), nil)
+	if err := s.Admit(peer); err != nil {
+		writeError(w, api.CodeForbidden, err.Error(), nil)
 		return
 	}
 

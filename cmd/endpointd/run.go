@@ -42,19 +42,20 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) int {
 		log.Info("no config file; using the defaults", "looked_for", *configPath)
 	}
 
-	ln, err := activatedListener()
+	ln, gln, err := activatedListeners()
 	if err != nil {
 		log.Error("socket activation", "error", err)
 		return exitFailure
 	}
 	a, err := agent.New(agent.Options{
-		Config:     cfg,
-		ConfigPath: cfgPath,
-		Version:    version,
-		Logger:     log,
-		LogLevel:   level,
-		Listener:   ln,
-		Notify:     func(state string) { daemon.SdNotify(false, state) },
+		Config:       cfg,
+		ConfigPath:   cfgPath,
+		Version:      version,
+		Logger:       log,
+		LogLevel:     level,
+		Listener:     ln,
+		GRPCListener: gln,
+		Notify:       func(state string) { daemon.SdNotify(false, state) },
 	})
 	if err != nil {
 		log.Error("cannot start", "error", err)
@@ -111,21 +112,31 @@ func watchdog(ctx context.Context, a *agent.Agent, interval time.Duration, log *
 	}
 }
 
-// activatedListener returns the socket systemd passed (LISTEN_FDS), if any:
-// the one named endpointd.socket or endpointd (FileDescriptorName=), else the
-// only one passed.
-func activatedListener() (net.Listener, error) {
+// activatedListeners returns the sockets systemd passed (LISTEN_FDS), if
+// any: the HTTP API's, named endpointd.socket or endpointd
+// (FileDescriptorName=), else the only one passed that is not the gRPC
+// socket; and the gRPC API's, named endpointd-grpc.socket or
+// endpointd-grpc.
+func activatedListeners() (http, grpc net.Listener, err error) {
 	if os.Getenv("LISTEN_FDS") == "" {
-		return nil, nil
+		return nil, nil, nil
 	}
 	named, err := activation.ListenersWithNames()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	for _, name := range []string{"endpointd.socket", "endpointd"} {
-		if ls := named[name]; len(ls) > 0 && ls[0] != nil {
-			return ls[0], nil
+	first := func(names ...string) net.Listener {
+		for _, name := range names {
+			if ls := named[name]; len(ls) > 0 && ls[0] != nil {
+				delete(named, name)
+				return ls[0]
+			}
 		}
+		return nil
+	}
+	grpc = first("endpointd-grpc.socket", "endpointd-grpc")
+	if http = first("endpointd.socket", "endpointd"); http != nil {
+		return http, grpc, nil
 	}
 	var all []net.Listener
 	for _, ls := range named {
@@ -136,7 +147,7 @@ func activatedListener() (net.Listener, error) {
 		}
 	}
 	if len(all) == 1 {
-		return all[0], nil
+		return all[0], grpc, nil
 	}
-	return nil, fmt.Errorf("systemd passed %d sockets and none is named endpointd.socket", len(all))
+	return nil, nil, fmt.Errorf("systemd passed %d sockets and none is named endpointd.socket", len(all))
 }

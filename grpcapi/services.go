@@ -1,0 +1,408 @@
+package grpcapi
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"udp_iaasd/access"
+)
+
+// KV: every key range of a request is checked, then the request goes to
+// the cluster as it came.
+type kvServer struct {
+	pb.UnimplementedKVServer
+	s *Server
+}
+
+func (k *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	if err := k.s.check(ctx, access.Read, r.Key, r.RangeEnd, "Range"); err != nil {
+		return nil, err
+	}
+	conn, uctx, err := k.s.upstream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return pb.NewKVClient(conn).Range(uctx, r)
+}
+
+func (k *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
+	if err := k.s.checkPut(ctx, r); err != nil {
+		return nil, err
+	}
+	conn, uctx, err := k.s.upstream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return pb.NewKVClient(conn).Put(uctx, r)
+}
+
+func (k *kvServer) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	if err := k.s.checkDelete(ctx, r); err != nil {
+		return nil, err
+	}
+	conn, uctx, err := k.s.upstream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return pb.NewKVClient(conn).DeleteRange(uctx, r)
+}
+
+func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
+	if err := k.s.checkTxn(ctx, r); err != nil {
+		return nil, err
+	}
+	conn, uctx, err := k.s.upstream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return pb.NewKVClient(conn).Txn(uctx, r)
+}
+
+// A put writes its key; returning the previous value reads it; attaching a
+// lease uses it.
+func (s *Server) checkPut(ctx context.Context, r *pb.PutRequest) error {
+	if err := s.check(ctx, access.Write, r.Key, nil, "Put"); err != nil {
+		return err
+	}
+	if r.PrevKv {
+		if err := s.check(ctx, access.Read, r.Key, nil, "Put"); err != nil {
+			return err
+		}
+	}
+	return s.checkLease(ctx, r.Lease)
+}
+
+func (s *Server) checkDelete(ctx context.Context, r *pb.DeleteRangeRequest) error {
+	if err := s.check(ctx, access.Write, r.Key, r.RangeEnd, "DeleteRange"); err != nil {
+		return err
+	}
+	if r.PrevKv {
+		return s.check(ctx, access.Read, r.Key, r.RangeEnd, "DeleteRange")
+	}
+	return nil
+}
+
+// checkTxn checks every compare (a read) and every operation of both
+// branches, whichever runs, nested transactions included.
+func (s *Server) checkTxn(ctx context.Context, r *pb.TxnRequest) error {
+	for _, c := range r.Compare {
+		if err := s.check(ctx, access.Read, c.Key, c.RangeEnd, "Txn"); err != nil {
+			return err
+		}
+	}
+	for _, branch := range [][]*pb.RequestOp{r.Success, r.Failure} {
+		for _, op := range branch {
+			var err error
+			switch o := op.Request.(type) {
+			case *pb.RequestOp_RequestRange:
+				err = s.check(ctx, access.Read, o.RequestRange.Key, o.RequestRange.RangeEnd, "Txn")
+			case *pb.RequestOp_RequestPut:
+				err = s.checkPut(ctx, o.RequestPut)
+			case *pb.RequestOp_RequestDeleteRange:
+				err = s.checkDelete(ctx, o.RequestDeleteRange)
+			case *pb.RequestOp_RequestTxn:
+				err = s.checkTxn(ctx, o.RequestTxn)
+			default:
+				err = status.Error(codes.InvalidArgument, "endpointd: unknown transaction operation")
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Lease: a lease may be kept alive, revoked or inspected only by the uid
+// that granted it through the agent; listing shows that uid's leases.
+type leaseServer struct {
+	pb.UnimplementedLeaseServer
+	s *Server
+}
+
+func (l *leaseServer) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
+	p, err := peerOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	conn, uctx, err := l.s.upstream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := pb.NewLeaseClient(conn).LeaseGrant(uctx, r)
+	if err == nil && resp.Error == "" {
+		l.s.leases.set(resp.ID, p.UID)
+	}
+	return resp, err
+}
+
+func (l *leaseServer) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
+	if err := l.s.checkLease(ctx, r.ID); err != nil {
+		return nil, err
+	}
+	conn, uctx, err := l.s.upstream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := pb.NewLeaseClient(conn).LeaseRevoke(uctx, r)
+	if err == nil {
+		l.s.leases.forget(r.ID)
+	}
+	return resp, err
+}
+
+func (l *leaseServer) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
+	if err := l.s.checkLease(ctx, r.ID); err != nil {
+		return nil, err
+	}
+	if r.Keys {
+		// The keys attached are the owner's; it may not read all of them
+		// any more, so they are not listed through the agent.
+		r.Keys = false
+	}
+	conn, uctx, err := l.s.upstream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return pb.NewLeaseClient(conn).LeaseTimeToLive(uctx, r)
+}
+
+func (l *leaseServer) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
+	p, err := peerOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	conn, uctx, err := l.s.upstream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := pb.NewLeaseClient(conn).LeaseLeases(uctx, r)
+	if err != nil {
+		return nil, err
+	}
+	own := resp.Leases[:0]
+	for _, ls := range resp.Leases {
+		if l.s.leases.owns(ls.ID, p.UID) {
+			own = append(own, ls)
+		}
+	}
+	resp.Leases = own
+	return resp, nil
+}
+
+// LeaseKeepAlive passes a stream of keepalives through, each checked.
+func (l *leaseServer) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	conn, uctx, err := l.s.upstream(ctx)
+	if err != nil {
+		return err
+	}
+	up, err := pb.NewLeaseClient(conn).LeaseKeepAlive(uctx)
+	if err != nil {
+		return err
+	}
+	errc := make(chan error, 2)
+	go func() { // upstream answers → client
+		for {
+			resp, err := up.Recv()
+			if err != nil {
+				errc <- err
+				return
+			}
+			if err := stream.Send(resp); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	go func() { // client requests → upstream, checked
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				errc <- err
+				return
+			}
+			if err := l.s.checkLease(ctx, req.ID); err != nil {
+				errc <- err
+				return
+			}
+			if err := up.Send(req); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	err = <-errc
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	return err
+}
+
+// Cluster: MemberList only.
+type clusterServer struct {
+	pb.UnimplementedClusterServer
+	s *Server
+}
+
+func (c *clusterServer) MemberList(ctx context.Context, r *pb.MemberListRequest) (*pb.MemberListResponse, error) {
+	conn, uctx, err := c.s.upstream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return pb.NewClusterClient(conn).MemberList(uctx, r)
+}
+
+// Maintenance: Status only.
+type maintenanceServer struct {
+	pb.UnimplementedMaintenanceServer
+	s *Server
+}
+
+func (m *maintenanceServer) Status(ctx context.Context, r *pb.StatusRequest) (*pb.StatusResponse, error) {
+	conn, uctx, err := m.s.upstream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return pb.NewMaintenanceClient(conn).Status(uctx, r)
+}
+
+// Lock: etcd's own lock service, by name; the lease must be the peer's.
+type lockServer struct {
+	v3lockpb.UnimplementedLockServer
+	s *Server
+}
+
+func (l *lockServer) Lock(ctx context.Context, r *v3lockpb.LockRequest) (*v3lockpb.LockResponse, error) {
+	if err := l.s.checkName(ctx, r.Name, "Lock"); err != nil {
+		return nil, err
+	}
+	if err := l.s.checkLease(ctx, r.Lease); err != nil {
+		return nil, err
+	}
+	conn, uctx, err := l.s.upstream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return v3lockpb.NewLockClient(conn).Lock(uctx, r)
+}
+
+func (l *lockServer) Unlock(ctx context.Context, r *v3lockpb.UnlockRequest) (*v3lockpb.UnlockResponse, error) {
+	if err := l.s.check(ctx, access.Write, r.Key, nil, "Unlock"); err != nil {
+		return nil, err
+	}
+	conn, uctx, err := l.s.upstream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return v3lockpb.NewLockClient(conn).Unlock(uctx, r)
+}
+
+// checkName: a lock or election NAME is the keys NAME/…, which the peer
+// must be allowed to write.
+func (s *Server) checkName(ctx context.Context, name []byte, method string) error {
+	pfx := append(append([]byte{}, name...), '/')
+	return s.check(ctx, access.Write, pfx, []byte(access.PrefixEnd(string(pfx))), method)
+}
+
+// Election: etcd's own election service.
+type electionServer struct {
+	v3electionpb.UnimplementedElectionServer
+	s *Server
+}
+
+func (e *electionServer) Campaign(ctx context.Context, r *v3electionpb.CampaignRequest) (*v3electionpb.CampaignResponse, error) {
+	if err := e.s.checkName(ctx, r.Name, "Campaign"); err != nil {
+		return nil, err
+	}
+	if err := e.s.checkLease(ctx, r.Lease); err != nil {
+		return nil, err
+	}
+	conn, uctx, err := e.s.upstream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return v3electionpb.NewElectionClient(conn).Campaign(uctx, r)
+}
+
+func (e *electionServer) Proclaim(ctx context.Context, r *v3electionpb.ProclaimRequest) (*v3electionpb.ProclaimResponse, error) {
+	if err := e.s.checkLeader(ctx, r.Leader, "Proclaim"); err != nil {
+		return nil, err
+	}
+	conn, uctx, err := e.s.upstream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return v3electionpb.NewElectionClient(conn).Proclaim(uctx, r)
+}
+
+func (e *electionServer) Resign(ctx context.Context, r *v3electionpb.ResignRequest) (*v3electionpb.ResignResponse, error) {
+	if err := e.s.checkLeader(ctx, r.Leader, "Resign"); err != nil {
+		return nil, err
+	}
+	conn, uctx, err := e.s.upstream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return v3electionpb.NewElectionClient(conn).Resign(uctx, r)
+}
+
+func (e *electionServer) Leader(ctx context.Context, r *v3electionpb.LeaderRequest) (*v3electionpb.LeaderResponse, error) {
+	pfx := append(append([]byte{}, r.Name...), '/')
+	if err := e.s.check(ctx, access.Read, pfx, []byte(access.PrefixEnd(string(pfx))), "Leader"); err != nil {
+		return nil, err
+	}
+	conn, uctx, err := e.s.upstream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return v3electionpb.NewElectionClient(conn).Leader(uctx, r)
+}
+
+func (e *electionServer) Observe(r *v3electionpb.LeaderRequest, stream v3electionpb.Election_ObserveServer) error {
+	ctx := stream.Context()
+	pfx := append(append([]byte{}, r.Name...), '/')
+	if err := e.s.check(ctx, access.Read, pfx, []byte(access.PrefixEnd(string(pfx))), "Observe"); err != nil {
+		return err
+	}
+	conn, uctx, err := e.s.upstream(ctx)
+	if err != nil {
+		return err
+	}
+	up, err := v3electionpb.NewElectionClient(conn).Observe(uctx, r)
+	if err != nil {
+		return err
+	}
+	for {
+		resp, err := up.Recv()
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+	}
+}
+
+// checkLeader: proclaiming or resigning acts on the leader key, which the
+// peer must be allowed to write, with its own lease.
+func (s *Server) checkLeader(ctx context.Context, l *v3electionpb.LeaderKey, method string) error {
+	if l == nil {
+		return status.Error(codes.InvalidArgument, "endpointd: no leader key")
+	}
+	if err := s.checkName(ctx, l.Name, method); err != nil {
+		return err
+	}
+	if err := s.check(ctx, access.Write, l.Key, nil, method); err != nil {
+		return err
+	}
+	return s.checkLease(ctx, l.Lease)
+}

@@ -1,0 +1,231 @@
+package grpcapi
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/grpc/status"
+
+	"udp_iaasd/access"
+	"udp_iaasd/etcd"
+)
+
+// Watch serves etcd's watch protocol from the agent's own watches: a
+// single key or a prefix without prev_kv is followed through the shared
+// upstream watches the HTTP API uses (etcd.Follow), so watchers of one
+// prefix on both sockets cost etcd one watch; other ranges, and prev_kv,
+// get an upstream watch of their own (etcd.WatchRange). Either way a watch
+// resumes after its last event when its upstream breaks — an endpoints
+// reload, a member killed — so nothing is missed or repeated.
+//
+// What differs from etcd's own server: progress_notify's periodic
+// notifications are not sent (a WatchProgressRequest is answered);
+// fragment is ignored (responses are whole); the header carries the
+// revision only.
+type watchServer struct {
+	pb.UnimplementedWatchServer
+	s *Server
+}
+
+// watchStream is one client stream: a receiver (the handler goroutine), one
+// sender, and the watches it holds.
+type watchStream struct {
+	s      *Server
+	stream pb.Watch_WatchServer
+	ctx    context.Context
+	out    chan *pb.WatchResponse // to the sender; never closed
+
+	mu      sync.Mutex // guards watches and nextID
+	watches map[int64]context.CancelFunc
+	nextID  int64
+}
+
+func (w *watchServer) Watch(stream pb.Watch_WatchServer) error {
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	ws := &watchStream{s: w.s, stream: stream, ctx: ctx, out: make(chan *pb.WatchResponse, 64),
+		watches: map[int64]context.CancelFunc{}}
+	senderr := make(chan error, 1)
+	go func() { senderr <- ws.send() }()
+	recverr := make(chan error, 1)
+	go func() { recverr <- ws.recv() }()
+	select {
+	case err := <-senderr:
+		return err
+	case err := <-recverr:
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		return err
+	}
+}
+
+// send is the stream's only sender.
+func (ws *watchStream) send() error {
+	for {
+		select {
+		case <-ws.ctx.Done():
+			return nil
+		case r := <-ws.out:
+			if err := ws.stream.Send(r); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (ws *watchStream) emit(r *pb.WatchResponse) bool {
+	select {
+	case ws.out <- r:
+		return true
+	case <-ws.ctx.Done():
+		return false
+	}
+}
+
+func (ws *watchStream) recv() error {
+	for {
+		req, err := ws.stream.Recv()
+		if err != nil {
+			return err
+		}
+		switch r := req.RequestUnion.(type) {
+		case *pb.WatchRequest_CreateRequest:
+			ws.create(r.CreateRequest)
+		case *pb.WatchRequest_CancelRequest:
+			ws.cancel(r.CancelRequest.WatchId, "")
+		case *pb.WatchRequest_ProgressRequest:
+			// Every watch answers with its own progress when etcd confirms
+			// its upstream; the shared ones ride the default stream.
+			go ws.s.ec.RequestWatchProgress(ws.ctx, "")
+		}
+	}
+}
+
+// create starts a watch, or answers why it cannot (created and canceled at
+// once, as etcd does).
+func (ws *watchStream) create(cr *pb.WatchCreateRequest) {
+	ws.mu.Lock()
+	id := cr.WatchId
+	if id == 0 {
+		for ws.watches[ws.nextID] != nil {
+			ws.nextID++
+		}
+		id = ws.nextID
+		ws.nextID++
+	} else if ws.watches[id] != nil {
+		ws.mu.Unlock()
+		ws.emit(&pb.WatchResponse{WatchId: id, Created: true, Canceled: true, CancelReason: "endpointd: watch id already in use"})
+		return
+	}
+	ctx, cancel := context.WithCancel(ws.ctx)
+	ws.watches[id] = cancel
+	ws.mu.Unlock()
+
+	if err := ws.s.check(ws.ctx, access.Read, cr.Key, cr.RangeEnd, "Watch"); err != nil {
+		ws.drop(id)
+		ws.emit(&pb.WatchResponse{WatchId: id, Created: true, Canceled: true, CancelReason: status.Convert(err).Message()})
+		return
+	}
+	go ws.run(ctx, id, cr)
+}
+
+func (ws *watchStream) drop(id int64) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if c := ws.watches[id]; c != nil {
+		c()
+		delete(ws.watches, id)
+	}
+}
+
+// cancel ends a watch at the client's request (or with reason).
+func (ws *watchStream) cancel(id int64, reason string) {
+	ws.mu.Lock()
+	c := ws.watches[id]
+	delete(ws.watches, id)
+	ws.mu.Unlock()
+	if c != nil {
+		c()
+		ws.emit(&pb.WatchResponse{WatchId: id, Canceled: true, CancelReason: reason})
+	}
+}
+
+// run follows one watch until it is cancelled, its start is compacted, or
+// the rules stop allowing it.
+func (ws *watchStream) run(ctx context.Context, id int64, cr *pb.WatchCreateRequest) {
+	key, end := string(cr.Key), string(cr.RangeEnd)
+	start := cr.StartRevision
+	if start == 0 {
+		// After the current revision, read through a quorum so that "now"
+		// is never behind a write the client has seen.
+		r, err := ws.s.ec.Read(ctx, key, etcd.ReadOptions{CountOnly: true})
+		if err != nil {
+			ws.drop(id)
+			ws.emit(&pb.WatchResponse{WatchId: id, Created: true, Canceled: true, CancelReason: "endpointd: " + toStatus(err).Error()})
+			return
+		}
+		start = r.Revision + 1
+	}
+	var in <-chan etcd.WatchResponse
+	switch prefix := end == access.PrefixEnd(key) && key != ""; {
+	case !cr.PrevKv && (end == "" || prefix):
+		in = ws.s.ec.Follow(ctx, key, prefix, start)
+	case !cr.PrevKv && end == "\x00" && key == "":
+		in = ws.s.ec.Follow(ctx, "", true, start)
+	default:
+		in = ws.s.ec.FollowRange(ctx, key, end, cr.PrevKv, start)
+	}
+	noPut, noDelete := false, false
+	for _, f := range cr.Filters {
+		switch f {
+		case pb.WatchCreateRequest_NOPUT:
+			noPut = true
+		case pb.WatchCreateRequest_NODELETE:
+			noDelete = true
+		}
+	}
+	if !ws.emit(&pb.WatchResponse{Header: &pb.ResponseHeader{Revision: start - 1}, WatchId: id, Created: true}) {
+		return
+	}
+	changed := ws.s.auth.Changed()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+			changed = ws.s.auth.Changed()
+			if err := ws.s.check(ctx, access.Read, cr.Key, cr.RangeEnd, "Watch"); err != nil {
+				ws.cancel(id, status.Convert(err).Message())
+				return
+			}
+		case wr, ok := <-in:
+			if !ok {
+				return
+			}
+			if wr.CompactRevision != 0 {
+				ws.drop(id)
+				ws.emit(&pb.WatchResponse{Header: &pb.ResponseHeader{Revision: wr.Revision}, WatchId: id, Canceled: true,
+					CompactRevision: wr.CompactRevision, CancelReason: "etcdserver: mvcc: required revision has been compacted"})
+				return
+			}
+			evs := make([]*mvccpb.Event, 0, len(wr.Events))
+			for _, ev := range wr.Events {
+				if (ev.Type == mvccpb.PUT && noPut) || (ev.Type == mvccpb.DELETE && noDelete) {
+					continue
+				}
+				evs = append(evs, ev)
+			}
+			if len(evs) == 0 && !wr.Progress {
+				continue
+			}
+			if !ws.emit(&pb.WatchResponse{Header: &pb.ResponseHeader{Revision: wr.Revision, MemberId: wr.MemberID}, WatchId: id, Events: evs}) {
+				return
+			}
+		}
+	}
+}
