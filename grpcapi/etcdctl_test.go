@@ -1,0 +1,200 @@
+package grpcapi_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"udp_iaasd/access"
+	"udp_iaasd/etcd"
+	"udp_iaasd/internal/etcdtest"
+)
+
+// etcdctl is stock etcdctl, built from go.etcd.io/etcd/etcdctl/v3 (a tool
+// of this module, go.mod's tool directive) once per test binary.
+var (
+	etcdctlOnce sync.Once
+	etcdctlPath string
+	etcdctlErr  error
+)
+
+func etcdctl(t *testing.T) string {
+	t.Helper()
+	etcdctlOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "endpointd-etcdctl-")
+		if err != nil {
+			etcdctlErr = err
+			return
+		}
+		etcdctlPath = filepath.Join(dir, "etcdctl")
+		out, err := exec.Command("go", "build", "-o", etcdctlPath, "go.etcd.io/etcd/etcdctl/v3").CombinedOutput()
+		if err != nil {
+			etcdctlErr = fmt.Errorf("go build etcdctl: %v\n%s", err, out)
+		}
+	})
+	if etcdctlErr != nil {
+		t.Fatal(etcdctlErr)
+	}
+	return etcdctlPath
+}
+
+// ctl runs etcdctl against the socket and returns its exit code and output.
+func ctl(t *testing.T, sock string, stdin string, args ...string) (int, string) {
+	t.Helper()
+	cmd := exec.Command(etcdctl(t), append([]string{"--endpoints", "unix://" + sock, "--dial-timeout", "5s", "--command-timeout", "10s"}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, _ := cmd.CombinedOutput()
+	return cmd.ProcessState.ExitCode(), string(out)
+}
+
+// The README's commands, with stock etcdctl on the socket.
+func TestEtcdctl(t *testing.T) {
+	cl := etcdtest.New(t, 3)
+	a := startAgent(t, cl.Endpoints(), nil)
+	s := a.sock
+	steps := []struct {
+		stdin string
+		args  []string
+		has   string
+	}{
+		{"", []string{"put", "app/x", "1"}, "OK"},
+		{"", []string{"get", "app/x"}, "app/x\n1"},
+		{"", []string{"get", "--prefix", "app/", "--keys-only"}, "app/x"},
+		{"value(\"app/x\") = \"1\"\n\nput app/y 2\n\nget app/x\n\n", []string{"txn"}, "SUCCESS"},
+		{"", []string{"get", "app/y"}, "app/y\n2"},
+		{"", []string{"del", "--prefix", "app/"}, "2"},
+		{"", []string{"lease", "grant", "60"}, "granted with TTL(60s)"},
+		{"", []string{"member", "list"}, "started"},
+		{"", []string{"endpoint", "status"}, "unix://" + s},
+		{"", []string{"lock", "app/l", "echo", "held"}, "held"},
+		{"", []string{"defrag"}, "PermissionDenied"},
+		{"", []string{"member", "add", "x", "--peer-urls", "http://127.0.0.1:1"}, "PermissionDenied"},
+		{"", []string{"auth", "status"}, "PermissionDenied"},
+		{"", []string{"compaction", "1"}, "PermissionDenied"},
+	}
+	for _, st := range steps {
+		code, out := ctl(t, s, st.stdin, st.args...)
+		if !strings.Contains(out, st.has) || (code != 0) != strings.Contains(st.has, "PermissionDenied") {
+			t.Fatalf("etcdctl %s: exit %d\n%s\nwant %q", strings.Join(st.args, " "), code, out, st.has)
+		}
+	}
+	// lease keep-alive and revoke on the lease just granted.
+	_, out := ctl(t, s, "", "lease", "grant", "60")
+	var id string
+	fmt.Sscanf(out, "lease %s granted", &id)
+	if code, out := ctl(t, s, "", "lease", "keep-alive", "--once", id); code != 0 || !strings.Contains(out, "keepalived") {
+		t.Fatalf("keep-alive: %d %s", code, out)
+	}
+	if code, out := ctl(t, s, "", "lease", "revoke", id); code != 0 || !strings.Contains(out, "revoked") {
+		t.Fatalf("revoke: %d %s", code, out)
+	}
+
+	// elect: a campaigner holds while another process sees it lead.
+	camp := exec.Command(etcdctl(t), "--endpoints", "unix://"+s, "elect", "app/e", "host-a")
+	camp.Stdout, camp.Stderr = new(strings.Builder), new(strings.Builder)
+	if err := camp.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { camp.Process.Kill(); camp.Wait() }()
+	// elect -l (listen) follows the leader until interrupted: its first
+	// lines name the campaigner.
+	lctx, stop := context.WithTimeout(context.Background(), 10*time.Second)
+	defer stop()
+	listen := exec.CommandContext(lctx, etcdctl(t), "--endpoints", "unix://"+s, "elect", "-l", "app/e")
+	lout, _ := listen.StdoutPipe()
+	if err := listen.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(lout)
+	found := false
+	for !found && sc.Scan() {
+		found = sc.Text() == "host-a"
+	}
+	stop()
+	listen.Wait()
+	if !found {
+		t.Fatal("etcdctl elect -l never named the campaigner")
+	}
+}
+
+// An access rule limiting this uid to app/: etcdctl get --prefix "" fails
+// with PermissionDenied while get app/x works; and a watch through etcdctl
+// loses no event across an endpoints reload.
+func TestEtcdctlAccessAndWatch(t *testing.T) {
+	cl := etcdtest.New(t, 3)
+	eps := cl.Endpoints()
+	policy, err := access.NewPolicy([]access.Rule{{Name: "app", UIDs: []uint32{uint32(os.Getuid())}, Prefixes: []string{"app/"}, Read: true, Write: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := startAgent(t, eps, policy)
+	s := a.sock
+	if code, out := ctl(t, s, "", "put", "app/x", "1"); code != 0 {
+		t.Fatalf("put app/x: %s", out)
+	}
+	if code, out := ctl(t, s, "", "get", "app/x"); code != 0 || !strings.Contains(out, "app/x") {
+		t.Fatalf("get app/x: %d %s", code, out)
+	}
+	if code, out := ctl(t, s, "", "get", "--prefix", ""); code == 0 || !strings.Contains(out, "PermissionDenied") ||
+		!strings.Contains(out, "may not read") {
+		t.Fatalf("get --prefix \"\": %d %s", code, out)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// From a known revision, so that writes made while etcdctl connects
+	// are not "before" its watch.
+	now, err := a.ec.Read(ctx, "app/", etcd.ReadOptions{CountOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	watch := exec.CommandContext(ctx, etcdctl(t), "--endpoints", "unix://"+s, "watch", "--prefix", "app/w/", "--rev", fmt.Sprint(now.Revision+1))
+	out, _ := watch.StdoutPipe()
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); watch.Wait() }()
+	puts := make(chan string, 1000)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if l := sc.Text(); strings.HasPrefix(l, "app/w/") {
+				puts <- l
+			}
+		}
+		close(puts)
+	}()
+	const n = 60
+	for i := range n {
+		if i == n/3 {
+			if err := a.ec.UpdateEndpoints([]string{eps[1], eps[2]}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if i == 2*n/3 {
+			if err := a.ec.UpdateEndpoints(eps); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if code, o := ctl(t, s, "", "put", fmt.Sprintf("app/w/%02d", i), "v"); code != 0 {
+			t.Fatalf("put %d: %s", i, o)
+		}
+	}
+	for i := range n {
+		select {
+		case l := <-puts:
+			if want := fmt.Sprintf("app/w/%02d", i); l != want {
+				t.Fatalf("event %d is %q, want %q", i, l, want)
+			}
+		case <-time.After(15 * time.Second):
+			t.Fatalf("event %d never arrived", i)
+		}
+	}
+}
