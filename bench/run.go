@@ -58,6 +58,8 @@ type env struct {
 	direct   *grpcTarget
 	viaProxy *grpcTarget
 	viaAgent *httpTarget
+	viaGRPC  *grpcTarget // clientv3 on the agent's gRPC socket
+	grpcSock string
 }
 
 func run(o options) int {
@@ -113,9 +115,9 @@ func run(o options) int {
 			return nil
 		}},
 	}
-	targets := []target{e.direct, e.viaAgent, e.viaProxy}
+	targets := []target{e.direct, e.viaAgent, e.viaGRPC, e.viaProxy}
 	var loaded memInfo
-	fmt.Printf("%-20s %7s  %-10s %10s %7s %9s %9s %13s\n", "operation", "clients", "path", "ops/s", "×direct", "p50", "p99", "CPU µs/op")
+	fmt.Printf("%-20s %7s  %-14s %10s %7s %9s %9s %13s\n", "operation", "clients", "path", "ops/s", "×direct", "p50", "p99", "CPU µs/op")
 	for _, op := range ops {
 		if o.only != "" && !strings.Contains(op.name, o.only) {
 			continue
@@ -142,7 +144,7 @@ func run(o options) int {
 				if t.pid() != 0 {
 					cpu = fmt.Sprintf("%.0f", r.cpuPerOp())
 				}
-				fmt.Printf("%-20s %7d  %-10s %10.0f %7.2f %9s %9s %13s\n", op.name, clients, t.name(), r.throughput(),
+				fmt.Printf("%-20s %7d  %-14s %10.0f %7.2f %9s %9s %13s\n", op.name, clients, t.name(), r.throughput(),
 					r.throughput()/base, r.pct(0.50), r.pct(0.99), cpu)
 			}
 		}
@@ -314,7 +316,8 @@ func setup() (*env, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &env{dir: dir, sock: filepath.Join(dir, "endpointd.sock"), epsPath: filepath.Join(dir, "endpoints.yaml")}
+	e := &env{dir: dir, sock: filepath.Join(dir, "endpointd.sock"), grpcSock: filepath.Join(dir, "etcd.sock"),
+		epsPath: filepath.Join(dir, "endpoints.yaml")}
 	if e.cluster, err = etcdtest.StartProc(filepath.Join(dir, "etcd"), 3); err != nil {
 		return nil, err
 	}
@@ -325,7 +328,7 @@ func setup() (*env, error) {
 	cfg := filepath.Join(dir, "config.yaml")
 	// cache.prefixes covers the keys, as the side-by-side run asks:
 	// serializable gets are then answered from the agent's watched copy.
-	os.WriteFile(cfg, []byte("endpoints_file: endpoints.yaml\nsocket: {path: "+e.sock+"}\ncache: {prefixes: [bench/]}\n"), 0o644)
+	os.WriteFile(cfg, []byte("endpoints_file: endpoints.yaml\nsocket: {path: "+e.sock+", grpc_path: "+e.grpcSock+"}\ncache: {prefixes: [bench/]}\n"), 0o644)
 	e.agent = exec.Command(os.Args[0], "-role", "agent", "-config", cfg)
 	e.agent.Stderr = os.Stderr
 	if err := e.agent.Start(); err != nil {
@@ -348,15 +351,19 @@ func setup() (*env, error) {
 		return nil, err
 	}
 	e.viaAgent = newHTTPTarget(e.sock, e.agent.Process.Pid)
+	if e.viaGRPC, err = newGRPCTarget("endpointd-grpc", []string{"unix://" + e.grpcSock}, e.agent.Process.Pid); err != nil {
+		return nil, err
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		st, err := e.viaAgent.status()
 		errP := e.viaProxy.get(context.Background(), "probe", false)
-		if err == nil && st.Ready && errP == nil {
+		errG := e.viaGRPC.get(context.Background(), "probe", false)
+		if err == nil && st.Ready && errP == nil && errG == nil {
 			return e, nil
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("agent or proxy not ready: %v, %v", err, errP)
+			return nil, fmt.Errorf("agent or proxy not ready: %v, %v, %v", err, errP, errG)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
 	"udp_iaasd/internal/etcdtest"
 	"udp_iaasd/internal/syncbuf"
 )
@@ -35,12 +38,13 @@ func TestSocketActivation(t *testing.T) {
 	cluster := etcdtest.New(t, 1)
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "activated.sock")
+	grpcSock := filepath.Join(dir, "etcd.sock")
 	cfg := filepath.Join(dir, "config.yaml")
 	os.WriteFile(filepath.Join(dir, "endpoints.yaml"), []byte("endpoints: ["+cluster.Endpoints()[0]+"]\n"), 0o644)
 	// socket.path names another file: the agent must not create it.
 	os.WriteFile(cfg, []byte("endpoints_file: endpoints.yaml\nmin_cluster_size: 1\nsocket: {path: "+filepath.Join(dir, "unused.sock")+"}\n"), 0o644)
 
-	cmd := exec.Command(activate, "-l", sock, "--fdname=endpointd.socket", "-E", "ENDPOINTD_BE_MAIN=1",
+	cmd := exec.Command(activate, "-l", sock, "-l", grpcSock, "--fdname=endpointd.socket:endpointd-grpc", "-E", "ENDPOINTD_BE_MAIN=1",
 		os.Args[0], "run", "-config", cfg)
 	var logs syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
@@ -81,5 +85,19 @@ func TestSocketActivation(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "unused.sock")); !os.IsNotExist(err) {
 		t.Fatal("the agent created socket.path although systemd passed a socket")
+	}
+	// The second socket, named endpointd-grpc, serves etcd's gRPC API.
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"unix://" + grpcSock}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, "activated", "yes"); err != nil {
+		t.Fatalf("put through the activated gRPC socket: %v\nlog:\n%s", err, logs.String())
+	}
+	if !strings.Contains(logs.String(), "serving etcd's gRPC API on the socket systemd passed") {
+		t.Fatalf("the agent did not serve gRPC on the inherited socket; log:\n%s", logs.String())
 	}
 }
