@@ -198,3 +198,52 @@ func TestEtcdctlAccessAndWatch(t *testing.T) {
 		}
 	}
 }
+
+// endpointd's locks and elections (etcd.Lock and etcd.Campaign, what
+// `endpointd lock` and /v1/lock use) and stock etcdctl agree: etcdctl lock
+// waits while endpointd holds the name, and gets it once released;
+// etcdctl elect -l names endpointd's leader.
+func TestEtcdctlInterop(t *testing.T) {
+	cl := etcdtest.New(t, 1)
+	a := startAgent(t, cl.Endpoints(), nil)
+	direct := []string{"--endpoints", strings.Join(cl.Endpoints(), ",")}
+	ctx := ctxT(t, 60*time.Second)
+	h, err := a.ec.Lock(ctx, "mix", 10, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+	out, _ := exec.CommandContext(wctx, etcdctl(t), append(direct, "lock", "mix", "echo", "got-it")...).CombinedOutput()
+	cancel()
+	if strings.Contains(string(out), "got-it") {
+		t.Fatalf("etcdctl lock ran while endpointd held the lock: %s", out)
+	}
+	h.Release(ctx)
+	out, err = exec.CommandContext(ctx, etcdctl(t), append(direct, "lock", "mix", "echo", "got-it")...).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "got-it") {
+		t.Fatalf("etcdctl lock after release: %v %s", err, out)
+	}
+
+	e, err := a.ec.Campaign(ctx, "mix-elect", "endpointd-host", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Release(ctx)
+	lctx, stop := context.WithTimeout(ctx, 10*time.Second)
+	defer stop()
+	listen := exec.CommandContext(lctx, etcdctl(t), append(direct, "elect", "-l", "mix-elect")...)
+	lout, _ := listen.StdoutPipe()
+	if err := listen.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(lout)
+	found := false
+	for !found && sc.Scan() {
+		found = sc.Text() == "endpointd-host"
+	}
+	stop()
+	listen.Wait()
+	if !found {
+		t.Fatal("etcdctl elect -l did not name endpointd's leader")
+	}
+}
