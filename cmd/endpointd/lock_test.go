@@ -29,6 +29,15 @@ func endpointd(args ...string) *exec.Cmd {
 	return cmd
 }
 
+// readyAgent starts an in-process agent and returns its socket once it has
+// applied its endpoints and reached etcd.
+func readyAgent(t *testing.T, eps []string) string {
+	t.Helper()
+	a := agenttest.Start(t, agenttest.Options{Endpoints: eps})
+	a.Eventually("the agent ready", func() bool { return a.Status().Ready })
+	return a.Sock
+}
+
 // The README's nightly backup: `endpointd lock` on three hosts (three
 // agents, one cluster), three runs each; one command runs at a time, each
 // with its fencing token, each run's exit status passed through.
@@ -36,7 +45,7 @@ func TestLockCommandOneAtATime(t *testing.T) {
 	cluster := etcdtest.New(t, 3)
 	var socks []string
 	for range 3 {
-		socks = append(socks, agenttest.Start(t, agenttest.Options{Endpoints: cluster.Endpoints()}).Sock)
+		socks = append(socks, readyAgent(t, cluster.Endpoints()))
 	}
 	log := filepath.Join(t.TempDir(), "runs.log")
 	script := `echo "start $ENDPOINTD_LOCK_REVISION $ENDPOINTD_LOCK_KEY" >> "$LOG"; sleep 0.05; echo "end $ENDPOINTD_LOCK_REVISION" >> "$LOG"`
@@ -76,7 +85,7 @@ func TestLockCommandOneAtATime(t *testing.T) {
 // lost hold ending the command.
 func TestLockCommandBehaviour(t *testing.T) {
 	cluster := etcdtest.New(t, 2)
-	sock := agenttest.Start(t, agenttest.Options{Endpoints: cluster.Endpoints()}).Sock
+	sock := readyAgent(t, cluster.Endpoints())
 	run := func(args ...string) (int, string) {
 		cmd := endpointd(append([]string{"lock", "-socket", sock}, args...)...)
 		out, _ := cmd.CombinedOutput()
@@ -152,7 +161,7 @@ func TestLockCommandBehaviour(t *testing.T) {
 // endpointd elect runs the command as leader; -observe prints the leader.
 func TestElectCommand(t *testing.T) {
 	cluster := etcdtest.New(t, 2)
-	sock := agenttest.Start(t, agenttest.Options{Endpoints: cluster.Endpoints()}).Sock
+	sock := readyAgent(t, cluster.Endpoints())
 	cmd := endpointd("elect", "-socket", sock, "leader", "host-a", "--", "sh", "-c", `echo "$ENDPOINTD_ELECTION_KEY $ENDPOINTD_ELECTION_REVISION"; sleep 1`)
 	var out bytes.Buffer
 	cmd.Stdout = &out
@@ -203,7 +212,9 @@ func TestLockReleasedWithinTTLWhenAgentDies(t *testing.T) {
 	if resp, err := direct.Get(context.Background(), h.Key); err != nil || len(resp.Kvs) != 1 {
 		t.Fatalf("the lock key right after the agent died: %v %v", resp, err)
 	}
-	other := client.New(agenttest.Start(t, agenttest.Options{Endpoints: cluster.Endpoints()}).Sock, client.Options{})
+	second := agenttest.Start(t, agenttest.Options{Endpoints: cluster.Endpoints()})
+	second.Eventually("the second agent ready", func() bool { return second.Status().Ready })
+	other := client.New(second.Sock, client.Options{})
 	h2, err := other.Lock(context.Background(), "agentdies", client.LockWait(20*time.Second))
 	if err != nil {
 		t.Fatalf("the lock after the agent died: %v", err)
