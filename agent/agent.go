@@ -320,7 +320,7 @@ func (a *Agent) serveGRPC(ctx context.Context, cfg *config.Config) (<-chan error
 	if a.opts.GRPCListener != nil {
 		a.log.Info("serving etcd's gRPC API on the socket systemd passed", "addr", ln.Addr().String())
 	}
-	g := grpcapi.New(grpcapi.Options{Etcd: a.etcd, Auth: a.srv, Logger: a.log, ShutdownTimeout: cfg.Limits.ShutdownTimeout})
+	g := grpcapi.New(grpcapi.Options{Etcd: a.etcd, Cache: a.cache, Auth: a.srv, Logger: a.log, ShutdownTimeout: cfg.Limits.ShutdownTimeout})
 	go func() { done <- g.Serve(ctx, ln) }()
 	return done, nil
 }

@@ -37,6 +37,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"udp_iaasd/access"
+	"udp_iaasd/cache"
 	"udp_iaasd/etcd"
 )
 
@@ -54,7 +55,10 @@ type Authorizer interface {
 
 // Options configure New.
 type Options struct {
-	Etcd   *etcd.EtcdClient
+	Etcd *etcd.EtcdClient
+	// Cache, when set, answers serializable ranges under cache.prefixes, as
+	// it does for the HTTP API, and is told of writes through this socket.
+	Cache  *cache.Cache
 	Auth   Authorizer
 	Logger *slog.Logger
 	// ShutdownTimeout bounds GracefulStop; open streams are cut after it.
@@ -63,10 +67,11 @@ type Options struct {
 
 // Server is the gRPC socket. Build it with New, run it with Serve.
 type Server struct {
-	ec   *etcd.EtcdClient
-	auth Authorizer
-	log  *slog.Logger
-	opts Options
+	ec    *etcd.EtcdClient
+	cache *cache.Cache
+	auth  Authorizer
+	log   *slog.Logger
+	opts  Options
 
 	leases leaseOwners
 }
@@ -79,7 +84,7 @@ func New(o Options) *Server {
 	if o.ShutdownTimeout <= 0 {
 		o.ShutdownTimeout = 10 * time.Second
 	}
-	return &Server{ec: o.Etcd, auth: o.Auth, log: o.Logger, opts: o}
+	return &Server{ec: o.Etcd, cache: o.Cache, auth: o.Auth, log: o.Logger, opts: o}
 }
 
 // allowed lists every method served; anything else — Auth, membership

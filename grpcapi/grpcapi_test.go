@@ -21,6 +21,7 @@ import (
 
 	"udp_iaasd/access"
 	"udp_iaasd/api"
+	"udp_iaasd/cache"
 	"udp_iaasd/etcd"
 	"udp_iaasd/grpcapi"
 	"udp_iaasd/internal/etcdtest"
@@ -42,6 +43,13 @@ type agent struct {
 
 func startAgent(t *testing.T, endpoints []string, policy *access.Policy) *agent {
 	t.Helper()
+	return startAgentWith(t, endpoints, policy, nil)
+}
+
+// startAgentWith also serves serializable ranges under cachePrefixes from
+// the agent's read cache.
+func startAgentWith(t *testing.T, endpoints []string, policy *access.Policy, cachePrefixes []string) *agent {
+	t.Helper()
 	ec, err := etcd.New(etcd.Config{Endpoints: endpoints, RequestTimeout: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -55,7 +63,15 @@ func startAgent(t *testing.T, endpoints []string, policy *access.Policy) *agent 
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpcapi.New(grpcapi.Options{Etcd: ec, Auth: srv, Logger: slog.New(slog.NewTextHandler(etcdtest.LogWriter(t), nil)),
+	var c *cache.Cache
+	if len(cachePrefixes) > 0 {
+		c = cache.New(ec, cachePrefixes, time.Second, slog.New(slog.DiscardHandler))
+		cctx, stop := context.WithCancel(context.Background())
+		go c.Run(cctx)
+		t.Cleanup(stop)
+		etcdtest.Eventually(t, 10*time.Second, "the cache synced", c.Synced)
+	}
+	g := grpcapi.New(grpcapi.Options{Etcd: ec, Cache: c, Auth: srv, Logger: slog.New(slog.NewTextHandler(etcdtest.LogWriter(t), nil)),
 		ShutdownTimeout: 2 * time.Second})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -369,4 +385,38 @@ func TestUnavailableAtOnce(t *testing.T) {
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("get while etcd is down: %v", err)
 	}
+}
+
+// Serializable ranges under cache.prefixes are answered from the agent's
+// read cache, with this socket's own writes visible at once and writes made
+// elsewhere once the cache's watch brings them; keys-only and limit as etcd
+// answers them.
+func TestSerializableFromCache(t *testing.T) {
+	cl := etcdtest.New(t, 1)
+	a := startAgentWith(t, cl.Endpoints(), nil, []string{"c/"})
+	cli := a.stock(t)
+	ctx := ctxT(t, 30*time.Second)
+	for i := range 5 {
+		if _, err := cli.Put(ctx, fmt.Sprintf("c/%d", i), fmt.Sprint(i)); err != nil {
+			t.Fatal(err)
+		}
+		r, err := cli.Get(ctx, fmt.Sprintf("c/%d", i), clientv3.WithSerializable())
+		if err != nil || len(r.Kvs) != 1 || string(r.Kvs[0].Value) != fmt.Sprint(i) {
+			t.Fatalf("read-your-write %d: %v %v", i, r, err)
+		}
+	}
+	r, err := cli.Get(ctx, "c/", clientv3.WithPrefix(), clientv3.WithSerializable(), clientv3.WithLimit(2), clientv3.WithKeysOnly())
+	if err != nil || r.Count != 5 || !r.More || len(r.Kvs) != 2 || len(r.Kvs[0].Value) != 0 || string(r.Kvs[1].Key) != "c/1" {
+		t.Fatalf("limited keys-only listing: %+v %v", r, err)
+	}
+	if r, err := cli.Get(ctx, "c/absent", clientv3.WithSerializable()); err != nil || len(r.Kvs) != 0 || r.Count != 0 {
+		t.Fatalf("absent key: %+v %v", r, err)
+	}
+	if _, err := cl.Client(t).Put(ctx, "c/elsewhere", "x"); err != nil {
+		t.Fatal(err)
+	}
+	etcdtest.Eventually(t, 10*time.Second, "a write made elsewhere", func() bool {
+		r, err := cli.Get(ctx, "c/elsewhere", clientv3.WithSerializable())
+		return err == nil && len(r.Kvs) == 1
+	})
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
 	"google.golang.org/grpc/codes"
@@ -25,11 +26,65 @@ func (k *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResp
 	if err := k.s.check(ctx, access.Read, r.Key, r.RangeEnd, "Range"); err != nil {
 		return nil, err
 	}
+	if resp := k.s.fromCache(r); resp != nil {
+		return resp, nil
+	}
 	conn, uctx, err := k.s.upstream(ctx)
 	if err != nil {
 		return nil, err
 	}
 	return pb.NewKVClient(conn).Range(uctx, r)
+}
+
+// fromCache answers a serializable range of the current revision from the
+// read cache when the cache covers it and the request asks for nothing the
+// cache does not keep (a revision, sorting other than by key, revision
+// filters, count only); nil otherwise. The cache is fresh to
+// cache.max_staleness and has this agent's own writes, as for HTTP reads.
+func (s *Server) fromCache(r *pb.RangeRequest) *pb.RangeResponse {
+	if s.cache == nil || !r.Serializable || r.Revision != 0 || r.CountOnly ||
+		r.MinModRevision != 0 || r.MaxModRevision != 0 || r.MinCreateRevision != 0 || r.MaxCreateRevision != 0 ||
+		(r.SortOrder != pb.RangeRequest_NONE && !(r.SortTarget == pb.RangeRequest_KEY && r.SortOrder == pb.RangeRequest_ASCEND)) {
+		return nil
+	}
+	key := string(r.Key)
+	resp := &pb.RangeResponse{Header: &pb.ResponseHeader{}}
+	switch {
+	case len(r.RangeEnd) == 0:
+		kv, rev, ok := s.cache.Get(key)
+		if !ok {
+			return nil
+		}
+		resp.Header.Revision = rev
+		if kv != nil {
+			resp.Kvs, resp.Count = []*mvccpb.KeyValue{kv}, 1
+		}
+	case key != "" && string(r.RangeEnd) == access.PrefixEnd(key):
+		kvs, count, more, rev, ok := s.cache.List(key, r.Limit)
+		if !ok {
+			return nil
+		}
+		resp.Header.Revision, resp.Kvs, resp.Count, resp.More = rev, kvs, count, more
+	default:
+		return nil
+	}
+	if r.KeysOnly {
+		stripped := make([]*mvccpb.KeyValue, len(resp.Kvs))
+		for i, kv := range resp.Kvs {
+			stripped[i] = &mvccpb.KeyValue{Key: kv.Key, CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision,
+				Version: kv.Version, Lease: kv.Lease}
+		}
+		resp.Kvs = stripped
+	}
+	return resp
+}
+
+// wrote tells the read cache of a write through this socket, so that reads
+// through the agent wait for it (read-your-writes).
+func (s *Server) wrote(key []byte, h *pb.ResponseHeader) {
+	if s.cache != nil && h != nil {
+		s.cache.Wrote(string(key), h.Revision)
+	}
 }
 
 func (k *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
@@ -40,7 +95,11 @@ func (k *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, 
 	if err != nil {
 		return nil, err
 	}
-	return pb.NewKVClient(conn).Put(uctx, r)
+	resp, err := pb.NewKVClient(conn).Put(uctx, r)
+	if err == nil {
+		k.s.wrote(r.Key, resp.Header)
+	}
+	return resp, err
 }
 
 func (k *kvServer) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
@@ -51,7 +110,11 @@ func (k *kvServer) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*
 	if err != nil {
 		return nil, err
 	}
-	return pb.NewKVClient(conn).DeleteRange(uctx, r)
+	resp, err := pb.NewKVClient(conn).DeleteRange(uctx, r)
+	if err == nil {
+		k.s.wrote(r.Key, resp.Header)
+	}
+	return resp, err
 }
 
 func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
@@ -62,7 +125,28 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 	if err != nil {
 		return nil, err
 	}
-	return pb.NewKVClient(conn).Txn(uctx, r)
+	resp, err := pb.NewKVClient(conn).Txn(uctx, r)
+	if err == nil {
+		k.s.wroteTxn(r, resp.Header)
+	}
+	return resp, err
+}
+
+// wroteTxn tells the cache of every key a transaction may have written
+// (both branches: which ran does not matter for a lower bound).
+func (s *Server) wroteTxn(r *pb.TxnRequest, h *pb.ResponseHeader) {
+	for _, branch := range [][]*pb.RequestOp{r.Success, r.Failure} {
+		for _, op := range branch {
+			switch o := op.Request.(type) {
+			case *pb.RequestOp_RequestPut:
+				s.wrote(o.RequestPut.Key, h)
+			case *pb.RequestOp_RequestDeleteRange:
+				s.wrote(o.RequestDeleteRange.Key, h)
+			case *pb.RequestOp_RequestTxn:
+				s.wroteTxn(o.RequestTxn, h)
+			}
+		}
+	}
 }
 
 // A put writes its key; returning the previous value reads it; attaching a
