@@ -103,23 +103,7 @@ func TestEtcdctl(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { camp.Process.Kill(); camp.Wait() }()
-	// elect -l (listen) follows the leader until interrupted: its first
-	// lines name the campaigner.
-	lctx, stop := context.WithTimeout(context.Background(), 10*time.Second)
-	defer stop()
-	listen := exec.CommandContext(lctx, etcdctl(t), "--endpoints", "unix://"+s, "elect", "-l", "app/e")
-	lout, _ := listen.StdoutPipe()
-	if err := listen.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(lout)
-	found := false
-	for !found && sc.Scan() {
-		found = sc.Text() == "host-a"
-	}
-	stop()
-	listen.Wait()
-	if !found {
+	if !electListenNames(t, []string{"--endpoints", "unix://" + s}, "app/e", "host-a") {
 		t.Fatal("etcdctl elect -l never named the campaigner")
 	}
 }
@@ -229,21 +213,29 @@ func TestEtcdctlInterop(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Release(ctx)
-	lctx, stop := context.WithTimeout(ctx, 10*time.Second)
+	if !electListenNames(t, direct, "mix-elect", "endpointd-host") {
+		t.Fatal("etcdctl elect -l did not name endpointd's leader")
+	}
+}
+
+// electListenNames runs etcdctl elect -l (which follows the leader until
+// interrupted) for up to 10s and reports whether it printed want.
+func electListenNames(t *testing.T, endpoints []string, name, want string) bool {
+	t.Helper()
+	ctx, stop := context.WithTimeout(context.Background(), 10*time.Second)
 	defer stop()
-	listen := exec.CommandContext(lctx, etcdctl(t), append(direct, "elect", "-l", "mix-elect")...)
-	lout, _ := listen.StdoutPipe()
+	listen := exec.CommandContext(ctx, etcdctl(t), append(endpoints, "elect", "-l", name)...)
+	out, _ := listen.StdoutPipe()
 	if err := listen.Start(); err != nil {
 		t.Fatal(err)
 	}
-	sc := bufio.NewScanner(lout)
-	found := false
-	for !found && sc.Scan() {
-		found = sc.Text() == "endpointd-host"
+	defer listen.Wait()
+	defer stop()
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		if sc.Text() == want {
+			return true
+		}
 	}
-	stop()
-	listen.Wait()
-	if !found {
-		t.Fatal("etcdctl elect -l did not name endpointd's leader")
-	}
+	return false
 }

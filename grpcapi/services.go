@@ -9,6 +9,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -29,11 +30,9 @@ func (k *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResp
 	if resp := k.s.fromCache(r); resp != nil {
 		return resp, nil
 	}
-	conn, uctx, err := k.s.upstream(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return pb.NewKVClient(conn).Range(uctx, r)
+	return forward(ctx, k.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.RangeResponse, error) {
+		return pb.NewKVClient(conn).Range(uctx, r)
+	})
 }
 
 // fromCache answers a serializable range of the current revision from the
@@ -149,6 +148,17 @@ func (s *Server) wroteTxn(r *pb.TxnRequest, h *pb.ResponseHeader) {
 	}
 }
 
+// forward sends a checked request to the cluster on the live connection
+// and returns etcd's answer as it is.
+func forward[Resp any](ctx context.Context, s *Server, call func(*grpc.ClientConn, context.Context) (Resp, error)) (Resp, error) {
+	conn, uctx, err := s.upstream(ctx)
+	if err != nil {
+		var zero Resp
+		return zero, err
+	}
+	return call(conn, uctx)
+}
+
 // A put writes its key; returning the previous value reads it; attaching a
 // lease uses it.
 func (s *Server) checkPut(ctx context.Context, r *pb.PutRequest) error {
@@ -251,11 +261,9 @@ func (l *leaseServer) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLive
 		// any more, so they are not listed through the agent.
 		r.Keys = false
 	}
-	conn, uctx, err := l.s.upstream(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return pb.NewLeaseClient(conn).LeaseTimeToLive(uctx, r)
+	return forward(ctx, l.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.LeaseTimeToLiveResponse, error) {
+		return pb.NewLeaseClient(conn).LeaseTimeToLive(uctx, r)
+	})
 }
 
 func (l *leaseServer) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
@@ -338,11 +346,9 @@ type clusterServer struct {
 }
 
 func (c *clusterServer) MemberList(ctx context.Context, r *pb.MemberListRequest) (*pb.MemberListResponse, error) {
-	conn, uctx, err := c.s.upstream(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return pb.NewClusterClient(conn).MemberList(uctx, r)
+	return forward(ctx, c.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.MemberListResponse, error) {
+		return pb.NewClusterClient(conn).MemberList(uctx, r)
+	})
 }
 
 // Maintenance: Status only.
@@ -352,11 +358,9 @@ type maintenanceServer struct {
 }
 
 func (m *maintenanceServer) Status(ctx context.Context, r *pb.StatusRequest) (*pb.StatusResponse, error) {
-	conn, uctx, err := m.s.upstream(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return pb.NewMaintenanceClient(conn).Status(uctx, r)
+	return forward(ctx, m.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.StatusResponse, error) {
+		return pb.NewMaintenanceClient(conn).Status(uctx, r)
+	})
 }
 
 // Lock: etcd's own lock service, by name; the lease must be the peer's.
@@ -372,22 +376,18 @@ func (l *lockServer) Lock(ctx context.Context, r *v3lockpb.LockRequest) (*v3lock
 	if err := l.s.checkLease(ctx, r.Lease); err != nil {
 		return nil, err
 	}
-	conn, uctx, err := l.s.upstream(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return v3lockpb.NewLockClient(conn).Lock(uctx, r)
+	return forward(ctx, l.s, func(conn *grpc.ClientConn, uctx context.Context) (*v3lockpb.LockResponse, error) {
+		return v3lockpb.NewLockClient(conn).Lock(uctx, r)
+	})
 }
 
 func (l *lockServer) Unlock(ctx context.Context, r *v3lockpb.UnlockRequest) (*v3lockpb.UnlockResponse, error) {
 	if err := l.s.check(ctx, access.Write, r.Key, nil, "Unlock"); err != nil {
 		return nil, err
 	}
-	conn, uctx, err := l.s.upstream(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return v3lockpb.NewLockClient(conn).Unlock(uctx, r)
+	return forward(ctx, l.s, func(conn *grpc.ClientConn, uctx context.Context) (*v3lockpb.UnlockResponse, error) {
+		return v3lockpb.NewLockClient(conn).Unlock(uctx, r)
+	})
 }
 
 // checkName: a lock or election NAME is the keys NAME/…, which the peer
@@ -410,33 +410,27 @@ func (e *electionServer) Campaign(ctx context.Context, r *v3electionpb.CampaignR
 	if err := e.s.checkLease(ctx, r.Lease); err != nil {
 		return nil, err
 	}
-	conn, uctx, err := e.s.upstream(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return v3electionpb.NewElectionClient(conn).Campaign(uctx, r)
+	return forward(ctx, e.s, func(conn *grpc.ClientConn, uctx context.Context) (*v3electionpb.CampaignResponse, error) {
+		return v3electionpb.NewElectionClient(conn).Campaign(uctx, r)
+	})
 }
 
 func (e *electionServer) Proclaim(ctx context.Context, r *v3electionpb.ProclaimRequest) (*v3electionpb.ProclaimResponse, error) {
 	if err := e.s.checkLeader(ctx, r.Leader, "Proclaim"); err != nil {
 		return nil, err
 	}
-	conn, uctx, err := e.s.upstream(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return v3electionpb.NewElectionClient(conn).Proclaim(uctx, r)
+	return forward(ctx, e.s, func(conn *grpc.ClientConn, uctx context.Context) (*v3electionpb.ProclaimResponse, error) {
+		return v3electionpb.NewElectionClient(conn).Proclaim(uctx, r)
+	})
 }
 
 func (e *electionServer) Resign(ctx context.Context, r *v3electionpb.ResignRequest) (*v3electionpb.ResignResponse, error) {
 	if err := e.s.checkLeader(ctx, r.Leader, "Resign"); err != nil {
 		return nil, err
 	}
-	conn, uctx, err := e.s.upstream(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return v3electionpb.NewElectionClient(conn).Resign(uctx, r)
+	return forward(ctx, e.s, func(conn *grpc.ClientConn, uctx context.Context) (*v3electionpb.ResignResponse, error) {
+		return v3electionpb.NewElectionClient(conn).Resign(uctx, r)
+	})
 }
 
 func (e *electionServer) Leader(ctx context.Context, r *v3electionpb.LeaderRequest) (*v3electionpb.LeaderResponse, error) {
@@ -444,11 +438,9 @@ func (e *electionServer) Leader(ctx context.Context, r *v3electionpb.LeaderReque
 	if err := e.s.check(ctx, access.Read, pfx, []byte(access.PrefixEnd(string(pfx))), "Leader"); err != nil {
 		return nil, err
 	}
-	conn, uctx, err := e.s.upstream(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return v3electionpb.NewElectionClient(conn).Leader(uctx, r)
+	return forward(ctx, e.s, func(conn *grpc.ClientConn, uctx context.Context) (*v3electionpb.LeaderResponse, error) {
+		return v3electionpb.NewElectionClient(conn).Leader(uctx, r)
+	})
 }
 
 func (e *electionServer) Observe(r *v3electionpb.LeaderRequest, stream v3electionpb.Election_ObserveServer) error {
