@@ -137,7 +137,7 @@ func New(opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	a.metrics = newMetrics(a.reg, a.etcd, opts.Version)
+	a.metrics = newMetrics(a.reg, a.etcd, opts.Version, a.cfg.Load)
 	if len(cfg.Cache.Prefixes) > 0 {
 		a.cache = cache.New(a.etcd, cfg.Cache.Prefixes, cfg.Cache.MaxStaleness, a.log)
 	}
@@ -553,7 +553,7 @@ type metrics struct {
 	lastSuccessTS prometheus.Gauge
 }
 
-func newMetrics(reg *prometheus.Registry, ec *etcd.EtcdClient, version string) *metrics {
+func newMetrics(reg *prometheus.Registry, ec *etcd.EtcdClient, version string, cfg func() *config.Config) *metrics {
 	m := &metrics{
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "endpointd_config_reloads_total",
@@ -580,6 +580,14 @@ func newMetrics(reg *prometheus.Registry, ec *etcd.EtcdClient, version string) *
 			Name: "endpointd_endpoints",
 			Help: "Endpoints in the applied set.",
 		}, func() float64 { return float64(len(ec.Endpoints())) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "endpointd_min_cluster_size",
+			Help: "min_cluster_size in force: the fewest endpoints a file may list.",
+		}, func() float64 { return float64(cfg().MinClusterSize) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "endpointd_watchers_limit",
+			Help: "limits.max_watches in force: open watch streams beyond it get 503.",
+		}, func() float64 { return float64(cfg().Limits.MaxWatches) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "endpointd_etcd_up",
 			Help: "1 if at least one etcd member answered the latest health probe.",
