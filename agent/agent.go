@@ -228,18 +228,27 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.addr.Store(&addr)
 	a.self.Store(client.New(addr, client.Options{RetryMax: -1}))
 
+	// The endpoints file is read before the socket is served. On a socket
+	// systemd passed (a restart or an upgrade under socket activation) the
+	// agent also waits, up to etcd.request_timeout, until it can answer —
+	// a set applied and etcd reached: clients that connect meanwhile queue
+	// in the socket's backlog instead of getting 503 for a restart.
+	w := a.startWatcher(cfg)
+	if a.opts.Listener != nil {
+		a.awaitReady(ctx, cfg.Etcd.RequestTimeout)
+	}
 	srvCtx, stopSrv := context.WithCancel(context.Background())
 	srvDone := make(chan error, 1)
 	go func() { srvDone <- a.srv.Serve(srvCtx, ln) }()
 	grpcDone, err := a.serveGRPC(srvCtx, cfg)
 	if err != nil {
+		w.stop()
 		stopSrv()
 		<-srvDone
 		a.etcd.Close()
 		return err
 	}
 
-	w := a.startWatcher(cfg)
 	cacheCtx, stopCache := context.WithCancel(context.Background())
 	cacheDone := make(chan struct{})
 	go func() {
@@ -293,6 +302,18 @@ loop:
 	a.etcd.Close()
 	a.log.Info("stopped")
 	return runErr
+}
+
+// awaitReady waits until the agent can answer (Status().Ready), ctx ends,
+// or max has passed. It polls: it runs once, at start.
+func (a *Agent) awaitReady(ctx context.Context, max time.Duration) {
+	deadline := time.Now().Add(max)
+	for !a.Status().Ready && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !a.Status().Ready {
+		a.log.Warn("serving the passed socket before etcd is reachable", "waited", max)
+	}
 }
 
 // serveGRPC serves etcd's gRPC API on the activated listener or

@@ -33,8 +33,11 @@ func connContext(ctx context.Context, c net.Conn) context.Context {
 	if err != nil {
 		p = access.Peer{}
 	}
-	return context.WithValue(ctx, peerKey{}, p)
+	return context.WithValue(context.WithValue(ctx, peerKey{}, p), connKey{}, c)
 }
+
+// connKey holds the connection a request came on (Server.started).
+type connKey struct{}
 
 // selfPID is the agent's own pid: its watchdog self-check asks /healthz
 // through the socket, and must not be refused (nor logged as refused every

@@ -85,6 +85,8 @@ type Server struct {
 	promh         http.Handler
 
 	watchers atomic.Int64
+	newConns atomic.Int64 // connections accepted whose first request is not read yet
+	fresh    sync.Map     // those connections (net.Conn → struct{})
 	// stopping is closed when shutdown begins, so open watch streams end
 	// with an ERROR line instead of holding the drain to its deadline.
 	stopping     chan struct{}
@@ -144,10 +146,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		MaxHeaderBytes:    s.opts.MaxHeaderBytes,
 		IdleTimeout:       s.opts.IdleTimeout,
 		ConnContext:       connContext,
+		ConnState:         s.countNew,
 		ErrorLog:          slogLogger(s.log),
 	}
 	srv.RegisterOnShutdown(s.beginStopping)
-	ln = limitListener(ln, s.opts.MaxConnections)
+	ll := limitListener(ln, s.opts.MaxConnections, s.accepted)
+	ln = ll
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -156,6 +160,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		return fmt.Errorf("server: %w", err)
 	case <-ctx.Done():
 	}
+	// Stop taking connections, then let those already taken deliver their
+	// request before shutting down: net/http closes, unanswered, a
+	// connection whose request it reads after Shutdown began, and its
+	// client sees EOF. Connections still queued stay in the socket's
+	// backlog — for the next agent when systemd holds the socket.
+	stopAccepting(ln)
+	s.awaitNoNewConns(ll, max(s.opts.ReadHeaderTimeout, time.Second))
 	sctx, cancel := context.WithTimeout(context.Background(), s.opts.ShutdownTimeout)
 	defer cancel()
 	err := srv.Shutdown(sctx)
@@ -185,6 +196,9 @@ const (
 
 func (s *Server) serveHTTP(rw http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	if c, ok := r.Context().Value(connKey{}).(net.Conn); ok {
+		s.started(c)
+	}
 	w := &statusWriter{ResponseWriter: rw}
 	defer func() { s.metrics.observe(r.Method, w.status(), time.Since(start)) }()
 

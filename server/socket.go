@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -112,34 +114,109 @@ func typeName(m fs.FileMode) string {
 	return "non-socket file"
 }
 
-// limitListener caps concurrent connections: past max, Accept waits for one
-// to close and new clients queue in the kernel's backlog.
-func limitListener(ln net.Listener, max int) net.Listener {
-	if max <= 0 {
-		return ln
+// limitListener caps concurrent connections (max > 0): past max, Accept
+// waits for one to close and new clients queue in the kernel's backlog. It
+// tells accepted of every connection as it is taken, and knows whether an
+// Accept is under way, so that a shutdown can tell when the last connection
+// taken has been counted (Server.awaitNoNewConns).
+func limitListener(ln net.Listener, max int, accepted func(net.Conn)) *limitedListener {
+	l := &limitedListener{Listener: ln, done: make(chan struct{}), accepted: accepted}
+	if max > 0 {
+		l.sem = make(chan struct{}, max)
 	}
-	return &limitedListener{Listener: ln, sem: make(chan struct{}, max), done: make(chan struct{})}
+	return l
 }
 
 type limitedListener struct {
 	net.Listener
-	sem       chan struct{}
+	sem       chan struct{} // nil: no cap
 	done      chan struct{}
 	closeOnce sync.Once
+	accepted  func(net.Conn)
+	inAccept  atomic.Int64 // Accept calls under way
 }
 
 func (l *limitedListener) Accept() (net.Conn, error) {
-	select {
-	case l.sem <- struct{}{}:
-	case <-l.done:
-		return nil, net.ErrClosed
+	if l.sem != nil {
+		select {
+		case l.sem <- struct{}{}:
+		case <-l.done:
+			return nil, net.ErrClosed
+		}
 	}
+	l.inAccept.Add(1)
+	defer l.inAccept.Add(-1)
 	c, err := l.Listener.Accept()
 	if err != nil {
-		<-l.sem
+		if l.sem != nil {
+			<-l.sem
+		}
 		return nil, err
 	}
-	return &limitedConn{Conn: c, release: func() { <-l.sem }}, nil
+	release := func() {}
+	if l.sem != nil {
+		release = func() { <-l.sem }
+	}
+	lc := &limitedConn{Conn: c, release: release}
+	if l.accepted != nil {
+		l.accepted(lc) // counted before the Accept is over
+	}
+	return lc, nil
+}
+
+// SetDeadline reaches the unix listener (stopAccepting).
+func (l *limitedListener) SetDeadline(t time.Time) error {
+	if d, ok := l.Listener.(interface{ SetDeadline(time.Time) error }); ok {
+		return d.SetDeadline(t)
+	}
+	return nil
+}
+
+// StopAccepting makes ln's Accept fail from now on without taking another
+// connection from the kernel: with the deadline past, Accept returns before
+// calling accept(2), so connections still queued stay in the socket's
+// backlog (for the next agent, when systemd holds the socket).
+func StopAccepting(ln net.Listener) { stopAccepting(ln) }
+
+func stopAccepting(ln net.Listener) {
+	if d, ok := ln.(interface{ SetDeadline(time.Time) error }); ok {
+		d.SetDeadline(time.Now())
+	}
+}
+
+// countNew follows connections through net/http's states, counting those
+// accepted whose first request has not been read yet.
+// A connection counts until its first request reaches the handler
+// (started), or it goes idle or away: net/http drops, unanswered, a request
+// it has read but not yet handed over when Shutdown begins.
+func (s *Server) countNew(c net.Conn, st http.ConnState) {
+	switch st {
+	case http.StateIdle, http.StateHijacked, http.StateClosed:
+		s.started(c)
+	}
+}
+
+// accepted counts a connection just taken (limitListener).
+func (s *Server) accepted(c net.Conn) {
+	s.fresh.Store(c, struct{}{})
+	s.newConns.Add(1)
+}
+
+// started: c's request has reached the handler.
+func (s *Server) started(c net.Conn) {
+	if _, was := s.fresh.LoadAndDelete(c); was {
+		s.newConns.Add(-1)
+	}
+}
+
+// awaitNoNewConns waits, up to max, until no Accept is under way and every
+// connection taken has had its first request handed to the handler (or
+// gone).
+func (s *Server) awaitNoNewConns(l *limitedListener, max time.Duration) {
+	deadline := time.Now().Add(max)
+	for (l.inAccept.Load() > 0 || s.newConns.Load() > 0) && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func (l *limitedListener) Close() error {
