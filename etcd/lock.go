@@ -201,7 +201,8 @@ func (c *EtcdClient) leaderAt(ctx context.Context, name string) (Leader, int64, 
 // channel closes then. Each change is read again after any event under the
 // election's prefix since the last read, so none is missed.
 func (c *EtcdClient) ObserveLeader(ctx context.Context, name string) (<-chan Leader, error) {
-	if _, _, err := c.leaderAt(ctx, name); err != nil && !errors.Is(err, ErrNoLeader) {
+	cur, rev, err := c.leaderAt(ctx, name)
+	if err != nil && !errors.Is(err, ErrNoLeader) {
 		return nil, err
 	}
 	out := make(chan Leader)
@@ -209,10 +210,12 @@ func (c *EtcdClient) ObserveLeader(ctx context.Context, name string) (<-chan Lea
 		defer close(out)
 		var last Leader
 		sent := false
-		for ctx.Err() == nil {
-			cur, rev, err := c.leaderAt(ctx, name)
-			if err != nil && !errors.Is(err, ErrNoLeader) {
-				return
+		for first := true; ctx.Err() == nil; first = false {
+			if !first { // the first read is the one that vouched for the observation
+				var err error
+				if cur, rev, err = c.leaderAt(ctx, name); err != nil && !errors.Is(err, ErrNoLeader) {
+					return
+				}
 			}
 			if !sent || cur.Key != last.Key || cur.Revision != last.Revision || string(cur.Value) != string(last.Value) {
 				select {

@@ -420,3 +420,56 @@ func TestSerializableFromCache(t *testing.T) {
 		return err == nil && len(r.Kvs) == 1
 	})
 }
+
+// Watches the shared upstream watches cannot carry — an arbitrary range,
+// prev_kv, a filter — follow on their own and answer as etcd does.
+func TestWatchRangePrevKVAndFilter(t *testing.T) {
+	cl := etcdtest.New(t, 1)
+	a := startAgent(t, cl.Endpoints(), nil)
+	cli := a.stock(t)
+	ctx := ctxT(t, 30*time.Second)
+	now, err := cli.Get(ctx, "r/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := clientv3.WithRev(now.Header.Revision + 1) // whenever the watches are set up
+	rng := cli.Watch(ctx, "r/b", clientv3.WithRange("r/d"), clientv3.WithPrevKV(), from)
+	noPut := cli.Watch(ctx, "r/", clientv3.WithPrefix(), clientv3.WithFilterPut(), from)
+	for _, k := range []string{"r/a", "r/b", "r/c", "r/d"} {
+		if _, err := cli.Put(ctx, k, "1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := cli.Put(ctx, "r/c", "2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Delete(ctx, "r/a"); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for len(got) < 3 {
+		select {
+		case wr := <-rng:
+			for _, ev := range wr.Events {
+				prev := ""
+				if ev.PrevKv != nil {
+					prev = string(ev.PrevKv.Value)
+				}
+				got = append(got, fmt.Sprintf("%s=%s(prev %q)", ev.Kv.Key, ev.Kv.Value, prev))
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("range watch: %v", got)
+		}
+	}
+	if want := `[r/b=1(prev "") r/c=1(prev "") r/c=2(prev "1")]`; fmt.Sprint(got) != want {
+		t.Fatalf("range watch with prev_kv: %v, want %s", got, want)
+	}
+	select {
+	case wr := <-noPut:
+		if len(wr.Events) != 1 || wr.Events[0].Type != clientv3.EventTypeDelete || string(wr.Events[0].Kv.Key) != "r/a" {
+			t.Fatalf("NOPUT watch: %+v", wr.Events)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("NOPUT watch: no delete")
+	}
+}

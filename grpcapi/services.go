@@ -90,11 +90,9 @@ func (k *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, 
 	if err := k.s.checkPut(ctx, r); err != nil {
 		return nil, err
 	}
-	conn, uctx, err := k.s.upstream(ctx)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := pb.NewKVClient(conn).Put(uctx, r)
+	resp, err := forward(ctx, k.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.PutResponse, error) {
+		return pb.NewKVClient(conn).Put(uctx, r)
+	})
 	if err == nil {
 		k.s.wrote(r.Key, resp.Header)
 	}
@@ -105,11 +103,9 @@ func (k *kvServer) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*
 	if err := k.s.checkDelete(ctx, r); err != nil {
 		return nil, err
 	}
-	conn, uctx, err := k.s.upstream(ctx)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := pb.NewKVClient(conn).DeleteRange(uctx, r)
+	resp, err := forward(ctx, k.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.DeleteRangeResponse, error) {
+		return pb.NewKVClient(conn).DeleteRange(uctx, r)
+	})
 	if err == nil {
 		k.s.wrote(r.Key, resp.Header)
 	}
@@ -120,11 +116,9 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 	if err := k.s.checkTxn(ctx, r); err != nil {
 		return nil, err
 	}
-	conn, uctx, err := k.s.upstream(ctx)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := pb.NewKVClient(conn).Txn(uctx, r)
+	resp, err := forward(ctx, k.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.TxnResponse, error) {
+		return pb.NewKVClient(conn).Txn(uctx, r)
+	})
 	if err == nil {
 		k.s.wroteTxn(r, resp.Header)
 	}
@@ -226,11 +220,9 @@ func (l *leaseServer) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (
 	if err != nil {
 		return nil, err
 	}
-	conn, uctx, err := l.s.upstream(ctx)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := pb.NewLeaseClient(conn).LeaseGrant(uctx, r)
+	resp, err := forward(ctx, l.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.LeaseGrantResponse, error) {
+		return pb.NewLeaseClient(conn).LeaseGrant(uctx, r)
+	})
 	if err == nil && resp.Error == "" {
 		l.s.leases.set(resp.ID, p.UID)
 	}
@@ -241,11 +233,9 @@ func (l *leaseServer) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest)
 	if err := l.s.checkLease(ctx, r.ID); err != nil {
 		return nil, err
 	}
-	conn, uctx, err := l.s.upstream(ctx)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := pb.NewLeaseClient(conn).LeaseRevoke(uctx, r)
+	resp, err := forward(ctx, l.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.LeaseRevokeResponse, error) {
+		return pb.NewLeaseClient(conn).LeaseRevoke(uctx, r)
+	})
 	if err == nil {
 		l.s.leases.forget(r.ID)
 	}
@@ -271,11 +261,9 @@ func (l *leaseServer) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest)
 	if err != nil {
 		return nil, err
 	}
-	conn, uctx, err := l.s.upstream(ctx)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := pb.NewLeaseClient(conn).LeaseLeases(uctx, r)
+	resp, err := forward(ctx, l.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.LeaseLeasesResponse, error) {
+		return pb.NewLeaseClient(conn).LeaseLeases(uctx, r)
+	})
 	if err != nil {
 		return nil, err
 	}

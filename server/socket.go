@@ -172,12 +172,10 @@ func (l *limitedListener) SetDeadline(t time.Time) error {
 	return nil
 }
 
-// StopAccepting makes ln's Accept fail from now on without taking another
+// stopAccepting makes ln's Accept fail from now on without taking another
 // connection from the kernel: with the deadline past, Accept returns before
 // calling accept(2), so connections still queued stay in the socket's
 // backlog (for the next agent, when systemd holds the socket).
-func StopAccepting(ln net.Listener) { stopAccepting(ln) }
-
 func stopAccepting(ln net.Listener) {
 	if d, ok := ln.(interface{ SetDeadline(time.Time) error }); ok {
 		d.SetDeadline(time.Now())
