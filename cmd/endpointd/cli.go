@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"runtime/debug"
+	"strings"
 )
 
 // Exit codes shared by the subcommands (CONFIG.md, sysexits for config).
@@ -43,6 +44,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return cmdHold(ctx, true, rest, stdout, stderr)
 	case "dev":
 		return cmdDev(ctx, rest, stdout, stderr)
+	case "completion":
+		return cmdCompletion(rest, stdout, stderr)
+	case "man":
+		return cmdMan(rest, stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, "endpointd", fullVersion())
 		return exitOK
@@ -55,22 +60,81 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	return exitUsage
 }
 
+// A command is one of endpointd's commands as its usage, the man page and
+// the shell completions describe it. flags is the very function the command
+// defines its flags with, so none of those can drift from the code.
+type command struct {
+	name    string // "run", "kv put"
+	args    string // what follows the flags in its synopsis
+	summary string
+	flags   func(fs *flag.FlagSet)
+}
+
+// commands in the order usage and the man page list them.
+var commands = []command{
+	{"run", "", "run the agent (what the systemd unit starts)", func(fs *flag.FlagSet) { runFlags(fs) }},
+	{"validate", "[ENDPOINTS_FILE]", "check config.yaml and an endpoints file offline", func(fs *flag.FlagSet) { validateFlags(fs) }},
+	{"kv get", "KEY", "print KEY's value, byte for byte", kvFlags(kvGet)},
+	{"kv put", "KEY [VALUE]", "write VALUE (or stdin) to KEY", kvFlags(kvPut)},
+	{"kv del", "KEY", "delete KEY (or every key under it)", kvFlags(kvDel)},
+	{"kv ls", "[PREFIX]", "list the keys under PREFIX", kvFlags(kvLs)},
+	{"kv watch", "KEY", "print one JSON event per line until interrupted", kvFlags(kvWatch)},
+	{"kv txn", "", "run the /v1/txn body on stdin, print the answer", kvFlags(kvTxn)},
+	{"lock", "NAME -- CMD [ARGS...]", "run CMD while holding the lock NAME", func(fs *flag.FlagSet) { holdFlags(fs, false) }},
+	{"elect", "NAME VALUE -- CMD [ARGS...] | -observe NAME", "run CMD while leader of the election NAME; or follow its leader", func(fs *flag.FlagSet) { holdFlags(fs, true) }},
+	{"status", "", "show the agent's status", func(fs *flag.FlagSet) { statusFlags(fs) }},
+	{"dev", "", "a demo: etcd in-process, the agent, lines to try (not in -tags nodev builds)", func(fs *flag.FlagSet) { devFlags(fs) }},
+	{"completion", "bash|zsh", "print the shell completion script", nil},
+	{"man", "", "print the man page (roff)", nil},
+	{"version", "", "print the version", nil},
+}
+
+// usage prints each command's synopsis, its flags included.
 func usage(w io.Writer) {
-	fmt.Fprint(w, `usage: endpointd <command> [flags]
+	fmt.Fprint(w, "usage: endpointd <command> [flags] [arguments]\n\ncommands:\n")
+	for _, c := range commands {
+		fmt.Fprintf(w, "  %-13s %s\n", c.name, c.summary)
+		if syn := c.synopsis(); syn != "" {
+			fmt.Fprintf(w, "  %-13s   %s\n", "", syn)
+		}
+	}
+	fmt.Fprint(w, "\nRun \"endpointd <command> -h\" for a command's flags; \"endpointd man\" prints the manual.\n")
+}
 
-commands:
-  run      [-config PATH]                       run the agent (what the systemd unit starts)
-  validate [-config PATH] [ENDPOINTS_FILE]      check config.yaml and an endpoints file offline
-  kv       get|put|del|ls|watch …               read and write etcd through the agent's socket
-  kv txn                                        run a /v1/txn body from stdin
-  lock     [-ttl D] [-wait D] NAME -- CMD …     run CMD while holding the lock NAME
-  elect    NAME VALUE -- CMD … | -observe NAME  run CMD while leader; or follow the leader
-  status   [-json]                              show the agent's status
-  dev                                           a demo: 3-member etcd in-process, the agent, lines to try
-  version                                       print the version
+// flagSet is c's flags, defined by the command's own function.
+func (c command) flagSet() *flag.FlagSet {
+	fs := flag.NewFlagSet("endpointd "+c.name, flag.ContinueOnError)
+	if c.flags != nil {
+		c.flags(fs)
+	}
+	return fs
+}
 
-Run "endpointd <command> -h" for a command's flags.
-`)
+// synopsis is c's flags in brackets, then its arguments:
+// "[-config PATH] [ENDPOINTS_FILE]".
+func (c command) synopsis() string {
+	var parts []string
+	c.flagSet().VisitAll(func(f *flag.Flag) {
+		if name := flagArg(f); name != "" {
+			parts = append(parts, "[-"+f.Name+" "+name+"]")
+		} else {
+			parts = append(parts, "[-"+f.Name+"]")
+		}
+	})
+	if c.args != "" {
+		parts = append(parts, c.args)
+	}
+	return strings.Join(parts, " ")
+}
+
+// flagArg is the placeholder for f's value ("" for a boolean flag): the
+// backquoted word of its usage, as flag.PrintDefaults takes it, else its type.
+func flagArg(f *flag.Flag) string {
+	if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+		return ""
+	}
+	name, _ := flag.UnquoteUsage(f)
+	return strings.ToUpper(name)
 }
 
 // fullVersion adds the VCS revision the binary was built from, when known.
@@ -97,4 +161,10 @@ func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) (int, bool) {
 		return exitUsage, false
 	}
 	return 0, true
+}
+
+// devFlags defines dev's flags. It is here, not in dev.go, so that a nodev
+// build documents the same command line.
+func devFlags(fs *flag.FlagSet) (members *int, verbose *bool) {
+	return fs.Int("members", 3, "the `number` of etcd members to run"), fs.Bool("v", false, "log at debug level")
 }

@@ -25,8 +25,7 @@ import (
 // directory, and lines to try. Ctrl-C stops it all and removes the directory.
 func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	flags := flag.NewFlagSet("endpointd dev", flag.ContinueOnError)
-	members := flags.Int("members", 3, "etcd members to run")
-	verbose := flags.Bool("v", false, "log at debug level")
+	members, verbose := devFlags(flags)
 	if code, ok := parseFlags(flags, args, stderr); !ok {
 		return code
 	}

@@ -45,8 +45,7 @@ func cmdKV(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 	}
 	flags := flag.NewFlagSet("endpointd kv "+sub, flag.ContinueOnError)
 	flags.Usage = func() { fmt.Fprint(flags.Output(), kvUsage) }
-	socket := flags.String("socket", "", "the agent's socket")
-	configPath := flags.String("config", config.DefaultPath, "config.yaml whose socket.path to use")
+	at := defineAgentFlags(flags)
 	run := cmd.setup(flags)
 	pos, code, ok := parseInterleaved(flags, args, stderr)
 	if !ok {
@@ -56,8 +55,16 @@ func cmdKV(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		fmt.Fprintf(stderr, "endpointd kv %s: wrong number of arguments\n%s", sub, kvUsage)
 		return exitUsage
 	}
-	c := client.New(resolveSocket(flags, *socket, *configPath), client.Options{})
+	c := client.New(at.socketPath(flags), client.Options{})
 	return run(ctx, c, pos, kvIO{stdin, stdout, stderr})
+}
+
+// kvFlags defines the flags of the kv subcommand that setup runs.
+func kvFlags(setup func(*flag.FlagSet) kvRun) func(*flag.FlagSet) {
+	return func(fs *flag.FlagSet) {
+		defineAgentFlags(fs)
+		setup(fs)
+	}
 }
 
 // kvCommand is one `endpointd kv` subcommand: how many positional
@@ -115,8 +122,8 @@ func kvGet(*flag.FlagSet) kvRun {
 }
 
 func kvPut(flags *flag.FlagSet) kvRun {
-	ttl := flags.Int64("ttl", 0, "seconds until the key expires")
-	ifRevision := flags.Int64("if-revision", 0, "write only if the key's mod_revision is N")
+	ttl := flags.Int64("ttl", 0, "`seconds` until the key expires")
+	ifRevision := flags.Int64("if-revision", 0, "write only if the key's mod_revision is `N`")
 	ifAbsent := flags.Bool("if-absent", false, "write only if the key does not exist")
 	ifExists := flags.Bool("if-exists", false, "write only if the key exists")
 	return func(ctx context.Context, c *client.Client, pos []string, std kvIO) int {
@@ -156,7 +163,7 @@ func kvPut(flags *flag.FlagSet) kvRun {
 
 func kvDel(flags *flag.FlagSet) kvRun {
 	prefix := flags.Bool("prefix", false, "delete every key under KEY")
-	ifRevision := flags.Int64("if-revision", 0, "delete only if the key's mod_revision is N")
+	ifRevision := flags.Int64("if-revision", 0, "delete only if the key's mod_revision is `N`")
 	return func(ctx context.Context, c *client.Client, pos []string, std kvIO) int {
 		var opts []client.Option
 		if *prefix {
@@ -175,7 +182,7 @@ func kvDel(flags *flag.FlagSet) kvRun {
 }
 
 func kvLs(flags *flag.FlagSet) kvRun {
-	limit := flags.Int64("limit", 0, "list at most N keys")
+	limit := flags.Int64("limit", 0, "list at most `N` keys")
 	asJSON := flags.Bool("json", false, "print keys, values and revisions as JSON lines")
 	return func(ctx context.Context, c *client.Client, pos []string, std kvIO) int {
 		p := ""
@@ -209,7 +216,7 @@ func kvLs(flags *flag.FlagSet) kvRun {
 
 func kvWatch(flags *flag.FlagSet) kvRun {
 	prefix := flags.Bool("prefix", false, "watch every key under KEY")
-	rev := flags.Int64("rev", 0, "start at revision N (default: changes from now)")
+	rev := flags.Int64("rev", 0, "start at revision `N` (default: changes from now)")
 	return func(ctx context.Context, c *client.Client, pos []string, std kvIO) int {
 		ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 		defer stop()
@@ -280,17 +287,30 @@ func kvFail(stderr io.Writer, err error) int {
 	return exitFailure
 }
 
-// resolveSocket: -socket, else $ENDPOINTD_SOCKET, else socket.path of the
+// agentFlags are the flags of every command that talks to the agent: where
+// its socket is.
+type agentFlags struct {
+	socket, config *string
+}
+
+func defineAgentFlags(fs *flag.FlagSet) *agentFlags {
+	return &agentFlags{
+		socket: fs.String("socket", "", "the agent's socket `path` (else $ENDPOINTD_SOCKET, else socket.path of -config)"),
+		config: fs.String("config", config.DefaultPath, "`path` of the config.yaml whose socket.path to use"),
+	}
+}
+
+// socketPath: -socket, else $ENDPOINTD_SOCKET, else socket.path of the
 // config.yaml that -config names (or the default one, when it exists), else
 // the default socket.
-func resolveSocket(flags *flag.FlagSet, socket, configPath string) string {
-	if socket != "" {
-		return socket
+func (a *agentFlags) socketPath(flags *flag.FlagSet) string {
+	if *a.socket != "" {
+		return *a.socket
 	}
 	if s := os.Getenv("ENDPOINTD_SOCKET"); s != "" {
 		return s
 	}
-	if cfg, _, err := loadConfig(flags, configPath); err == nil {
+	if cfg, _, err := loadConfig(flags, *a.config); err == nil {
 		return cfg.Socket.Path
 	}
 	return client.DefaultSocket

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"udp_iaasd/client"
-	"udp_iaasd/config"
 )
 
 const lockUsage = `usage:
@@ -33,6 +32,30 @@ exit status: CMD's (128+N when a signal N ended it); 1 -wait ran out (CMD not ru
   SIGKILL after -grace)
 `
 
+// holdOptions are the flags of lock and elect.
+type holdOptions struct {
+	agent      *agentFlags
+	ttl, grace *time.Duration
+	wait       *time.Duration // lock only
+	observe    *bool          // elect only; false for lock
+}
+
+// holdFlags defines lock's flags, or elect's with election.
+func holdFlags(fs *flag.FlagSet, election bool) *holdOptions {
+	o := &holdOptions{
+		agent: defineAgentFlags(fs),
+		ttl:   fs.Duration("ttl", 10*time.Second, "the lease that keeps the hold alive if the agent dies"),
+		grace: fs.Duration("grace", 10*time.Second, "after a lost hold, how long CMD has between SIGTERM and SIGKILL"),
+	}
+	if election {
+		o.observe = fs.Bool("observe", false, "print the leader and each change")
+	} else {
+		o.observe = new(bool)
+		o.wait = fs.Duration("wait", -1, "give up after waiting this long (0: try once)")
+	}
+	return o
+}
+
 // cmdHold is `endpointd lock` (election false) and `endpointd elect`.
 func cmdHold(ctx context.Context, election bool, args []string, stdout, stderr io.Writer) int {
 	name := "lock"
@@ -42,17 +65,8 @@ func cmdHold(ctx context.Context, election bool, args []string, stdout, stderr i
 	flags := flag.NewFlagSet("endpointd "+name, flag.ContinueOnError)
 	flags.SetOutput(stderr)
 	flags.Usage = func() { fmt.Fprint(stderr, lockUsage) }
-	socket := flags.String("socket", "", "the agent's socket")
-	configPath := flags.String("config", config.DefaultPath, "config.yaml whose socket.path to use")
-	ttl := flags.Duration("ttl", 10*time.Second, "the lease that keeps the hold alive if the agent dies")
-	grace := flags.Duration("grace", 10*time.Second, "after a lost hold, how long CMD has between SIGTERM and SIGKILL")
-	var wait *time.Duration
-	observe := new(bool)
-	if election {
-		observe = flags.Bool("observe", false, "print the leader and each change")
-	} else {
-		wait = flags.Duration("wait", -1, "give up after waiting this long (0: try once)")
-	}
+	o := holdFlags(flags, election)
+	ttl, grace, wait, observe := o.ttl, o.grace, o.wait, o.observe
 	if err := flags.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
@@ -60,7 +74,7 @@ func cmdHold(ctx context.Context, election bool, args []string, stdout, stderr i
 		return exitUsage
 	}
 	pos := flags.Args()
-	c := client.New(resolveSocket(flags, *socket, *configPath), client.Options{})
+	c := client.New(o.agent.socketPath(flags), client.Options{})
 	if *observe {
 		if len(pos) != 1 {
 			fmt.Fprint(stderr, "endpointd elect -observe: give exactly one NAME\n"+lockUsage)

@@ -20,9 +20,14 @@ import (
 	"udp_iaasd/config"
 )
 
+// runFlags defines run's flags.
+func runFlags(fs *flag.FlagSet) (configPath *string) {
+	return fs.String("config", config.DefaultPath, "`path` of config.yaml")
+}
+
 func cmdRun(ctx context.Context, args []string, stderr io.Writer) int {
 	flags := flag.NewFlagSet("endpointd run", flag.ContinueOnError)
-	configPath := flags.String("config", config.DefaultPath, "path of config.yaml")
+	configPath := runFlags(flags)
 	if code, ok := parseFlags(flags, args, stderr); !ok {
 		return code
 	}

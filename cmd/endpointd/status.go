@@ -8,21 +8,23 @@ import (
 	"text/tabwriter"
 
 	"udp_iaasd/client"
-	"udp_iaasd/config"
 )
+
+// statusFlags defines status's flags.
+func statusFlags(fs *flag.FlagSet) (at *agentFlags, asJSON *bool) {
+	return defineAgentFlags(fs), fs.Bool("json", false, "print the raw /v1/status JSON")
+}
 
 // cmdStatus prints /v1/status for a person (a short table) or, with -json,
 // for a script. Exit 0 when the agent is ready, 1 when it answers but is not
 // ready, 3 when it cannot be reached.
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	flags := flag.NewFlagSet("endpointd status", flag.ContinueOnError)
-	socket := flags.String("socket", "", "the agent's socket (else $ENDPOINTD_SOCKET, else socket.path of -config)")
-	configPath := flags.String("config", config.DefaultPath, "config.yaml whose socket.path to use")
-	asJSON := flags.Bool("json", false, "print the raw /v1/status JSON")
+	at, asJSON := statusFlags(flags)
 	if code, ok := parseFlags(flags, args, stderr); !ok {
 		return code
 	}
-	c := client.New(resolveSocket(flags, *socket, *configPath), client.Options{RetryMax: -1})
+	c := client.New(at.socketPath(flags), client.Options{RetryMax: -1})
 	st, raw, err := c.Status(ctx)
 	if err != nil {
 		fmt.Fprintln(stderr, err)

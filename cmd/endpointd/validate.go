@@ -9,12 +9,17 @@ import (
 	"udp_iaasd/config"
 )
 
+// validateFlags defines validate's flags.
+func validateFlags(fs *flag.FlagSet) (configPath *string) {
+	return fs.String("config", config.DefaultPath, "`path` of config.yaml (its defaults are used if it is absent and -config is not given)")
+}
+
 // cmdValidate checks config.yaml and an endpoints file without contacting
 // etcd: exit 0 valid, 1 invalid, 2 usage or I/O error. Problems go to stderr
 // as FILE:LINE:COL: message, one per line.
 func cmdValidate(args []string, stdout, stderr io.Writer) int {
 	flags := flag.NewFlagSet("endpointd validate", flag.ContinueOnError)
-	configPath := flags.String("config", config.DefaultPath, "path of config.yaml (its defaults are used if it is absent and -config is not given)")
+	configPath := validateFlags(flags)
 	flags.Usage = func() {
 		fmt.Fprintln(flags.Output(), "usage: endpointd validate [-config PATH] [ENDPOINTS_FILE]")
 		flags.PrintDefaults()
