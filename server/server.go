@@ -165,7 +165,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	// connection whose request it reads after Shutdown began, and its
 	// client sees EOF. Connections still queued stay in the socket's
 	// backlog — for the next agent when systemd holds the socket.
-	stopAccepting(ln)
+	ll.stopAccepting()
 	s.awaitNoNewConns(ll, max(s.opts.ReadHeaderTimeout, time.Second))
 	sctx, cancel := context.WithTimeout(context.Background(), s.opts.ShutdownTimeout)
 	defer cancel()
@@ -174,7 +174,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.log.Warn("shutdown budget spent; closing the remaining connections", "budget", s.opts.ShutdownTimeout)
 		err = srv.Close()
 	}
-	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
+	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) && !errors.Is(serr, errStopped) {
 		return fmt.Errorf("server: %w", serr)
 	}
 	return err

@@ -134,6 +134,7 @@ type limitedListener struct {
 	closeOnce sync.Once
 	accepted  func(net.Conn)
 	inAccept  atomic.Int64 // Accept calls under way
+	stopped   atomic.Bool  // stopAccepting was called
 }
 
 func (l *limitedListener) Accept() (net.Conn, error) {
@@ -151,6 +152,11 @@ func (l *limitedListener) Accept() (net.Conn, error) {
 		if l.sem != nil {
 			<-l.sem
 		}
+		if l.stopped.Load() {
+			// The past deadline is a timeout, which net/http would retry
+			// (and log) with backoff until Shutdown; say closed instead.
+			return nil, errStopped
+		}
 		return nil, err
 	}
 	release := func() {}
@@ -164,20 +170,16 @@ func (l *limitedListener) Accept() (net.Conn, error) {
 	return lc, nil
 }
 
-// SetDeadline reaches the unix listener (stopAccepting).
-func (l *limitedListener) SetDeadline(t time.Time) error {
-	if d, ok := l.Listener.(interface{ SetDeadline(time.Time) error }); ok {
-		return d.SetDeadline(t)
-	}
-	return nil
-}
+// errStopped is what Accept returns once stopAccepting was called.
+var errStopped = fmt.Errorf("no longer accepting: %w", net.ErrClosed)
 
-// stopAccepting makes ln's Accept fail from now on without taking another
+// stopAccepting makes Accept fail from now on without taking another
 // connection from the kernel: with the deadline past, Accept returns before
 // calling accept(2), so connections still queued stay in the socket's
 // backlog (for the next agent, when systemd holds the socket).
-func stopAccepting(ln net.Listener) {
-	if d, ok := ln.(interface{ SetDeadline(time.Time) error }); ok {
+func (l *limitedListener) stopAccepting() {
+	l.stopped.Store(true)
+	if d, ok := l.Listener.(interface{ SetDeadline(time.Time) error }); ok {
 		d.SetDeadline(time.Now())
 	}
 }
