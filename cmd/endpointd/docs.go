@@ -152,7 +152,7 @@ func writeMan(w io.Writer) {
 	p(`.SH SEE ALSO`)
 	p(`.BR systemctl (1),`)
 	p(`.BR etcdctl (1),`)
-	p(`and /usr/share/doc/endpointd/README.md.`)
+	p(`and /usr/share/doc/endpointd/README.md.gz.`)
 }
 
 // completionSpec is what both shells need to know of one command.
