@@ -1,7 +1,9 @@
 package server
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -9,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,6 +24,7 @@ import (
 	"udp_iaasd/config"
 	"udp_iaasd/etcd"
 	"udp_iaasd/internal/etcdtest"
+	"udp_iaasd/internal/floor"
 )
 
 // BenchmarkGet is a linearizable single-key GET through a real socket and a
@@ -129,4 +133,167 @@ func BenchmarkDirectGet(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkRequest is what one request costs inside the agent's process,
+// beside the floor (package floor: the least net/http can do). etcd runs in
+// a process of its own and the client is a raw HTTP/1.1 writer that
+// allocates nothing per request, so allocs/op is the server's alone:
+// net/http, our handler, and for etcd-bound requests clientv3 and gRPC.
+//
+//	go test -run '^$' -bench BenchmarkRequest -benchtime 20000x ./server
+func BenchmarkRequest(b *testing.B) {
+	cluster, err := etcdtest.StartProc(filepath.Join(b.TempDir(), "etcd"), 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(cluster.KillAll)
+	ec, err := etcd.New(etcd.Config{Endpoints: cluster.Endpoints()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ec.Close() })
+	// Written before the cache lists, so that its first copy has it.
+	if err := ec.Put(context.Background(), "bench/k", "0123456789abcdef"); err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := cache.New(ec, []string{"bench/"}, config.Default().Cache.MaxStaleness, slog.New(slog.DiscardHandler))
+	go c.Run(ctx)
+	srv := New(Options{Etcd: ec, Registry: prometheus.NewRegistry(), Cache: c,
+		Limits: Limits{MaxKeyBytes: 4096, MaxValueBytes: 1 << 20, MaxWatches: 16, RequestTimeout: 5 * time.Second},
+		Status: func() api.Status { return api.Status{Ready: true} }})
+	sock := filepath.Join(b.TempDir(), "agent.sock")
+	ln, err := Listen(sock, 0o600, -1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { srv.Serve(ctx, ln); close(done) }()
+	b.Cleanup(func() { cancel(); <-done })
+
+	floorSock := filepath.Join(b.TempDir(), "floor.sock")
+	fln, err := net.Listen("unix", floorSock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	fsrv := &http.Server{Handler: floor.Handler()}
+	go fsrv.Serve(fln)
+	b.Cleanup(func() { fsrv.Close() })
+
+	for !c.Synced() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, bc := range []struct {
+		name, sock, req string
+	}{
+		{"floor", floorSock, "GET /x HTTP/1.1\r\nHost: l\r\n\r\n"},
+		{"get-cached", sock, "GET /v1/kv/bench/k?serializable HTTP/1.1\r\nHost: l\r\n\r\n"},
+		{"get", sock, "GET /v1/kv/bench/k HTTP/1.1\r\nHost: l\r\n\r\n"},
+		{"put", sock, "PUT /v1/kv/bench/k HTTP/1.1\r\nHost: l\r\nContent-Length: 16\r\n\r\n0123456789abcdef"},
+	} {
+		for _, clients := range []int{1, 16} {
+			b.Run(fmt.Sprintf("%s/clients=%d", bc.name, clients), func(b *testing.B) {
+				conns := make(chan *benchConn, clients)
+				for range clients {
+					rc, err := dialBench(bc.sock, bc.req)
+					if err != nil {
+						b.Fatal(err)
+					}
+					defer rc.c.Close()
+					conns <- rc
+				}
+				b.ReportAllocs()
+				b.ResetTimer()
+				if clients == 1 {
+					rc := <-conns
+					for range b.N {
+						if err := rc.do(); err != nil {
+							b.Fatal(err)
+						}
+					}
+					return
+				}
+				b.SetParallelism((clients + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+				b.RunParallel(func(pb *testing.PB) {
+					rc := <-conns
+					for pb.Next() {
+						if err := rc.do(); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			})
+		}
+	}
+}
+
+// benchConn is a keep-alive HTTP/1.1 connection that sends one prepared
+// request over and over and reads the answers without allocating.
+type benchConn struct {
+	c   net.Conn
+	br  *bufio.Reader
+	req []byte
+}
+
+func dialBench(sock, req string) (*benchConn, error) {
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		return nil, err
+	}
+	return &benchConn{c: c, br: bufio.NewReaderSize(c, 64<<10), req: []byte(req)}, nil
+}
+
+var errRawStatus = errors.New("raw client: not a 2xx answer")
+
+func (rc *benchConn) do() error {
+	if _, err := rc.c.Write(rc.req); err != nil {
+		return err
+	}
+	line, err := rc.br.ReadSlice('\n')
+	if err != nil {
+		return err
+	}
+	if len(line) < 12 || line[9] != '2' {
+		return fmt.Errorf("%w: %q", errRawStatus, line)
+	}
+	length := -1
+	for {
+		line, err := rc.br.ReadSlice('\n')
+		if err != nil {
+			return err
+		}
+		if len(line) <= 2 {
+			break
+		}
+		const cl = "content-length:"
+		if len(line) > len(cl) && asciiEqualFold(line[:len(cl)], cl) {
+			n := 0
+			for _, ch := range line[len(cl):] {
+				if ch >= '0' && ch <= '9' {
+					n = n*10 + int(ch-'0')
+				}
+			}
+			length = n
+		}
+	}
+	if length < 0 {
+		return errors.New("raw client: no Content-Length")
+	}
+	_, err = rc.br.Discard(length)
+	return err
+}
+
+func asciiEqualFold(b []byte, s string) bool {
+	for i := range b {
+		ch := b[i]
+		if 'A' <= ch && ch <= 'Z' {
+			ch += 'a' - 'A'
+		}
+		if ch != s[i] {
+			return false
+		}
+	}
+	return true
 }

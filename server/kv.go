@@ -33,58 +33,107 @@ func (s *Server) serveKV(w http.ResponseWriter, r *http.Request, rawKey string) 
 }
 
 // params is a request's query, checked against the parameters its method
-// accepts: unknown and repeated parameters are errors.
-type params url.Values
+// accepts: unknown and repeated parameters are errors. It is parsed as
+// url.ParseQuery parses (& between pairs, + and %XX unescaped, ; refused)
+// but into a small array, not a map: a method accepts five at most, and
+// every request on the hot path has one or none.
+type params struct {
+	n  int
+	kv [maxParams]param
+}
+
+type param struct{ name, value string }
+
+// maxParams bounds the parameters one request can carry: as many as the
+// method accepting the most (GET on /v1/kv/), each at most once.
+const maxParams = 8
 
 func parseParams(r *http.Request, allowed ...string) (params, error) {
-	q, err := url.ParseQuery(r.URL.RawQuery)
-	if err != nil {
-		return nil, badRequest("malformed query string: " + err.Error())
-	}
-	for name, vs := range q {
+	var p params
+	q := r.URL.RawQuery
+	for q != "" {
+		var pair string
+		pair, q, _ = strings.Cut(q, "&")
+		if strings.Contains(pair, ";") {
+			return params{}, badRequest("malformed query string: invalid semicolon separator in query")
+		}
+		if pair == "" {
+			continue
+		}
+		name, value, _ := strings.Cut(pair, "=")
+		var err error
+		if name, err = queryUnescape(name); err != nil {
+			return params{}, badRequest("malformed query string: " + err.Error())
+		}
+		if value, err = queryUnescape(value); err != nil {
+			return params{}, badRequest("malformed query string: " + err.Error())
+		}
 		known := false
 		for _, a := range allowed {
 			known = known || a == name
 		}
 		if !known {
 			if len(allowed) == 0 {
-				return nil, badRequest(fmt.Sprintf("unknown query parameter %q: %s %s takes none", name, r.Method, "this path"))
+				return params{}, badRequest(fmt.Sprintf("unknown query parameter %q: %s %s takes none", name, r.Method, "this path"))
 			}
-			return nil, badRequest(fmt.Sprintf("unknown query parameter %q for %s (accepted: %s)", name, r.Method, strings.Join(allowed, ", ")))
+			return params{}, badRequest(fmt.Sprintf("unknown query parameter %q for %s (accepted: %s)", name, r.Method, strings.Join(allowed, ", ")))
 		}
-		if len(vs) > 1 {
-			return nil, badRequest(fmt.Sprintf("query parameter %q given %d times", name, len(vs)))
+		if _, seen := p.get(name); seen {
+			return params{}, badRequest(fmt.Sprintf("query parameter %q given more than once", name))
 		}
+		if p.n == maxParams {
+			return params{}, badRequest("too many query parameters")
+		}
+		p.kv[p.n] = param{name, value}
+		p.n++
 	}
-	return params(q), nil
+	return p, nil
 }
 
-func (p params) has(name string) bool { _, ok := p[name]; return ok }
+// queryUnescape is url.QueryUnescape, which allocates only when there is
+// something to unescape.
+func queryUnescape(s string) (string, error) {
+	if !strings.ContainsAny(s, "%+") {
+		return s, nil
+	}
+	return url.QueryUnescape(s)
+}
+
+func (p *params) get(name string) (string, bool) {
+	for i := range p.n {
+		if p.kv[i].name == name {
+			return p.kv[i].value, true
+		}
+	}
+	return "", false
+}
+
+func (p *params) has(name string) bool { _, ok := p.get(name); return ok }
 
 // flag reads a boolean parameter: bare (?prefix) or =true means true.
-func (p params) flag(name string) (bool, error) {
-	vs, ok := p[name]
+func (p *params) flag(name string) (bool, error) {
+	v, ok := p.get(name)
 	if !ok {
 		return false, nil
 	}
-	switch vs[0] {
+	switch v {
 	case "", "true", "1":
 		return true, nil
 	case "false", "0":
 		return false, nil
 	}
-	return false, badRequest(fmt.Sprintf("query parameter %q must be true or false, got %q", name, vs[0]))
+	return false, badRequest(fmt.Sprintf("query parameter %q must be true or false, got %q", name, v))
 }
 
 // positive reads a parameter that must be a whole number ≥ 1.
-func (p params) positive(name string) (int64, bool, error) {
-	vs, ok := p[name]
+func (p *params) positive(name string) (int64, bool, error) {
+	v, ok := p.get(name)
 	if !ok {
 		return 0, false, nil
 	}
-	n, err := strconv.ParseInt(vs[0], 10, 64)
+	n, err := strconv.ParseInt(v, 10, 64)
 	if err != nil || n < 1 {
-		return 0, false, badRequest(fmt.Sprintf("query parameter %q must be a whole number of at least 1, got %q", name, vs[0]))
+		return 0, false, badRequest(fmt.Sprintf("query parameter %q must be a whole number of at least 1, got %q", name, v))
 	}
 	return n, true, nil
 }
@@ -109,13 +158,13 @@ func (s *Server) key(raw string, prefix bool) (string, error) {
 // the parameters the method accepts; the prefix flag; and the key.
 func (s *Server) keyRequest(r *http.Request, rawKey string, op access.Op, allowed ...string) (p params, key string, prefix bool, err error) {
 	if p, err = parseParams(r, allowed...); err != nil {
-		return nil, "", false, err
+		return params{}, "", false, err
 	}
 	if prefix, err = p.flag("prefix"); err != nil {
-		return nil, "", false, err
+		return params{}, "", false, err
 	}
 	if key, err = s.key(rawKey, prefix); err != nil {
-		return nil, "", false, err
+		return params{}, "", false, err
 	}
 	return p, key, prefix, s.authorize(r, op, key, prefix)
 }
@@ -150,7 +199,7 @@ func (s *Server) getKV(w http.ResponseWriter, r *http.Request, rawKey string) er
 		return err
 	}
 
-	if serializable && rev == 0 && s.cache != nil && s.fromCache(w, key, prefix, limit, keysOnly) {
+	if serializable && rev == 0 && s.cache != nil && s.fromCache(w, r, key, prefix, limit, keysOnly) {
 		return nil
 	}
 	ctx, cancel := s.withTimeout(r)
@@ -168,24 +217,24 @@ func (s *Server) getKV(w http.ResponseWriter, r *http.Request, rawKey string) er
 	if len(res.KVs) > 0 {
 		kv = res.KVs[0]
 	}
-	return writeValue(w, key, res.Revision, kv)
+	return writeValue(w, r, key, res.Revision, kv)
 }
 
 // fromCache answers a serializable read from the cache, if it can; it
 // reports whether it did.
-func (s *Server) fromCache(w http.ResponseWriter, key string, prefix bool, limit int64, keysOnly bool) bool {
+func (s *Server) fromCache(w http.ResponseWriter, r *http.Request, key string, prefix bool, limit int64, keysOnly bool) bool {
 	if prefix {
 		kvs, count, more, rev, ok := s.cache.List(key, limit)
 		if ok {
-			w.Header().Set("X-Endpointd-Cache", "hit")
+			w.Header()["X-Endpointd-Cache"] = cacheHit
 			writeListing(w, rev, count, more, kvs, keysOnly)
 		}
 		return ok
 	}
 	kv, rev, ok := s.cache.Get(key)
 	if ok {
-		w.Header().Set("X-Endpointd-Cache", "hit")
-		if err := writeValue(w, key, rev, kv); err != nil {
+		w.Header()["X-Endpointd-Cache"] = cacheHit
+		if err := writeValue(w, r, key, rev, kv); err != nil {
 			writeError(w, api.CodeNotFound, err.Error(), nil)
 		}
 	}
@@ -217,26 +266,56 @@ func writeListing(w http.ResponseWriter, rev, count int64, more bool, kvs []*mvc
 	writeBody(w, http.StatusOK, "application/json", b)
 }
 
+// cacheHit is X-Endpointd-Cache's value on reads the cache answered; one
+// slice for every response (its capacity of 1 makes an Add copy it).
+var cacheHit = []string{"hit"}
+
+// inlineLength is the largest value whose Content-Length net/http works
+// out itself: it buffers that much of a body, and when the handler returns
+// with all of it buffered, it sends the length (bufferBeforeChunkingSize).
+const inlineLength = 2048
+
 // writeValue writes a single-key read at revision rev: the raw value with
 // its metadata headers, or 404 (an *apiError) when kv is nil.
-func writeValue(w http.ResponseWriter, key string, rev int64, kv *mvccpb.KeyValue) error {
+//
+// It is the hot path of every single-key read, and is written to allocate
+// twice: the digits of all five numbers go into one string that the
+// header values slice, and the header keys, canonical already, are
+// assigned rather than Set (which canonicalizes each key and allocates a
+// slice per value). Content-Length is left to net/http for small values,
+// which keeps the header map within its small size (net/http copies the map
+// once per response: beyond 8 keys the copy costs three more allocations).
+func writeValue(w http.ResponseWriter, r *http.Request, key string, rev int64, kv *mvccpb.KeyValue) error {
 	h := w.Header()
 	if kv == nil {
 		h.Set("X-Etcd-Revision", strconv.FormatInt(rev, 10))
 		return &apiError{code: api.CodeNotFound, msg: fmt.Sprintf("key %q not found", key)}
 	}
-	// The hot path of every single-key read. The keys are canonical already,
-	// so they are assigned, not Set (which canonicalizes each key), and one
-	// backing array holds every value (Set allocates a slice per header).
+	var buf [6*20 + 2]byte
+	b := strconv.AppendInt(buf[:0], rev, 10)
+	endRev := len(b)
+	b = strconv.AppendInt(b, kv.CreateRevision, 10)
+	endCreate := len(b)
+	b = append(b, '"')
+	b = strconv.AppendInt(b, kv.ModRevision, 10)
+	endMod := len(b)
+	b = append(b, '"')
+	b = strconv.AppendInt(b, kv.Version, 10)
+	endVersion := len(b)
+	b = strconv.AppendInt(b, kv.Lease, 10)
+	endLease := len(b)
+	b = strconv.AppendInt(b, int64(len(kv.Value)), 10)
+	digits := string(b)
+
 	v := make([]string, 8)
-	v[0] = strconv.FormatInt(rev, 10)
-	v[1] = strconv.FormatInt(kv.CreateRevision, 10)
-	v[2] = strconv.FormatInt(kv.ModRevision, 10)
-	v[3] = strconv.FormatInt(kv.Version, 10)
-	v[4] = strconv.FormatInt(kv.Lease, 10)
-	v[5] = `"` + v[2] + `"`
+	v[0] = digits[:endRev]
+	v[1] = digits[endRev:endCreate]
+	v[2] = digits[endCreate+1 : endMod]
+	v[3] = digits[endMod+1 : endVersion]
+	v[4] = digits[endVersion:endLease]
+	v[5] = digits[endCreate : endMod+1] // "mod_revision"
 	v[6] = "application/octet-stream"
-	v[7] = strconv.Itoa(len(kv.Value))
+	v[7] = digits[endLease:]
 	h["X-Etcd-Revision"] = v[0:1:1]
 	h["X-Etcd-Create-Revision"] = v[1:2:2]
 	h["X-Etcd-Mod-Revision"] = v[2:3:3]
@@ -244,7 +323,11 @@ func writeValue(w http.ResponseWriter, key string, rev int64, kv *mvccpb.KeyValu
 	h["X-Etcd-Lease"] = v[4:5:5]
 	h["Etag"] = v[5:6:6]
 	h["Content-Type"] = v[6:7:7]
-	h["Content-Length"] = v[7:8:8]
+	// A HEAD writes the body too (net/http drops it), but an empty one
+	// gives net/http nothing to count, so HEAD always says its length.
+	if len(kv.Value) > inlineLength || r.Method == http.MethodHead {
+		h["Content-Length"] = v[7:8:8]
+	}
 	w.WriteHeader(http.StatusOK)
 	w.Write(kv.Value)
 	return nil

@@ -178,6 +178,38 @@ func TestGetHeadersAndAbsentKey(t *testing.T) {
 	}
 }
 
+// Every single-key read says its length, whether net/http counts it (small
+// values) or the handler does; a HEAD says the length its GET would have.
+// And query parameters are unescaped as url.ParseQuery would.
+func TestValueLengthAndQueryForms(t *testing.T) {
+	e := newEnv(t, nil)
+	for _, n := range []int{0, 1, 2047, 2048, 2049, 70000} {
+		key := fmt.Sprintf("/v1/kv/len/%d", n)
+		e.expect(e.do("PUT", key, nil, bytes.Repeat([]byte("x"), n)), http.StatusOK, "")
+		for _, method := range []string{"GET", "HEAD"} {
+			r := e.do(method, key, nil, nil)
+			e.expect(r, http.StatusOK, "")
+			if got := r.header.Get("Content-Length"); got != strconv.Itoa(n) {
+				t.Errorf("%s of a %d-byte value: Content-Length %q (Transfer-Encoding %q)", method, n, got, r.header.Get("Transfer-Encoding"))
+			}
+			if method == "GET" && len(r.body) != n {
+				t.Errorf("GET of a %d-byte value: %d bytes", n, len(r.body))
+			}
+		}
+	}
+	// ?pre%66ix is ?prefix; + in a value is a space (a bad limit, here).
+	r := e.do("GET", "/v1/kv/len/?pre%66ix&keys_%6Fnly", nil, nil)
+	e.expect(r, http.StatusOK, "")
+	if got := r.json(t)["count"]; got != float64(6) {
+		t.Fatalf("escaped ?prefix listed %v keys, want 6: %s", got, r.body)
+	}
+	r = e.do("GET", "/v1/kv/len/?prefix&limit=1+", nil, nil)
+	e.expect(r, http.StatusBadRequest, "invalid_argument")
+	if msg, _ := r.json(t)["error"].(string); !strings.Contains(msg, `"1 "`) {
+		t.Fatalf("+ was not unescaped to a space: %s", r.body)
+	}
+}
+
 func TestPrefixListing(t *testing.T) {
 	e := newEnv(t, nil)
 	for _, k := range []string{"ls/c", "ls/a", "ls/b/x", "ls/b", "lsx"} {
@@ -422,6 +454,10 @@ func TestBadRequests(t *testing.T) {
 		{"heartbeat too short", "GET", "/v1/watch/x?heartbeat=10ms", nil, nil, 400, "invalid_argument"},
 		{"unknown watch parameter", "GET", "/v1/watch/x?limit=1", nil, nil, 400, "invalid_argument"},
 		{"bad percent-encoding", "GET", "/v1/kv/%zz", nil, nil, 400, ""},
+		{"semicolon in query", "GET", "/v1/kv/x?prefix;limit=2", nil, nil, 400, "invalid_argument"},
+		{"bad escape in a value", "GET", "/v1/kv/x?prefix&limit=%zz", nil, nil, 400, "invalid_argument"},
+		{"bad escape in a name", "GET", "/v1/kv/x?%zz", nil, nil, 400, "invalid_argument"},
+		{"repeated escaped parameter", "GET", "/v1/kv/x?prefix&pre%66ix", nil, nil, 400, "invalid_argument"},
 	}
 	parent := e.t
 	for _, tt := range tests {

@@ -37,29 +37,28 @@ type holdParams struct {
 func (s *Server) holdRequest(r *http.Request, rawName string, allowed ...string) (holdParams, params, error) {
 	p, err := parseParams(r, allowed...)
 	if err != nil {
-		return holdParams{}, nil, err
+		return holdParams{}, params{}, err
 	}
 	var hp holdParams
 	if hp.name, err = s.key(rawName, false); err != nil {
-		return hp, nil, err
+		return hp, params{}, err
 	}
 	ttl, has, err := p.positive("ttl")
 	if err != nil {
-		return hp, nil, err
+		return hp, params{}, err
 	}
 	hp.ttl = defaultLockTTL
 	if has {
 		hp.ttl = ttl
 	}
-	if p.has("wait") {
-		v := p["wait"][0]
+	if v, ok := p.get("wait"); ok {
 		if hp.wait, err = time.ParseDuration(v); err != nil || hp.wait < 0 {
-			return hp, nil, badRequest(fmt.Sprintf("wait must be a duration such as 30s (0: try once); got %q", v))
+			return hp, params{}, badRequest(fmt.Sprintf("wait must be a duration such as 30s (0: try once); got %q", v))
 		}
 		hp.hasWait = true
 	}
 	if hp.heartbeat, err = heartbeatParam(p); err != nil {
-		return hp, nil, err
+		return hp, params{}, err
 	}
 	return hp, p, s.authorize(r, access.Write, hp.name+"/", true)
 }
@@ -69,7 +68,7 @@ func heartbeatParam(p params) (time.Duration, error) {
 	if !p.has("heartbeat") {
 		return defaultHeartbeat, nil
 	}
-	v := p["heartbeat"][0]
+	v, _ := p.get("heartbeat")
 	d, err := time.ParseDuration(v)
 	if err != nil || d < minHeartbeat || d > maxHeartbeat {
 		return 0, badRequest(fmt.Sprintf("heartbeat must be a duration from 100ms to 1h, such as 2s; got %q", v))
