@@ -221,7 +221,7 @@ func (f *fleet) startAgents(n int, extra string) error {
 		if err != nil {
 			return err
 		}
-		a.http = newHTTPTarget(sock, a.cmd.Process.Pid)
+		a.http = newHTTPTarget("endpointd", sock, a.cmd.Process.Pid)
 		f.agents = append(f.agents, a)
 	}
 	deadline := time.Now().Add(2 * time.Minute)

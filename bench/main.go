@@ -15,10 +15,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -32,6 +34,7 @@ import (
 	"udp_iaasd/agent"
 	"udp_iaasd/config"
 	"udp_iaasd/internal/etcdtest"
+	"udp_iaasd/internal/floor"
 )
 
 func main() {
@@ -39,7 +42,7 @@ func main() {
 	role := flag.String("role", "", "internal: agent, proxy or watcher")
 	cfgPath := flag.String("config", "", "internal: the agent's config.yaml")
 	endpoints := flag.String("endpoints", "", "internal: the proxy's etcd endpoints, comma-separated")
-	listen := flag.String("listen", "", "internal: the proxy's listen address")
+	listen := flag.String("listen", "", "internal: the proxy's listen address, or the floor's socket")
 	var o options
 	flag.DurationVar(&o.cell, "cell", 2e9, "how long each measurement runs")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds of A/B/C alternation per cell")
@@ -59,6 +62,8 @@ func main() {
 		os.Exit(runProxy(*endpoints, *listen))
 	case "watcher":
 		os.Exit(runWatcher(*endpoints))
+	case "floor":
+		os.Exit(runFloor(*listen))
 	}
 	if fo.n > 0 {
 		os.Exit(runFleet(fo))
@@ -82,6 +87,29 @@ func runAgent(cfgPath string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
 	if err := a.Run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// runFloor is the floor child: package floor's handler, the least a
+// net/http server on a unix socket can do for a request, on sock until
+// SIGTERM. Its CPU per request is what the agent's cached reads are held to.
+func runFloor(sock string) int {
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	srv := &http.Server{Handler: floor.Handler()}
+	go func() {
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGTERM)
+		<-sig
+		srv.Close()
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}

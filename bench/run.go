@@ -60,6 +60,8 @@ type env struct {
 	viaAgent *httpTarget
 	viaGRPC  *grpcTarget // clientv3 on the agent's gRPC socket
 	grpcSock string
+	floor    *exec.Cmd // package floor's handler: what net/http alone costs
+	viaFloor *httpTarget
 }
 
 func run(o options) int {
@@ -81,22 +83,23 @@ func run(o options) int {
 	proxyIdle := memory(e.proxy.Process.Pid)
 
 	ops := []struct {
-		name string
-		fn   func(t target, ctx context.Context, w, i int, st *workerState) error
+		name  string
+		fn    func(t target, ctx context.Context, w, i int, st *workerState) error
+		floor bool // measure the floor beside it
 	}{
 		{"get (linearizable)", func(t target, ctx context.Context, w, i int, _ *workerState) error {
 			return t.get(ctx, keyName(i%o.keys), false)
-		}},
+		}, true},
 		{"get (serializable)", func(t target, ctx context.Context, w, i int, _ *workerState) error {
 			return t.get(ctx, keyName(i%o.keys), true)
-		}},
+		}, true},
 		{"put", func(t target, ctx context.Context, w, i int, _ *workerState) error {
 			_, err := t.put(ctx, keyName(i%o.keys), value)
 			return err
-		}},
+		}, false},
 		{"list 100 keys", func(t target, ctx context.Context, w, i int, _ *workerState) error {
 			return t.list(ctx, "bench/list/")
-		}},
+		}, false},
 		{"compare-and-swap", func(t target, ctx context.Context, w, i int, st *workerState) error {
 			key := fmt.Sprintf("bench/cas/%d", w)
 			if st.casRev[t.name()] == 0 {
@@ -113,7 +116,7 @@ func run(o options) int {
 			}
 			st.casRev[t.name()] = rev
 			return nil
-		}},
+		}, false},
 	}
 	targets := []target{e.direct, e.viaAgent, e.viaGRPC, e.viaProxy}
 	var loaded memInfo
@@ -121,6 +124,10 @@ func run(o options) int {
 	for _, op := range ops {
 		if o.only != "" && !strings.Contains(op.name, o.only) {
 			continue
+		}
+		targets := targets
+		if op.floor {
+			targets = append(targets[:len(targets):len(targets)], e.viaFloor)
 		}
 		for _, clients := range []int{1, 16} {
 			res := map[string]*cellResult{}
@@ -350,7 +357,14 @@ func setup() (*env, error) {
 	if e.viaProxy, err = newGRPCTarget("grpc-proxy", []string{"http://" + e.proxyURL}, e.proxy.Process.Pid); err != nil {
 		return nil, err
 	}
-	e.viaAgent = newHTTPTarget(e.sock, e.agent.Process.Pid)
+	e.viaAgent = newHTTPTarget("endpointd", e.sock, e.agent.Process.Pid)
+	floorSock := filepath.Join(dir, "floor.sock")
+	e.floor = exec.Command(os.Args[0], "-role", "floor", "-listen", floorSock)
+	e.floor.Stderr = os.Stderr
+	if err := e.floor.Start(); err != nil {
+		return nil, err
+	}
+	e.viaFloor = newHTTPTarget("floor", floorSock, e.floor.Process.Pid)
 	if e.viaGRPC, err = newGRPCTarget("endpointd-grpc", []string{"unix://" + e.grpcSock}, e.agent.Process.Pid); err != nil {
 		return nil, err
 	}
@@ -359,18 +373,19 @@ func setup() (*env, error) {
 		st, err := e.viaAgent.status()
 		errP := e.viaProxy.get(context.Background(), "probe", false)
 		errG := e.viaGRPC.get(context.Background(), "probe", false)
-		if err == nil && st.Ready && errP == nil && errG == nil {
+		errF := e.viaFloor.get(context.Background(), "probe", false)
+		if err == nil && st.Ready && errP == nil && errG == nil && errF == nil {
 			return e, nil
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("agent or proxy not ready: %v, %v, %v", err, errP, errG)
+			return nil, fmt.Errorf("agent, proxy or floor not ready: %v, %v, %v, %v", err, errP, errG, errF)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 }
 
 func (e *env) close() {
-	for _, c := range []*exec.Cmd{e.agent, e.proxy} {
+	for _, c := range []*exec.Cmd{e.agent, e.proxy, e.floor} {
 		if c != nil && c.Process != nil {
 			c.Process.Signal(syscall.SIGTERM)
 			c.Wait()
@@ -468,11 +483,12 @@ func (g *grpcTarget) cas(ctx context.Context, key string, v []byte, rev int64) (
 
 // httpTarget is the agent's socket through a plain keep-alive HTTP client.
 type httpTarget struct {
+	n  string
 	hc *http.Client
 	p  int
 }
 
-func newHTTPTarget(sock string, pid int) *httpTarget {
+func newHTTPTarget(name, sock string, pid int) *httpTarget {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -480,10 +496,10 @@ func newHTTPTarget(sock string, pid int) *httpTarget {
 		},
 		MaxIdleConnsPerHost: 64,
 	}
-	return &httpTarget{hc: &http.Client{Transport: tr}, p: pid}
+	return &httpTarget{n: name, hc: &http.Client{Transport: tr}, p: pid}
 }
 
-func (h *httpTarget) name() string { return "endpointd" }
+func (h *httpTarget) name() string { return h.n }
 func (h *httpTarget) pid() int     { return h.p }
 
 func (h *httpTarget) do(ctx context.Context, method, path string, body []byte, hdr map[string]string) ([]byte, error) {

@@ -94,7 +94,7 @@ func (c *EtcdClient) Range(ctx context.Context, key string, opts ...clientv3.OpO
 // rangeAlone sends op as one Range call.
 func (c *EtcdClient) rangeAlone(ctx context.Context, op clientv3.Op) (*clientv3.GetResponse, error) {
 	var resp *clientv3.GetResponse
-	err := c.Do(ctx, func(ctx context.Context, cli *clientv3.Client) error {
+	err := c.unary(ctx, func(ctx context.Context, cli *clientv3.Client) error {
 		r, err := cli.Do(ctx, op)
 		resp = r.Get()
 		return err
@@ -200,7 +200,7 @@ func (r *reader) sendOne(batch []*pendingRead) {
 		ops[i] = p.op
 	}
 	var resp *clientv3.TxnResponse
-	err := r.c.Do(ctx, func(ctx context.Context, cli *clientv3.Client) (err error) {
+	err := r.c.unary(ctx, func(ctx context.Context, cli *clientv3.Client) (err error) {
 		resp, err = cli.Txn(ctx).Then(ops...).Commit()
 		return err
 	})

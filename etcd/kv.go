@@ -107,7 +107,7 @@ type PutOptions struct {
 // itself otherwise).
 func (c *EtcdClient) PutKV(ctx context.Context, key string, value []byte, o PutOptions) (WriteResult, error) {
 	var res WriteResult
-	err := c.Do(ctx, func(ctx context.Context, cli *clientv3.Client) error {
+	err := c.unary(ctx, func(ctx context.Context, cli *clientv3.Client) error {
 		var opts []clientv3.OpOption
 		var lease clientv3.LeaseID
 		if o.TTL > 0 {
@@ -150,7 +150,7 @@ func (c *EtcdClient) PutKV(ctx context.Context, key string, value []byte, o PutO
 // zero Condition).
 func (c *EtcdClient) DeleteKV(ctx context.Context, key string, prefix bool, cond Condition) (WriteResult, error) {
 	var res WriteResult
-	err := c.Do(ctx, func(ctx context.Context, cli *clientv3.Client) error {
+	err := c.unary(ctx, func(ctx context.Context, cli *clientv3.Client) error {
 		if cond.always() {
 			var opts []clientv3.OpOption
 			if prefix {

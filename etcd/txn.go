@@ -85,7 +85,7 @@ type TxnResult struct {
 // timed out may have been applied.
 func (c *EtcdClient) Txn(ctx context.Context, t Txn) (TxnResult, error) {
 	var res TxnResult
-	err := c.Do(ctx, func(ctx context.Context, cli *clientv3.Client) error {
+	err := c.unary(ctx, func(ctx context.Context, cli *clientv3.Client) error {
 		leases := map[int64]clientv3.LeaseID{}
 		for _, branch := range [][]TxnOp{t.Success, t.Failure} {
 			for _, op := range branch {
