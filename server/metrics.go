@@ -17,7 +17,17 @@ type metrics struct {
 	requests *prometheus.CounterVec
 	duration prometheus.Histogram
 	denied   *prometheus.CounterVec
+
+	// counters holds requests' children by method and status code, looked
+	// up once: WithLabelValues hashes its labels and takes a lock on every
+	// call, and formatting the code allocates — per request, for a counter
+	// that is nearly always one of a handful.
+	counters [len(methodLabels)][600]atomic.Pointer[prometheus.Counter]
 }
+
+// methodLabels are the method label's values; anything else is "other", so
+// that the label's cardinality stays bounded.
+var methodLabels = [...]string{http.MethodGet, http.MethodPut, http.MethodDelete, http.MethodHead, http.MethodPost, "other"}
 
 func newMetrics(reg prometheus.Registerer, watchers *atomic.Int64) *metrics {
 	m := &metrics{
@@ -46,13 +56,26 @@ func newMetrics(reg prometheus.Registerer, watchers *atomic.Int64) *metrics {
 }
 
 func (m *metrics) observe(method string, code int, d time.Duration) {
-	switch method {
-	case http.MethodGet, http.MethodPut, http.MethodDelete, http.MethodHead, http.MethodPost:
-	default:
-		method = "other" // bound the label's cardinality
+	mi := len(methodLabels) - 1
+	for i, l := range methodLabels[:mi] {
+		if l == method {
+			mi = i
+			break
+		}
 	}
-	m.requests.WithLabelValues(method, strconv.Itoa(code)).Inc()
 	m.duration.Observe(d.Seconds())
+	if code < 0 || code >= len(m.counters[mi]) {
+		m.requests.WithLabelValues(methodLabels[mi], strconv.Itoa(code)).Inc()
+		return
+	}
+	slot := &m.counters[mi][code]
+	c := slot.Load()
+	if c == nil {
+		counter := m.requests.WithLabelValues(methodLabels[mi], strconv.Itoa(code))
+		slot.CompareAndSwap(nil, &counter)
+		c = slot.Load()
+	}
+	(*c).Inc()
 }
 
 // slogLogger adapts the agent's logger for net/http's error log.

@@ -66,7 +66,7 @@ func (s *Server) txn(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	max := s.limits.Load().MaxTxnBytes
-	raw, err := s.readBody(w, r, max, fmt.Sprintf("transaction body is over limits.max_txn_bytes (%d bytes)", max))
+	raw, err := s.readBody(w, r, max, "transaction body is over limits.max_txn_bytes (%d bytes)")
 	if err != nil {
 		return err
 	}
@@ -340,17 +340,26 @@ func appendTxnResult(b []byte, res etcd.TxnResult, ran []etcd.TxnOp) []byte {
 // one (413, tooLargeMsg) before reading it when Content-Length says so and
 // while reading otherwise. A client that trickles its body holds a
 // connection, so the read is bounded by etcd.request_timeout.
-func (s *Server) readBody(w http.ResponseWriter, r *http.Request, max int, tooLargeMsg string) ([]byte, error) {
-	tooLarge := &apiError{code: api.CodeTooLarge, msg: tooLargeMsg}
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request, max int, tooLargeFormat string) ([]byte, error) {
+	tooLarge := func() error { return &apiError{code: api.CodeTooLarge, msg: fmt.Sprintf(tooLargeFormat, max)} }
 	if r.ContentLength > int64(max) {
-		return nil, tooLarge
+		return nil, tooLarge()
 	}
 	http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.limits.Load().RequestTimeout))
+	if r.ContentLength >= 0 {
+		// The length is known and within the limit, and net/http's body
+		// reader stops at it: read exactly that, into one allocation.
+		b := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, b); err != nil {
+			return nil, badRequest("reading the request body: " + err.Error())
+		}
+		return b, nil
+	}
 	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(max)))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return nil, tooLarge
+			return nil, tooLarge()
 		}
 		return nil, badRequest("reading the request body: " + err.Error())
 	}
