@@ -52,9 +52,10 @@ type Options struct {
 
 // Client talks to one agent socket. It is safe for concurrent use.
 type Client struct {
-	hc     *retryablehttp.Client
-	stream *http.Client // watches: no overall timeout
-	policy backoff.Policy
+	hc       *retryablehttp.Client
+	stream   *http.Client // watches, locks, elections: no overall timeout
+	policy   backoff.Policy
+	retryMax int
 }
 
 // New returns a client of the agent listening on socket.
@@ -93,7 +94,7 @@ func New(socket string, opts Options) *Client {
 	} else {
 		hc.Logger = nil
 	}
-	return &Client{hc: hc, stream: &http.Client{Transport: tr}, policy: policy}
+	return &Client{hc: hc, stream: &http.Client{Transport: tr}, policy: policy, retryMax: opts.RetryMax}
 }
 
 type idempotentKey struct{}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"iter"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -92,6 +93,39 @@ func (c *Client) Campaign(ctx context.Context, name string, value []byte, opts .
 	return c.hold(ctx, "/v1/election/", name, value, "ELECTED", opts)
 }
 
+// startHold sends a hold's request, retried as the client retries what
+// cannot have taken effect — a request that never reached the agent, or a
+// 503 (no lock or campaign was started) — so that a lock asked for while the
+// agent restarts waits for it instead of failing. The last attempt's
+// response is returned, whatever its status.
+func (c *Client) startHold(ctx, hctx context.Context, u string, body []byte) (*http.Response, error) {
+	for attempt := 0; ; attempt++ {
+		req, err := http.NewRequestWithContext(hctx, http.MethodPost, u, bytes.NewReader(body))
+		if err != nil {
+			return nil, fmt.Errorf("client: %w", err)
+		}
+		resp, err := c.stream.Do(req)
+		retry := (err != nil && notSent(err)) || (err == nil && resp.StatusCode == http.StatusServiceUnavailable)
+		if !retry || attempt >= c.retryMax {
+			return resp, err
+		}
+		delay := c.policy.Delay(attempt, rand.Float64())
+		if d, ok := retryAfter(resp); ok {
+			delay = min(d, c.policy.Max)
+		}
+		if resp != nil {
+			resp.Body.Close()
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		}
+	}
+}
+
 func (c *Client) hold(ctx context.Context, path, name string, body []byte, want string, opts []HoldOption) (*Hold, error) {
 	q := url.Values{}
 	for _, o := range opts {
@@ -104,12 +138,7 @@ func (c *Client) hold(ctx context.Context, path, name string, body []byte, want 
 	// The hold outlives ctx's use for acquiring it: it lasts until Release.
 	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	stop := context.AfterFunc(ctx, cancel)
-	req, err := http.NewRequestWithContext(hctx, http.MethodPost, u, bytes.NewReader(body))
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("client: %w", err)
-	}
-	resp, err := c.stream.Do(req)
+	resp, err := c.startHold(ctx, hctx, u, body)
 	if err != nil {
 		cancel()
 		if ctx.Err() != nil {

@@ -87,3 +87,28 @@ func TestLockAndElection(t *testing.T) {
 		return errors.Is(err, client.ErrNotFound)
 	})
 }
+
+// A lock asked for while the agent is not there yet (a restart without
+// socket activation) is retried like any request that cannot have taken
+// effect, and taken once the agent answers; with retries off it fails at
+// once as unavailable.
+func TestLockWaitsForAStartingAgent(t *testing.T) {
+	cluster := etcdtest.New(t, 1)
+	sock := filepath.Join(t.TempDir(), "late.sock")
+	if _, err := client.New(sock, client.Options{RetryMax: -1}).Lock(context.Background(), "late"); !errors.Is(err, client.ErrUnavailable) {
+		t.Fatalf("no agent, no retries: %v", err)
+	}
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		serveAgent(t, cluster, sock)
+	}()
+	c := client.New(sock, client.Options{RetryMax: 20, Backoff: fastBackoff})
+	h, err := c.Lock(context.Background(), "late", client.HoldTTL(5*time.Second))
+	if err != nil {
+		t.Fatalf("Lock while the agent starts: %v", err)
+	}
+	if h.Revision <= 0 {
+		t.Fatalf("hold without a fencing token: %+v", h)
+	}
+	h.Release()
+}
