@@ -234,3 +234,62 @@ func TestWatchResumesAcrossAgentRestart(t *testing.T) {
 	case <-time.After(500 * time.Millisecond):
 	}
 }
+
+// One revision can hold several events (a transaction, or puts the agent
+// batched). A stream that breaks between two of them is resumed at that
+// revision, and only the events not yet yielded are yielded: none missed,
+// none repeated. The agent side is a scripted server here, because the
+// break must fall exactly between two events of one revision.
+func TestWatchResumesInsideARevision(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "script.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var revs []string // the rev parameter of each stream asked for
+	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		revs = append(revs, r.URL.Query().Get("rev"))
+		n := len(revs)
+		mu.Unlock()
+		w.Header().Set("X-Etcd-Revision", "9")
+		w.WriteHeader(http.StatusOK)
+		line := func(s string) { fmt.Fprintln(w, s); w.(http.Flusher).Flush() }
+		if n == 1 {
+			line(`{"type":"PUT","key":"a","value":"1","mod_revision":10,"create_revision":10,"version":1,"lease":0}`)
+			// The connection breaks before b, also of revision 10.
+			conn, _, _ := http.NewResponseController(w).Hijack()
+			conn.Close()
+			return
+		}
+		line(`{"type":"PUT","key":"a","value":"1","mod_revision":10,"create_revision":10,"version":1,"lease":0}`)
+		line(`{"type":"PUT","key":"b","value":"2","mod_revision":10,"create_revision":10,"version":1,"lease":0}`)
+		line(`{"type":"PUT","key":"c","value":"3","mod_revision":11,"create_revision":11,"version":1,"lease":0}`)
+		<-r.Context().Done()
+	})}
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close() })
+
+	c := client.New(sock, client.Options{RetryMax: 3, Backoff: fastBackoff})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var got []string
+	for ev, err := range c.Watch(ctx, "", client.WithPrefix()) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, fmt.Sprintf("%s@%d", ev.KV.Key, ev.Revision))
+		if len(got) == 3 {
+			break
+		}
+	}
+	if want := "[a@10 b@10 c@11]"; fmt.Sprint(got) != want {
+		t.Fatalf("events %v, want %s", got, want)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(revs) != 2 || revs[1] != "10" {
+		t.Fatalf("streams asked for rev %q; the resume must ask for 10, the revision it was inside", revs)
+	}
+}

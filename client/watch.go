@@ -30,31 +30,34 @@ type Event struct {
 // Watch streams events for key (every key under it WithPrefix), from
 // AtRevision or from now. Events arrive in revision order, each once: when a
 // stream breaks (the agent restarts, a reload, etcd trouble) Watch resumes
-// from the revision after the last event or heartbeat it yielded. It ends
+// where it was — from the revision of the last event it yielded, skipping
+// that revision's keys it already yielded (one revision may hold several
+// events: a transaction, or puts the agent batched), or after the last
+// heartbeat, which says its revision is complete. It ends
 // when ctx ends (with no error), when the iteration stops, or with an error:
 // ErrGone when the events it needs were compacted, ErrUnavailable when the
 // agent stayed unreachable through the retries.
 func (c *Client) Watch(ctx context.Context, key string, opts ...Option) iter.Seq2[Event, error] {
 	return func(yield func(Event, error) bool) {
 		o := apply(opts)
-		var next int64 // the first revision still wanted; 0: from now
+		var at resumePoint
 		if v := o.q.Get("rev"); v != "" {
-			next, _ = strconv.ParseInt(v, 10, 64)
+			at.next, _ = strconv.ParseInt(v, 10, 64)
 		}
 		failures := 0
 		for {
-			if next > 0 {
-				o.q.Set("rev", strconv.FormatInt(next, 10))
+			if from := at.from(); from > 0 {
+				o.q.Set("rev", strconv.FormatInt(from, 10))
 			}
 			resp, err := c.openWatch(ctx, key, o)
 			if err == nil {
 				failures = 0
-				if next == 0 { // the stream starts after the revision it reports
+				if at.next == 0 { // the stream starts after the revision it reports
 					cur, _ := strconv.ParseInt(resp.Header.Get("X-Etcd-Revision"), 10, 64)
-					next = cur + 1
+					at.next = cur + 1
 				}
 				var stop bool
-				next, stop, err = c.readStream(resp, next, yield)
+				stop, err = c.readStream(resp, &at, yield)
 				if stop {
 					return
 				}
@@ -109,22 +112,38 @@ func (c *Client) openWatch(ctx context.Context, key string, o reqOpts) (*http.Re
 	return resp, nil
 }
 
-// readStream yields the stream's events until it ends. It returns the next
-// revision wanted, whether the caller stopped, and why the stream ended (nil
-// for an ERROR line asking to resume or a clean end, which is then resumed).
-func (c *Client) readStream(resp *http.Response, next int64, yield func(Event, error) bool) (int64, bool, error) {
+// resumePoint is where a watch stands: every revision before next was
+// yielded whole; of revision partial (when not 0) the events of the keys in
+// seen were yielded and more may follow.
+type resumePoint struct {
+	next    int64
+	partial int64
+	seen    map[string]bool
+}
+
+// from is the revision a new stream starts at: partial, whose events the
+// stream repeats and seen filters, or next.
+func (p *resumePoint) from() int64 {
+	if p.partial > 0 {
+		return p.partial
+	}
+	return p.next
+}
+
+// readStream yields the stream's events until it ends, moving at along. It
+// returns whether the caller stopped, and why the stream ended (nil for an
+// ERROR line asking to resume or a clean end, which is then resumed).
+func (c *Client) readStream(resp *http.Response, at *resumePoint, yield func(Event, error) bool) (bool, error) {
 	defer resp.Body.Close()
-	// Events of one revision (a transaction) share it, so "already seen"
-	// means older than where this stream started, not than the last event.
-	start := next
+	start := at.from()
 	r := bufio.NewReaderSize(resp.Body, 64<<10)
 	for {
 		line, err := r.ReadBytes('\n')
 		if err != nil {
 			if len(line) == 0 && (err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF)) {
-				return next, false, nil
+				return false, nil
 			}
-			return next, false, fmt.Errorf("%w: watch stream broke: %w", ErrUnavailable, err)
+			return false, fmt.Errorf("%w: watch stream broke: %w", ErrUnavailable, err)
 		}
 		var raw struct {
 			rawKV
@@ -135,34 +154,46 @@ func (c *Client) readStream(resp *http.Response, next int64, yield func(Event, e
 			CompactRevision int64  `json:"compact_revision"`
 		}
 		if err := json.Unmarshal(line, &raw); err != nil {
-			return next, false, fmt.Errorf("client: bad watch line %q: %w", line, err)
+			return false, fmt.Errorf("client: bad watch line %q: %w", line, err)
 		}
 		ev := Event{Type: raw.Type}
 		switch raw.Type {
 		case "PUT", "DELETE":
 			kv, err := raw.rawKV.decode()
 			if err != nil {
-				return next, false, err
+				return false, err
 			}
 			ev.KV, ev.Revision = kv, kv.ModRevision
-			if ev.Revision < start {
+			if ev.Revision < start || (ev.Revision == at.partial && at.seen[string(kv.Key)]) {
 				continue // already yielded before a resume
 			}
-			next = ev.Revision + 1
+			if ev.Revision != at.partial {
+				at.partial = ev.Revision
+				clear(at.seen)
+				if at.seen == nil {
+					at.seen = map[string]bool{}
+				}
+			}
+			at.seen[string(kv.Key)] = true
+			at.next = ev.Revision + 1
 		case "PROGRESS":
 			ev.Revision = raw.Revision
-			next = max(next, raw.Revision+1)
+			at.next = max(at.next, raw.Revision+1)
+			if raw.Revision >= at.partial {
+				at.partial = 0 // every event up to it was delivered
+				clear(at.seen)
+			}
 		case "ERROR":
 			e := &Error{Status: http.StatusOK, Code: raw.Code, Message: raw.Error, CompactRevision: raw.CompactRevision}
 			if raw.Code == api.CodeUnavailable {
-				return next, false, nil // the agent is stopping or etcd is away: resume
+				return false, nil // the agent is stopping or etcd is away: resume
 			}
-			return next, false, e
+			return false, e
 		default:
 			continue // a line type this client does not know
 		}
 		if !yield(ev, nil) {
-			return next, true, nil
+			return true, nil
 		}
 	}
 }
