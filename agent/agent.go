@@ -630,6 +630,14 @@ func newMetrics(reg *prometheus.Registry, ec *etcd.EtcdClient, version string, c
 			Name: "endpointd_etcd_batched_reads_total",
 			Help: "Linearizable reads sent to etcd inside a batch rather than alone.",
 		}, func() float64 { return float64(ec.ReadStats().Reads) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "endpointd_etcd_write_batches_total",
+			Help: "Transactions that carried two or more concurrent plain puts.",
+		}, func() float64 { return float64(ec.WriteStats().Batches) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "endpointd_etcd_batched_writes_total",
+			Help: "Plain puts sent to etcd inside a batch rather than alone.",
+		}, func() float64 { return float64(ec.WriteStats().Puts) }),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

@@ -57,6 +57,8 @@ func TestStartAppliesAndServes(t *testing.T) {
 		"endpointd_etcd_reconnects_total 0",
 		"endpointd_etcd_read_batches_total",
 		"endpointd_etcd_batched_reads_total",
+		"endpointd_etcd_write_batches_total",
+		"endpointd_etcd_batched_writes_total",
 		`endpointd_http_requests_total{code="200",method="PUT"}`,
 		"endpointd_http_request_duration_seconds_bucket",
 		"endpointd_watchers 0",

@@ -191,6 +191,7 @@ type EtcdClient struct {
 
 	rand     func() float64 // ConnectSpread's delays; tests replace it
 	reads    reader         // batches concurrent linearizable reads (batch.go)
+	writes   writer         // batches concurrent plain puts (writebatch.go)
 	health   *healthLoop
 	hubs     hubs           // shared watches (watch.go)
 	sessions sessionPool    // leases of locks and elections (lock.go)
@@ -229,6 +230,7 @@ func New(cfg Config) (*EtcdClient, error) {
 	}
 	c := &EtcdClient{cfg: cfg, log: cfg.Logger, minSize: cfg.MinClusterSize, username: cfg.Username, password: cfg.Password}
 	c.reads.c = c
+	c.writes.c = c
 	c.hubs = hubs{c: c, m: map[hubKey]*hub{}}
 	c.reqTimeout.Store(int64(cfg.RequestTimeout))
 	c.rand = rand.Float64
@@ -295,6 +297,7 @@ func newOrBroken(cfg Config) *EtcdClient {
 	if err != nil {
 		c := &EtcdClient{cfg: cfg.withDefaults(), log: slog.New(slog.DiscardHandler), initErr: err}
 		c.reads.c = c
+		c.writes.c = c
 		return c
 	}
 	return c

@@ -101,11 +101,19 @@ type PutOptions struct {
 	If  Condition
 }
 
-// PutKV writes value at key as o says. With a condition, the check and the
-// write are one transaction, and its result decides Failed. A lease granted
+// PutKV writes value at key as o says. A plain put (no TTL, no condition)
+// may share one transaction with concurrent ones (writebatch.go). With a
+// condition, the check and the write are one transaction, and its result
+// decides Failed. A lease granted
 // for a write whose condition failed is revoked (best effort: it expires by
 // itself otherwise).
 func (c *EtcdClient) PutKV(ctx context.Context, key string, value []byte, o PutOptions) (WriteResult, error) {
+	if o.TTL == 0 && o.If.always() {
+		// A plain put may share a transaction with concurrent ones
+		// (writebatch.go).
+		rev, err := c.writes.put(ctx, key, value)
+		return WriteResult{Revision: rev}, err
+	}
 	var res WriteResult
 	err := c.unary(ctx, func(ctx context.Context, cli *clientv3.Client) error {
 		var opts []clientv3.OpOption

@@ -1,0 +1,237 @@
+package etcd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"udp_iaasd/internal/etcdtest"
+)
+
+// queuePuts holds every in-flight slot of c's writer, starts one plain
+// PutKV per entry, waits until all are queued, and returns a release that
+// lets them go as batches and returns their results in order.
+func queuePuts(t *testing.T, c *EtcdClient, ctx context.Context, kvs [][2]string) (release func() ([]int64, []error)) {
+	t.Helper()
+	w := &c.writes
+	w.mu.Lock()
+	held := maxWriteBatches - w.inflight
+	w.inflight = maxWriteBatches
+	w.mu.Unlock()
+
+	revs := make([]int64, len(kvs))
+	errs := make([]error, len(kvs))
+	var wg sync.WaitGroup
+	for i, kv := range kvs {
+		// One at a time into the queue, so that its order is kvs' order.
+		wg.Go(func() {
+			res, err := c.PutKV(ctx, kv[0], []byte(kv[1]), PutOptions{})
+			revs[i], errs[i] = res.Revision, err
+		})
+		etcdtest.Eventually(t, 10*time.Second, "the put to queue", func() bool {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			return len(w.queue) == i+1
+		})
+	}
+	return func() ([]int64, []error) {
+		for range held {
+			c.writes.finished()
+		}
+		wg.Wait()
+		return revs, errs
+	}
+}
+
+// Puts queued together leave as one transaction: one revision for the
+// batch, each key's value and mod_revision as written, one watch event
+// each. A second put of a key waits for the next batch, after the first.
+func TestPutsShareATransaction(t *testing.T) {
+	cluster := etcdtest.New(t, 1)
+	c := newTestClient(t, Config{Endpoints: cluster.Endpoints()})
+	direct := cluster.Client(t)
+	ctx := ctxT(t, 30*time.Second)
+	start, err := direct.Get(ctx, "wb/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wch := direct.Watch(ctx, "wb/", clientv3.WithPrefix(), clientv3.WithRev(start.Header.Revision+1))
+
+	kvs := [][2]string{{"wb/a", "1"}, {"wb/b", "2"}, {"wb/a", "3"}, {"wb/c", "4"}, {"wb/d", "5"}}
+	revs, errs := queuePuts(t, c, ctx, kvs)()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	// wb/a, wb/b, wb/c, wb/d in the first batch; the second wb/a after it.
+	if revs[0] != revs[1] || revs[0] != revs[3] || revs[0] != revs[4] || revs[2] <= revs[0] {
+		t.Fatalf("revisions %v: want one for the first batch and a later one for the second put of wb/a", revs)
+	}
+	if st := c.WriteStats(); st.Batches != 1 || st.Puts != 4 {
+		t.Errorf("WriteStats = %+v, want one batch of 4", st)
+	}
+	want := map[string]string{"wb/a": "3", "wb/b": "2", "wb/c": "4", "wb/d": "5"}
+	for k, v := range want {
+		resp, err := direct.Get(ctx, k)
+		if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != v {
+			t.Fatalf("%s: %v %v, want %q", k, resp, err, v)
+		}
+	}
+	// Every put is one event, with the revision its caller was given.
+	var got []string
+	for len(got) < len(kvs) {
+		select {
+		case wr := <-wch:
+			for _, ev := range wr.Events {
+				got = append(got, fmt.Sprintf("%s=%s@%d", ev.Kv.Key, ev.Kv.Value, ev.Kv.ModRevision))
+			}
+		case <-ctx.Done():
+			t.Fatalf("events so far: %v", got)
+		}
+	}
+	wantEvents := map[string]bool{}
+	for i, kv := range kvs {
+		wantEvents[fmt.Sprintf("%s=%s@%d", kv[0], kv[1], revs[i])] = true
+	}
+	for _, e := range got {
+		if !wantEvents[e] {
+			t.Errorf("unexpected or repeated event %s (want %v)", e, wantEvents)
+		}
+		delete(wantEvents, e)
+	}
+}
+
+// A cluster whose --max-txn-ops is below the batch refuses it before
+// applying anything: each put is then sent alone and succeeds, and later
+// batches fit.
+func TestPutBatchRefusedGoesAlone(t *testing.T) {
+	cluster, err := etcdtest.Start(etcdtest.Options{Members: 1, Dir: t.TempDir(), MaxTxnOps: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	c := newTestClient(t, Config{Endpoints: cluster.Endpoints()})
+	ctx := ctxT(t, 30*time.Second)
+	for round := range 2 {
+		var kvs [][2]string
+		for i := range 8 {
+			kvs = append(kvs, [2]string{fmt.Sprintf("r/k%d", i), fmt.Sprintf("%d-%d", round, i)})
+		}
+		revs, errs := queuePuts(t, c, ctx, kvs)()
+		if err := errors.Join(errs...); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		for i, kv := range kvs {
+			v, err := c.Get(ctx, kv[0])
+			if err != nil || v != kv[1] || revs[i] <= 0 {
+				t.Fatalf("round %d: %s = %q (%v), revision %d", round, kv[0], v, err, revs[i])
+			}
+		}
+	}
+	c.writes.mu.Lock()
+	limit := c.writes.maxOps
+	c.writes.mu.Unlock()
+	if limit < 1 || limit > 3 {
+		t.Errorf("batch limit after refusals = %d, want 1..3", limit)
+	}
+}
+
+// Many writers on few keys, batched as it happens: per key, the revisions
+// given back are distinct and the last one's value is what stays; a watch
+// from before sees every put once, at the revision its caller was given.
+func TestConcurrentPutsKeepEveryWrite(t *testing.T) {
+	cluster := etcdtest.New(t, 3)
+	c := newTestClient(t, Config{Endpoints: cluster.Endpoints()})
+	direct := cluster.Client(t)
+	ctx := ctxT(t, 60*time.Second)
+	start, err := direct.Get(ctx, "cw/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancelWatch := context.WithCancel(ctx)
+	defer cancelWatch()
+	wch := direct.Watch(wctx, "cw/", clientv3.WithPrefix(), clientv3.WithRev(start.Header.Revision+1))
+
+	const writers, puts, keys = 32, 25, 6
+	type write struct {
+		key, value string
+		rev        int64
+	}
+	var (
+		mu     sync.Mutex
+		writes []write
+		wg     sync.WaitGroup
+	)
+	for w := range writers {
+		wg.Go(func() {
+			for i := range puts {
+				key, value := fmt.Sprintf("cw/%d", (w+i)%keys), fmt.Sprintf("w%d-%d", w, i)
+				res, err := c.PutKV(ctx, key, []byte(value), PutOptions{})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				writes = append(writes, write{key, value, res.Revision})
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	if st := c.WriteStats(); st.Batches == 0 {
+		t.Logf("no batch formed (%+v): the machine let every put go alone", st)
+	} else {
+		t.Logf("WriteStats: %+v of %d puts", st, writers*puts)
+	}
+	last := map[string]write{}
+	seen := map[string]map[int64]bool{}
+	for _, wr := range writes {
+		if seen[wr.key] == nil {
+			seen[wr.key] = map[int64]bool{}
+		}
+		if seen[wr.key][wr.rev] {
+			t.Fatalf("two puts of %s were given revision %d", wr.key, wr.rev)
+		}
+		seen[wr.key][wr.rev] = true
+		if wr.rev > last[wr.key].rev {
+			last[wr.key] = wr
+		}
+	}
+	for k, wr := range last {
+		resp, err := direct.Get(ctx, k)
+		if err != nil || string(resp.Kvs[0].Value) != wr.value || resp.Kvs[0].ModRevision != wr.rev {
+			t.Fatalf("%s: %v %v; the put given the highest revision was %+v", k, resp.Kvs, err, wr)
+		}
+	}
+	want := map[string]bool{}
+	for _, wr := range writes {
+		want[fmt.Sprintf("%s=%s@%d", wr.key, wr.value, wr.rev)] = true
+	}
+	var lastRev int64
+	for n := 0; n < len(writes); {
+		select {
+		case resp := <-wch:
+			for _, ev := range resp.Events {
+				e := fmt.Sprintf("%s=%s@%d", ev.Kv.Key, ev.Kv.Value, ev.Kv.ModRevision)
+				if !want[e] {
+					t.Fatalf("event %s is no acknowledged put, or came twice", e)
+				}
+				if ev.Kv.ModRevision < lastRev {
+					t.Fatalf("event %s after revision %d", e, lastRev)
+				}
+				lastRev = ev.Kv.ModRevision
+				delete(want, e)
+				n++
+			}
+		case <-ctx.Done():
+			t.Fatalf("%d events missing, e.g. %v", len(want), want)
+		}
+	}
+}
