@@ -29,9 +29,11 @@ import (
 // has not been sent, so the transaction commits inside its request's
 // interval: it is linearizable. Concurrent puts may share a revision, as the
 // puts of one /v1/txn do; watchers see them as that revision's events, each
-// once. Two puts of one key never share a batch: etcd refuses a transaction
-// that writes a key twice, and the later one waits for the next batch, so
-// puts of one key keep their order.
+// once. Two puts of one key never share a batch (etcd refuses a transaction
+// that writes a key twice): the later one goes in another, and as with any
+// two concurrent puts of one key, either may commit first; the key keeps
+// the value of the one given the higher revision. (A client's puts one
+// after the other are never concurrent: each waits for its answer.)
 //
 // A batch that fails is resent put by put only where etcd cannot have
 // applied it — a refusal before the write (too many operations, too large a
@@ -136,7 +138,7 @@ func (w *writer) finished() {
 }
 
 // take removes the next batch from the queue — in arrival order, at most one
-// put per key, the rest left in order for later batches — and counts it in
+// put per key, the rest left for later batches — and counts it in
 // flight; nil if nothing waits or there is no room. w.mu must be held.
 func (w *writer) take() []*pendingWrite {
 	if len(w.queue) == 0 || w.inflight >= maxWriteBatches {
