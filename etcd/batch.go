@@ -183,7 +183,7 @@ func (r *reader) send(batch []*pendingRead) {
 // their deadlines; each caller still stops waiting at its own.
 func (r *reader) sendOne(batch []*pendingRead) {
 	deadline := time.Now().Add(r.c.requestTimeout())
-	if d, ok := latest(batch); ok {
+	if d, ok := latest(batch, func(p *pendingRead) time.Time { return p.deadline }); ok {
 		deadline = d
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
@@ -235,16 +235,17 @@ func (r *reader) sendOne(batch []*pendingRead) {
 	}
 }
 
-// latest returns the latest deadline of the batch's reads, or false when one
-// of them has none.
-func latest(batch []*pendingRead) (time.Time, bool) {
+// latest returns the latest deadline of a batch's requests, or false when
+// one of them has none (a zero deadline).
+func latest[T any](batch []T, deadline func(T) time.Time) (time.Time, bool) {
 	var d time.Time
 	for _, p := range batch {
-		if p.deadline.IsZero() {
+		pd := deadline(p)
+		if pd.IsZero() {
 			return time.Time{}, false
 		}
-		if p.deadline.After(d) {
-			d = p.deadline
+		if pd.After(d) {
+			d = pd
 		}
 	}
 	return d, true

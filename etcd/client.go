@@ -356,17 +356,9 @@ func (c *EtcdClient) Delete(ctx context.Context, key string) error {
 // client passed to fn stays open until fn returns, even if UpdateEndpoints
 // replaces it meanwhile; fn must not keep it.
 func (c *EtcdClient) Do(ctx context.Context, fn func(ctx context.Context, cli *clientv3.Client) error) error {
-	g, err := c.acquire()
-	if err != nil {
-		return err
-	}
-	defer g.inflight.Done()
-	if !c.reachable(g) {
-		return ErrUnavailable
-	}
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
-	return fn(ctx, g.cli)
+	return c.onLive(ctx, fn)
 }
 
 // unary is Do for fn that makes unary calls only, and so leaves nothing
@@ -377,6 +369,12 @@ func (c *EtcdClient) unary(ctx context.Context, fn func(ctx context.Context, cli
 	if _, ok := ctx.Deadline(); !ok {
 		return c.Do(ctx, fn)
 	}
+	return c.onLive(ctx, fn)
+}
+
+// onLive runs fn with the live client pinned, or answers ErrUnavailable
+// while no member is reachable.
+func (c *EtcdClient) onLive(ctx context.Context, fn func(ctx context.Context, cli *clientv3.Client) error) error {
 	g, err := c.acquire()
 	if err != nil {
 		return err

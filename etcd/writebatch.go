@@ -184,7 +184,7 @@ func (w *writer) send(batch []*pendingWrite) {
 // its own context, bounded by the latest of its puts' deadlines.
 func (w *writer) sendOne(batch []*pendingWrite) {
 	deadline := time.Now().Add(w.c.requestTimeout())
-	if d, ok := latestWrite(batch); ok {
+	if d, ok := latest(batch, func(p *pendingWrite) time.Time { return p.deadline }); ok {
 		deadline = d
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
@@ -242,19 +242,4 @@ func refusedUnapplied(err error) bool {
 		return true
 	}
 	return false
-}
-
-// latestWrite returns the latest deadline of the batch's puts, or false when
-// one of them has none.
-func latestWrite(batch []*pendingWrite) (time.Time, bool) {
-	var d time.Time
-	for _, p := range batch {
-		if p.deadline.IsZero() {
-			return time.Time{}, false
-		}
-		if p.deadline.After(d) {
-			d = p.deadline
-		}
-	}
-	return d, true
 }
