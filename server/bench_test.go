@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 
 	"udp_iaasd/access"
 	"udp_iaasd/api"
@@ -140,6 +141,9 @@ func BenchmarkDirectGet(b *testing.B) {
 // a process of its own and the client is a raw HTTP/1.1 writer that
 // allocates nothing per request, so allocs/op is the server's alone:
 // net/http, our handler, and for etcd-bound requests clientv3 and gRPC.
+// cpu-µs/op is the process's user+system CPU per request (getrusage), the
+// raw client's small share included: allocations say what is made, CPU what
+// it all costs, scheduler and syscalls too, which is what issue 16 budgets.
 //
 //	go test -run '^$' -bench BenchmarkRequest -benchtime 20000x ./server
 func BenchmarkRequest(b *testing.B) {
@@ -204,6 +208,10 @@ func BenchmarkRequest(b *testing.B) {
 					conns <- rc
 				}
 				b.ReportAllocs()
+				cpu0 := processCPU(b)
+				defer func() {
+					b.ReportMetric(float64((processCPU(b)-cpu0).Microseconds())/float64(b.N), "cpu-µs/op")
+				}()
 				b.ResetTimer()
 				if clients == 1 {
 					rc := <-conns
@@ -227,6 +235,15 @@ func BenchmarkRequest(b *testing.B) {
 			})
 		}
 	}
+}
+
+// processCPU is the user and system CPU this process has used so far.
+func processCPU(b *testing.B) time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // benchConn is a keep-alive HTTP/1.1 connection that sends one prepared
