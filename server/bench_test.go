@@ -161,6 +161,13 @@ func BenchmarkRequest(b *testing.B) {
 	if err := ec.Put(context.Background(), "bench/k", "0123456789abcdef"); err != nil {
 		b.Fatal(err)
 	}
+	// A 100-key listing outside the cached prefix: the read that
+	// allocates most per request, for the JSON encoder and gRPC alike.
+	for i := range 100 {
+		if err := ec.Put(context.Background(), fmt.Sprintf("list/%03d", i), "0123456789abcdef"); err != nil {
+			b.Fatal(err)
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c := cache.New(ec, []string{"bench/"}, config.Default().Cache.MaxStaleness, slog.New(slog.DiscardHandler))
 	go c.Run(ctx)
@@ -194,6 +201,7 @@ func BenchmarkRequest(b *testing.B) {
 		{"floor", floorSock, "GET /x HTTP/1.1\r\nHost: l\r\n\r\n"},
 		{"get-cached", sock, "GET /v1/kv/bench/k?serializable HTTP/1.1\r\nHost: l\r\n\r\n"},
 		{"get", sock, "GET /v1/kv/bench/k HTTP/1.1\r\nHost: l\r\n\r\n"},
+		{"list", sock, "GET /v1/kv/list/?prefix HTTP/1.1\r\nHost: l\r\n\r\n"},
 		{"put", sock, "PUT /v1/kv/bench/k HTTP/1.1\r\nHost: l\r\nContent-Length: 16\r\n\r\n0123456789abcdef"},
 	} {
 		for _, clients := range []int{1, 16} {
