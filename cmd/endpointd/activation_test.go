@@ -23,7 +23,7 @@ import (
 // runs that need a process of its own (socket activation).
 func TestMain(m *testing.M) {
 	if os.Getenv("ENDPOINTD_BE_MAIN") == "1" {
-		os.Exit(run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+		os.Exit(asMain(os.Args[1:]))
 	}
 	os.Exit(m.Run())
 }

@@ -43,6 +43,8 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) int {
 	level := new(slog.LevelVar)
 	level.Set(agent.ParseLevel(cfg.Log.Level))
 	log := newLogger(cfg.Log.Format, level, stderr)
+	procs, gogc := agent.RuntimeSettings()
+	log.Info("starting", "version", fullVersion(), "gomaxprocs", procs, "gogc", gogc)
 	if cfgPath == "" {
 		log.Info("no config file; using the defaults", "looked_for", *configPath)
 	}
