@@ -50,6 +50,7 @@ func main() {
 	flag.IntVar(&o.reloads, "reloads", 100, "endpoints file reloads to time")
 	flag.IntVar(&o.watchers, "watchers", 100, "local watchers for the fan-out measurement")
 	flag.StringVar(&o.only, "only", "", "measure only operations whose name contains this")
+	flag.IntVar(&o.proxyProcs, "proxy-procs", 0, "GOMAXPROCS for grpc-proxy; 0 leaves Go's default, as etcd ships it")
 	var fo fleetOptions
 	flag.IntVar(&fo.n, "fleet", 0, "fleet mode: N agents beside N bare etcd clients (see fleet.go)")
 	flag.DurationVar(&fo.window, "window", 20e9, "fleet mode: how long each idle measurement runs")
@@ -71,8 +72,10 @@ func main() {
 	os.Exit(run(o))
 }
 
-// runAgent is the agent child: the real agent on its config, until SIGTERM.
+// runAgent is the agent child: the real agent on its config, with the
+// runtime settings `endpointd run` gives it, until SIGTERM.
 func runAgent(cfgPath string) int {
+	agent.TuneRuntime()
 	cfg, err := config.Load(cfgPath)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -95,8 +98,11 @@ func runAgent(cfgPath string) int {
 
 // runFloor is the floor child: package floor's handler, the least a
 // net/http server on a unix socket can do for a request, on sock until
-// SIGTERM. Its CPU per request is what the agent's cached reads are held to.
+// SIGTERM. Its CPU per request is what the agent's cached reads are held
+// to, so it runs with the agent's runtime settings: the ratio is then the
+// handler's cost, not the runtime's.
 func runFloor(sock string) int {
+	agent.TuneRuntime()
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

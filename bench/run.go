@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,12 +29,13 @@ import (
 )
 
 type options struct {
-	cell     time.Duration
-	rounds   int
-	keys     int
-	reloads  int
-	watchers int
-	only     string
+	cell       time.Duration
+	rounds     int
+	keys       int
+	reloads    int
+	watchers   int
+	only       string
+	proxyProcs int // grpc-proxy's GOMAXPROCS; 0 for Go's default
 }
 
 // target is one way to reach etcd.
@@ -65,7 +67,7 @@ type env struct {
 }
 
 func run(o options) int {
-	e, err := setup()
+	e, err := setup(o.proxyProcs)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 1
@@ -73,7 +75,12 @@ func run(o options) int {
 	defer e.close()
 	fmt.Printf("endpointd bench: %s, %d CPUs; 3 etcd members, the agent and grpc-proxy each in its own process\n",
 		time.Now().UTC().Format(time.RFC3339), runtimeCPUs())
-	fmt.Printf("cells of %v, %d rounds of A/B/C alternation, %d keys, 100-key listings\n\n", o.cell, o.rounds, o.keys)
+	fmt.Printf("cells of %v, %d rounds of A/B/C alternation, %d keys, 100-key listings\n", o.cell, o.rounds, o.keys)
+	proxyProcs := runtime.GOMAXPROCS(0) // this process keeps Go's default, as the proxy child does
+	if o.proxyProcs > 0 {
+		proxyProcs = o.proxyProcs
+	}
+	fmt.Printf("runtime: agent and floor %s; grpc-proxy GOMAXPROCS=%d GOGC=100\n\n", e.agentRuntime(), proxyProcs)
 
 	if err := e.preload(o.keys); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -318,7 +325,7 @@ func splitComma(s string) []string {
 	return out
 }
 
-func setup() (*env, error) {
+func setup(proxyProcs int) (*env, error) {
 	dir, err := os.MkdirTemp("", "endpointd-bench-")
 	if err != nil {
 		return nil, err
@@ -348,6 +355,9 @@ func setup() (*env, error) {
 	e.proxyURL = fmt.Sprintf("127.0.0.1:%d", port)
 	e.proxy = exec.Command(os.Args[0], "-role", "proxy", "-endpoints", strings.Join(eps, ","), "-listen", e.proxyURL)
 	e.proxy.Stderr = os.Stderr
+	if proxyProcs > 0 {
+		e.proxy.Env = append(os.Environ(), fmt.Sprintf("GOMAXPROCS=%d", proxyProcs))
+	}
 	if err := e.proxy.Start(); err != nil {
 		return nil, err
 	}
@@ -382,6 +392,25 @@ func setup() (*env, error) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// agentRuntime is the agent's GOMAXPROCS and GOGC as its /metrics reports
+// them (the Go collector's gauges), so the table says what was measured.
+func (e *env) agentRuntime() string {
+	b, err := e.viaAgent.do(context.Background(), http.MethodGet, "/metrics", nil, nil)
+	if err != nil {
+		return "(runtime unknown: " + err.Error() + ")"
+	}
+	var procs, gogc string
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "go_sched_gomaxprocs_threads "); ok {
+			procs = strings.TrimSpace(v)
+		}
+		if v, ok := strings.CutPrefix(line, "go_gc_gogc_percent "); ok {
+			gogc = strings.TrimSpace(v)
+		}
+	}
+	return "GOMAXPROCS=" + procs + " GOGC=" + gogc
 }
 
 func (e *env) close() {
