@@ -12,16 +12,16 @@ import (
 // request is a read from one socket, a little work and a write to another.
 // With two or more Ps a request's goroutines wake each other across Ps, and
 // the runtime pays for that in futex wake-ups, spinning threads and extra
-// epoll calls — measured (docs/benchmarks.md, "Runtime settings") as a third
-// to a half of the CPU a request costs. On one P the same hand-offs are
-// goroutine switches. It also holds the agent, which runs beside the host's
-// real work, to one core under any load.
+// epoll calls — 10–30% of the CPU a one-client request costs, less under
+// load (docs/benchmarks.md, "Runtime settings"). On one P the same
+// hand-offs are goroutine switches. It also holds the agent, which runs
+// beside the host's real work, to one core under any load.
 const Procs = 1
 
 // GCPercent is the agent's GOGC unless the environment's GOGC says
 // otherwise. The live heap is small (a few MiB, most of it the read cache),
 // so at the default of 100 the collector runs often under load and a cached
-// read pays for it; 200 halves the collections for about 3 MiB more private
+// read pays for it; 200 halves the collections for 2–3 MiB more private
 // memory under load and none at idle.
 const GCPercent = 200
 
