@@ -118,6 +118,7 @@ func writeMan(w io.Writer) {
 		{"ENDPOINTD_SOCKET", "the agent's socket, for the client commands when -socket is not given"},
 		{"ENDPOINTD_LOCK_KEY, ENDPOINTD_LOCK_REVISION", "set by lock for CMD: the lock's key and its fencing token"},
 		{"ENDPOINTD_ELECTION_KEY, ENDPOINTD_ELECTION_REVISION", "set by elect for CMD: the leader key and its revision"},
+		{"GOMAXPROCS, GOGC", "run: when set, used as given; otherwise the agent runs on one P with GOGC=200 (README, Runtime settings)"},
 	} {
 		p(`.TP`)
 		p(`.B %s`, roff(e[0]))
