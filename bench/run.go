@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,6 +23,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"udp_iaasd/agent"
 	"udp_iaasd/config"
 	"udp_iaasd/internal/etcdtest"
 )
@@ -76,11 +76,13 @@ func run(o options) int {
 	fmt.Printf("endpointd bench: %s, %d CPUs; 3 etcd members, the agent and grpc-proxy each in its own process\n",
 		time.Now().UTC().Format(time.RFC3339), runtimeCPUs())
 	fmt.Printf("cells of %v, %d rounds of A/B/C alternation, %d keys, 100-key listings\n", o.cell, o.rounds, o.keys)
-	proxyProcs := runtime.GOMAXPROCS(0) // this process keeps Go's default, as the proxy child does
+	// The proxy child inherits this process's environment and, like it,
+	// does not tune its runtime: what this process runs with, it does.
+	proxyProcs, proxyGOGC := agent.RuntimeSettings()
 	if o.proxyProcs > 0 {
 		proxyProcs = o.proxyProcs
 	}
-	fmt.Printf("runtime: agent and floor %s; grpc-proxy GOMAXPROCS=%d GOGC=100\n\n", e.agentRuntime(), proxyProcs)
+	fmt.Printf("runtime: agent and floor %s; grpc-proxy GOMAXPROCS=%d GOGC=%d\n\n", e.agentRuntime(), proxyProcs, proxyGOGC)
 
 	if err := e.preload(o.keys); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
