@@ -348,14 +348,28 @@ func (l *healthLoop) onState(ctx context.Context, st connectivity.State) {
 func (l *healthLoop) round(ctx context.Context) int {
 	epoch := l.epoch.Load()
 	eps := l.c.Endpoints()
+	start := l.c.outcomes.now()
 	conns, err := l.c.dialProbes(eps)
 	if err != nil {
 		l.store(Health{LastError: err.Error(), CheckedAt: time.Now()})
 		return 0
 	}
-	h := probeMembers(ctx, eps, conns, l.c.cfg.ProbeTimeout)
+	h := probeRound(ctx, eps, conns, l.c.cfg.ProbeTimeout)
 	if ctx.Err() != nil || l.epoch.Load() != epoch {
 		return 0 // stopping, or the endpoints changed under the probe
+	}
+	if h.answered == 0 && len(h.Members) > 0 && l.c.outcomes.answeredSince(start) {
+		// No probe was answered in time, yet the live client's requests
+		// were answered while the probes waited: the probes were starved
+		// (a host too busy to run them in time, the agent on one P), not
+		// the cluster hung. Such a round says nothing about the members,
+		// so it changes nothing — no member is restored or ejected on its
+		// word, and requests are not failed fast. It counts as a round that
+		// found no one silent, so suspicion backs off instead of adding
+		// probes to a busy host.
+		l.c.log.Warn("etcd health: no member answered its probe in time while requests were answered; round disregarded",
+			"probe_timeout", l.c.cfg.ProbeTimeout, "error", h.LastError)
+		return 0
 	}
 	silent := map[string]bool{}
 	for _, m := range h.Members {
@@ -451,6 +465,10 @@ func (c *EtcdClient) dialProbes(eps []string) ([]*grpc.ClientConn, error) {
 	}
 	return conns, nil
 }
+
+// probeRound is probeMembers; the health loop calls it through this
+// variable so that tests can hold a round back as a starved host would.
+var probeRound = probeMembers
 
 // probeMembers sends Status to every endpoint concurrently, closes the
 // connections and returns the round's snapshot (Connected and Reconnects

@@ -11,9 +11,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -252,6 +254,82 @@ func TestWholeClusterHung(t *testing.T) {
 		return c.Put(ctxT(t, time.Second), "k", "after") == nil
 	})
 	etcdtest.Eventually(t, 5*time.Second, "connected again", func() bool { return c.Health().Connected })
+}
+
+// A probe round that no member answers in time while the live client's
+// requests are being answered is the agent's own host starving its probes
+// (a busy machine, the agent on one P), not a hung cluster: it must neither
+// fail requests fast nor report the client disconnected. With no request
+// answered meanwhile, the same round still means a hung cluster.
+func TestStarvedProbesAreDisregarded(t *testing.T) {
+	var starved atomic.Bool
+	probeRound = func(ctx context.Context, eps []string, conns []*grpc.ClientConn, timeout time.Duration) Health {
+		if starved.Load() {
+			time.Sleep(300 * time.Millisecond) // requests are answered meanwhile...
+			timeout = time.Nanosecond          // ...and no probe is
+		}
+		return probeMembers(ctx, eps, conns, timeout)
+	}
+	t.Cleanup(func() { probeRound = probeMembers }) // after the client's Close: cleanups run last first
+	cluster := etcdtest.New(t, 3)
+	c := newTestClient(t, Config{Endpoints: cluster.Endpoints(), MinClusterSize: 3, RequestTimeout: 2 * time.Second,
+		StatusProbeInterval: time.Nanosecond, // every CheckHealth is a round of its own
+		Logger:              etcdtest.Logger(t)})
+	ctx := ctxT(t, 60*time.Second)
+	if err := c.Put(ctx, "starved/0", "v"); err != nil {
+		t.Fatal(err)
+	}
+	if h := c.CheckHealth(ctx); !h.Connected {
+		t.Fatalf("before the probes starve: %+v", h)
+	}
+
+	starved.Store(true)
+	var (
+		wg       sync.WaitGroup
+		stop     = make(chan struct{})
+		requests atomic.Int64
+		failures atomic.Int64
+		firstErr atomic.Pointer[error]
+	)
+	for w := range 4 {
+		wg.Go(func() {
+			key := fmt.Sprintf("starved/%d", w)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := c.Put(ctx, key, strconv.Itoa(i)); err != nil && failures.Add(1) == 1 {
+					firstErr.Store(&err)
+				}
+				requests.Add(1)
+			}
+		})
+	}
+	for range 3 {
+		if h := c.CheckHealth(ctx); !h.Connected {
+			t.Errorf("a starved round while requests were answered left Connected=false: %+v", h)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("%d requests while three starved rounds ran, %d failed", requests.Load(), failures.Load())
+	if failures.Load() > 0 {
+		t.Errorf("Puts failed while only the probes starved; the first: %v", *firstErr.Load())
+	}
+
+	// Nothing in flight: the same round is all the evidence there is.
+	if h := c.CheckHealth(ctx); h.Connected {
+		t.Fatalf("a round no member answered, with no request answered meanwhile, left the client connected: %+v", h)
+	}
+	if err := c.Put(ctx, "starved/idle", "v"); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Put after a silent round with nothing else answered = %v, want ErrUnavailable", err)
+	}
+	starved.Store(false)
+	etcdtest.Eventually(t, 10*time.Second, "connected again once probes are answered", func() bool {
+		return c.Health().Connected
+	})
 }
 
 // The outcome tracker's two signs, on a controlled clock: a connection

@@ -34,6 +34,10 @@ type outcomes struct {
 
 	mu    sync.Mutex
 	conns map[net.Addr]*connLoad // keyed by the transport's own RemoteAddr value, so per connection
+	// lastAnswer is when a request last completed without error: proof
+	// that some member was answering then, which a probe round that found
+	// every member silent must not contradict (health.go).
+	lastAnswer time.Time
 }
 
 // connLoad is one connection's unary requests in flight.
@@ -115,10 +119,21 @@ func (o *outcomes) end(addr net.Addr, err error) {
 		cl.inflight--
 		cl.since = now
 	}
+	if err == nil {
+		o.lastAnswer = now
+	}
 	o.mu.Unlock()
 	if failedOnMember(err) {
 		o.suspect()
 	}
+}
+
+// answeredSince reports whether a request completed without error at or
+// after t.
+func (o *outcomes) answeredSince(t time.Time) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return !o.lastAnswer.Before(t)
 }
 
 // check runs on a connection's timer: a connection with requests in flight
