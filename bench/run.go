@@ -399,20 +399,15 @@ func setup(proxyProcs int) (*env, error) {
 // agentRuntime is the agent's GOMAXPROCS and GOGC as its /metrics reports
 // them (the Go collector's gauges), so the table says what was measured.
 func (e *env) agentRuntime() string {
-	b, err := e.viaAgent.do(context.Background(), http.MethodGet, "/metrics", nil, nil)
+	procs, err := etcdtest.GaugeVia(e.viaAgent.hc, "http://localhost", "go_sched_gomaxprocs_threads")
 	if err != nil {
 		return "(runtime unknown: " + err.Error() + ")"
 	}
-	var procs, gogc string
-	for line := range strings.Lines(string(b)) {
-		if v, ok := strings.CutPrefix(line, "go_sched_gomaxprocs_threads "); ok {
-			procs = strings.TrimSpace(v)
-		}
-		if v, ok := strings.CutPrefix(line, "go_gc_gogc_percent "); ok {
-			gogc = strings.TrimSpace(v)
-		}
+	gogc, err := etcdtest.GaugeVia(e.viaAgent.hc, "http://localhost", "go_gc_gogc_percent")
+	if err != nil {
+		return "(runtime unknown: " + err.Error() + ")"
 	}
-	return "GOMAXPROCS=" + procs + " GOGC=" + gogc
+	return fmt.Sprintf("GOMAXPROCS=%g GOGC=%g", procs, gogc)
 }
 
 func (e *env) close() {

@@ -1,13 +1,13 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -34,8 +34,12 @@ func TestRunTunesItsRuntime(t *testing.T) {
 			dir := t.TempDir()
 			sock := filepath.Join(dir, "agent.sock")
 			cfg := filepath.Join(dir, "config.yaml")
-			os.WriteFile(filepath.Join(dir, "endpoints.yaml"), config.EndpointsYAML(cluster.Endpoints()), 0o644)
-			os.WriteFile(cfg, []byte("endpoints_file: endpoints.yaml\nmin_cluster_size: 1\nsocket: {path: "+sock+"}\n"), 0o644)
+			if err := os.WriteFile(filepath.Join(dir, "endpoints.yaml"), config.EndpointsYAML(cluster.Endpoints()), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(cfg, []byte("endpoints_file: endpoints.yaml\nmin_cluster_size: 1\nsocket: {path: "+sock+"}\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
 			cmd := endpointd("run", "-config", cfg)
 			cmd.Env = append(withoutVars(cmd.Env, "GOMAXPROCS", "GOGC", "LISTEN_FDS", "NOTIFY_SOCKET"), tc.env...)
 			var logs syncbuf.Buffer
@@ -49,15 +53,22 @@ func TestRunTunesItsRuntime(t *testing.T) {
 				DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 					return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 				}}}
-			var gauges map[string]string
+			var procs, gogc float64
 			etcdtest.Eventually(t, 20*time.Second, "the agent's /metrics", func() bool {
-				gauges = scrape(hc, "go_sched_gomaxprocs_threads", "go_gc_gogc_percent")
-				return gauges != nil
+				var err1, err2 error
+				procs, err1 = etcdtest.GaugeVia(hc, "http://localhost", "go_sched_gomaxprocs_threads")
+				gogc, err2 = etcdtest.GaugeVia(hc, "http://localhost", "go_gc_gogc_percent")
+				return err1 == nil && err2 == nil
 			})
-			want := map[string]string{"go_sched_gomaxprocs_threads": tc.procs, "go_gc_gogc_percent": tc.gogc}
-			for name, v := range want {
-				if gauges[name] != v {
-					t.Errorf("%s = %q, want %q\nlog:\n%s", name, gauges[name], v, logs.String())
+			for _, g := range []struct {
+				name      string
+				got, want string
+			}{
+				{"go_sched_gomaxprocs_threads", strconv.FormatFloat(procs, 'g', -1, 64), tc.procs},
+				{"go_gc_gogc_percent", strconv.FormatFloat(gogc, 'g', -1, 64), tc.gogc},
+			} {
+				if g.got != g.want {
+					t.Errorf("%s = %q, want %q\nlog:\n%s", g.name, g.got, g.want, logs.String())
 				}
 			}
 			if line := fmt.Sprintf("gomaxprocs=%s gogc=%s", tc.procs, tc.gogc); !strings.Contains(logs.String(), line) {
@@ -65,29 +76,6 @@ func TestRunTunesItsRuntime(t *testing.T) {
 			}
 		})
 	}
-}
-
-// scrape returns the named unlabelled gauges from the agent's /metrics, or
-// nil if it cannot be read or lacks one of them.
-func scrape(hc *http.Client, names ...string) map[string]string {
-	resp, err := hc.Get("http://localhost/metrics")
-	if err != nil {
-		return nil
-	}
-	defer resp.Body.Close()
-	got := map[string]string{}
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		for _, n := range names {
-			if v, ok := strings.CutPrefix(sc.Text(), n+" "); ok {
-				got[n] = v
-			}
-		}
-	}
-	if len(got) != len(names) {
-		return nil
-	}
-	return got
 }
 
 // withoutVars is env without the named variables.

@@ -91,8 +91,12 @@ func ServedConns(ports []int) (map[string]int, error) {
 var scrapeClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 
 // Gauge scrapes a member's /metrics for the value of an unlabelled metric.
-func Gauge(clientURL, name string) (float64, error) {
-	resp, err := scrapeClient.Get(strings.TrimSuffix(clientURL, "/") + "/metrics")
+func Gauge(clientURL, name string) (float64, error) { return GaugeVia(scrapeClient, clientURL, name) }
+
+// GaugeVia is Gauge through hc: an agent's /metrics on its unix socket, say
+// (clientURL is then any http URL; hc's transport decides where it goes).
+func GaugeVia(hc *http.Client, clientURL, name string) (float64, error) {
+	resp, err := hc.Get(strings.TrimSuffix(clientURL, "/") + "/metrics")
 	if err != nil {
 		return 0, fmt.Errorf("etcdtest: scrape %s: %w", clientURL, err)
 	}
