@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
 	"golang.org/x/sys/unix"
 
 	"udp_iaasd/access"
@@ -192,6 +193,21 @@ func BenchmarkRequest(b *testing.B) {
 	go fsrv.Serve(fln)
 	b.Cleanup(func() { fsrv.Close() })
 
+	// The same floor on fasthttp, the one well-kept Go HTTP/1.1 server
+	// built to beat net/http's cost per request: issue 16 keeps net/http
+	// unless another server clears this floor by a wide margin without
+	// giving up a behaviour of API.md. It does clear it; what it gives up
+	// is in docs/benchmarks.md ("net/http or fasthttp"). Only this
+	// benchmark uses it.
+	fastSock := filepath.Join(b.TempDir(), "floor-fasthttp.sock")
+	fastLn, err := net.Listen("unix", fastSock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	fastSrv := &fasthttp.Server{Handler: fastFloor, NoDefaultServerHeader: true}
+	go fastSrv.Serve(fastLn)
+	b.Cleanup(func() { fastSrv.Shutdown() })
+
 	for !c.Synced() {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -199,6 +215,7 @@ func BenchmarkRequest(b *testing.B) {
 		name, sock, req string
 	}{
 		{"floor", floorSock, "GET /x HTTP/1.1\r\nHost: l\r\n\r\n"},
+		{"floor-fasthttp", fastSock, "GET /x HTTP/1.1\r\nHost: l\r\n\r\n"},
 		{"get-cached", sock, "GET /v1/kv/bench/k?serializable HTTP/1.1\r\nHost: l\r\n\r\n"},
 		{"get", sock, "GET /v1/kv/bench/k HTTP/1.1\r\nHost: l\r\n\r\n"},
 		{"list", sock, "GET /v1/kv/list/?prefix HTTP/1.1\r\nHost: l\r\n\r\n"},
@@ -243,6 +260,14 @@ func BenchmarkRequest(b *testing.B) {
 			})
 		}
 	}
+}
+
+// fastFloor is floor.Handler on fasthttp: the same value and headers
+// (fasthttp writes Content-Length and Date itself).
+func fastFloor(ctx *fasthttp.RequestCtx) {
+	ctx.Response.Header.SetContentType("application/octet-stream")
+	ctx.Response.Header.Set("X-Etcd-Revision", "42")
+	ctx.Write(floor.Value)
 }
 
 // processCPU is the user and system CPU this process has used so far.
