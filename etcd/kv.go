@@ -101,50 +101,41 @@ type PutOptions struct {
 	If  Condition
 }
 
-// PutKV writes value at key as o says. A plain put (no TTL, no condition)
-// may share one transaction with concurrent ones (writebatch.go). With a
-// condition, the check and the write are one transaction, and its result
+// PutKV writes value at key as o says. A put without a TTL, conditional or
+// not, may share one transaction with concurrent ones (writebatch.go). With
+// a condition, the check and the write are one transaction, and its result
 // decides Failed. A lease granted
 // for a write whose condition failed is revoked (best effort: it expires by
 // itself otherwise).
 func (c *EtcdClient) PutKV(ctx context.Context, key string, value []byte, o PutOptions) (WriteResult, error) {
-	if o.TTL == 0 && o.If.always() {
-		// A plain put may share a transaction with concurrent ones
-		// (writebatch.go).
-		rev, err := c.writes.put(ctx, key, value)
-		return WriteResult{Revision: rev}, err
+	if o.TTL <= 0 {
+		// It may share a transaction with concurrent puts (writebatch.go).
+		return c.writes.put(ctx, key, value, o.If)
 	}
 	var res WriteResult
 	err := c.unary(ctx, func(ctx context.Context, cli *clientv3.Client) error {
-		var opts []clientv3.OpOption
-		var lease clientv3.LeaseID
-		if o.TTL > 0 {
-			lr, err := cli.Grant(ctx, o.TTL)
-			if err != nil {
-				return err
-			}
-			lease = lr.ID
-			opts = append(opts, clientv3.WithLease(lease))
+		lr, err := cli.Grant(ctx, o.TTL)
+		if err != nil {
+			return err
 		}
+		put := clientv3.OpPut(key, string(value), clientv3.WithLease(lr.ID))
 		if o.If.always() {
-			resp, err := cli.Put(ctx, key, string(value), opts...)
+			resp, err := cli.Do(ctx, put)
 			if err != nil {
 				return err
 			}
-			res.Revision = resp.Header.Revision
+			res.Revision = resp.Put().Header.Revision
 			return nil
 		}
-		resp, current, err := conditional(ctx, cli, o.If.cmp(key), key, clientv3.OpPut(key, string(value), opts...))
+		resp, current, err := conditional(ctx, cli, o.If.cmp(key), key, put)
 		if err != nil {
 			return err
 		}
 		if !resp.Succeeded {
 			res.Failed, res.CurrentModRevision = true, current
-			if lease != 0 {
-				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-				defer cancel()
-				cli.Revoke(rctx, lease)
-			}
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			defer cancel()
+			cli.Revoke(rctx, lr.ID)
 			return nil
 		}
 		res.Revision = resp.Header.Revision

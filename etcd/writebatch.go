@@ -16,8 +16,8 @@ import (
 // Write batching.
 //
 // A put costs one gRPC call and one raft entry, and on a small host the call
-// is most of its price in the agent. Concurrent plain puts — no condition, no
-// lease — are therefore sent together as one transaction, by the same
+// is most of its price in the agent. Concurrent puts without a lease — plain
+// or conditional — are therefore sent together as one transaction, by the same
 // "natural" rule as reads (batch.go): a put is sent at once, alone, while
 // fewer than maxWriteBatches puts or batches are in flight; only puts that
 // arrive while that many are in flight wait, and they leave together as soon
@@ -34,6 +34,15 @@ import (
 // two concurrent puts of one key, either may commit first; the key keeps
 // the value of the one given the higher revision. (A client's puts one
 // after the other are never concurrent: each waits for its answer.)
+//
+// A conditional put (compare-and-swap: If-Match, If-None-Match) goes in a
+// batch as a nested transaction of its own — if its condition holds, the
+// put; else a keys-only read of its key for the current mod_revision — so
+// one failed condition fails only its own put. etcd evaluates every compare
+// of a transaction, nested ones included, against the store as it was
+// before the transaction's first write (server/etcdserver/txn, compareToPath),
+// and a batch holds each key once, so each condition is decided on its own
+// key exactly as if its put had been sent alone at the batch's point.
 //
 // A batch that fails is resent put by put only where etcd cannot have
 // applied it — a refusal before the write (too many operations, too large a
@@ -68,30 +77,31 @@ func (c *EtcdClient) WriteStats() WriteStats {
 	return c.writes.stats
 }
 
-// pendingWrite is one put waiting in a batch. done is closed once rev or err
+// pendingWrite is one put waiting in a batch. done is closed once res or err
 // is set, or alone: the batch was refused unapplied and this put should be
 // sent by itself.
 type pendingWrite struct {
 	key      string
 	value    []byte
+	cond     Condition
 	deadline time.Time // zero: none
 
 	done  chan struct{}
-	rev   int64
+	res   WriteResult
 	err   error
 	alone bool
 }
 
-func (w *writer) put(ctx context.Context, key string, value []byte) (int64, error) {
+func (w *writer) put(ctx context.Context, key string, value []byte, cond Condition) (WriteResult, error) {
 	w.mu.Lock()
 	if w.inflight < maxWriteBatches && len(w.queue) == 0 {
 		w.inflight++
 		w.mu.Unlock()
-		rev, err := w.c.putAlone(ctx, key, value)
+		res, err := w.c.putAlone(ctx, key, value, cond)
 		w.finished()
-		return rev, err
+		return res, err
 	}
-	p := &pendingWrite{key: key, value: value, done: make(chan struct{})}
+	p := &pendingWrite{key: key, value: value, cond: cond, done: make(chan struct{})}
 	if d, ok := ctx.Deadline(); ok {
 		p.deadline = d
 	}
@@ -103,26 +113,38 @@ func (w *writer) put(ctx context.Context, key string, value []byte) (int64, erro
 	case <-ctx.Done():
 		// The batch may still be sent and applied: the outcome is unknown,
 		// which is what a context error says of a write.
-		return 0, ctx.Err()
+		return WriteResult{}, ctx.Err()
 	}
 	if p.alone {
-		return w.c.putAlone(ctx, key, value)
+		return w.c.putAlone(ctx, key, value, cond)
 	}
-	return p.rev, p.err
+	return p.res, p.err
 }
 
-// putAlone is one put, one Put call.
-func (c *EtcdClient) putAlone(ctx context.Context, key string, value []byte) (int64, error) {
-	var rev int64
+// putAlone is one put: one Put call, or with a condition one transaction.
+func (c *EtcdClient) putAlone(ctx context.Context, key string, value []byte, cond Condition) (WriteResult, error) {
+	var res WriteResult
 	err := c.unary(ctx, func(ctx context.Context, cli *clientv3.Client) error {
-		resp, err := cli.Put(ctx, key, string(value))
+		if cond.always() {
+			resp, err := cli.Put(ctx, key, string(value))
+			if err != nil {
+				return err
+			}
+			res.Revision = resp.Header.Revision
+			return nil
+		}
+		resp, current, err := conditional(ctx, cli, cond.cmp(key), key, clientv3.OpPut(key, string(value)))
 		if err != nil {
 			return err
 		}
-		rev = resp.Header.Revision
+		if resp.Succeeded {
+			res.Revision = resp.Header.Revision
+		} else {
+			res.Failed, res.CurrentModRevision = true, current
+		}
 		return nil
 	})
-	return rev, err
+	return res, err
 }
 
 // finished records that a put or batch came back, and starts the next batch
@@ -192,13 +214,19 @@ func (w *writer) sendOne(batch []*pendingWrite) {
 
 	if len(batch) == 1 {
 		p := batch[0]
-		p.rev, p.err = w.c.putAlone(ctx, p.key, p.value)
+		p.res, p.err = w.c.putAlone(ctx, p.key, p.value, p.cond)
 		close(p.done)
 		return
 	}
 	ops := make([]clientv3.Op, len(batch))
 	for i, p := range batch {
-		ops[i] = clientv3.OpPut(p.key, string(p.value))
+		put := clientv3.OpPut(p.key, string(p.value))
+		if p.cond.always() {
+			ops[i] = put
+			continue
+		}
+		ops[i] = clientv3.OpTxn([]clientv3.Cmp{p.cond.cmp(p.key)}, []clientv3.Op{put},
+			[]clientv3.Op{clientv3.OpGet(p.key, clientv3.WithKeysOnly())})
 	}
 	var resp *clientv3.TxnResponse
 	err := w.c.unary(ctx, func(ctx context.Context, cli *clientv3.Client) (err error) {
@@ -210,10 +238,12 @@ func (w *writer) sendOne(batch []*pendingWrite) {
 		w.maxOps = max(1, len(batch)/2)
 		w.mu.Unlock()
 	}
-	for _, p := range batch {
+	for i, p := range batch {
 		switch {
+		case err == nil && p.cond.always():
+			p.res.Revision = resp.Header.Revision
 		case err == nil:
-			p.rev = resp.Header.Revision
+			p.res = condResult(resp, i)
 		case refusedUnapplied(err):
 			p.alone = true
 		default:
@@ -221,6 +251,20 @@ func (w *writer) sendOne(batch []*pendingWrite) {
 		}
 		close(p.done)
 	}
+}
+
+// condResult is what the nested transaction at i of a committed batch did
+// for its conditional put.
+func condResult(resp *clientv3.TxnResponse, i int) WriteResult {
+	txn := resp.Responses[i].GetResponseTxn()
+	if txn.Succeeded {
+		return WriteResult{Revision: resp.Header.Revision}
+	}
+	res := WriteResult{Failed: true}
+	if kvs := txn.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+		res.CurrentModRevision = kvs[0].ModRevision
+	}
+	return res
 }
 
 // refusedUnapplied reports errors with which etcd (or the client, before

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -15,8 +17,32 @@ import (
 
 // queuePuts holds every in-flight slot of c's writer, starts one plain
 // PutKV per entry, waits until all are queued, and returns a release that
-// lets them go as batches and returns their results in order.
+// lets them go as batches and returns their revisions in order.
 func queuePuts(t *testing.T, c *EtcdClient, ctx context.Context, kvs [][2]string) (release func() ([]int64, []error)) {
+	t.Helper()
+	puts := make([]queuedPut, len(kvs))
+	for i, kv := range kvs {
+		puts[i] = queuedPut{key: kv[0], value: kv[1]}
+	}
+	releaseWrites := queueWrites(t, c, ctx, puts)
+	return func() ([]int64, []error) {
+		results, errs := releaseWrites()
+		revs := make([]int64, len(results))
+		for i, r := range results {
+			revs[i] = r.Revision
+		}
+		return revs, errs
+	}
+}
+
+// queuedPut is one PutKV for queueWrites.
+type queuedPut struct {
+	key, value string
+	opts       PutOptions
+}
+
+// queueWrites is queuePuts for puts with options: conditions too.
+func queueWrites(t *testing.T, c *EtcdClient, ctx context.Context, puts []queuedPut) (release func() ([]WriteResult, []error)) {
 	t.Helper()
 	w := &c.writes
 	w.mu.Lock()
@@ -24,14 +50,13 @@ func queuePuts(t *testing.T, c *EtcdClient, ctx context.Context, kvs [][2]string
 	w.inflight = maxWriteBatches
 	w.mu.Unlock()
 
-	revs := make([]int64, len(kvs))
-	errs := make([]error, len(kvs))
+	results := make([]WriteResult, len(puts))
+	errs := make([]error, len(puts))
 	var wg sync.WaitGroup
-	for i, kv := range kvs {
-		// One at a time into the queue, so that its order is kvs' order.
+	for i, p := range puts {
+		// One at a time into the queue, so that its order is puts' order.
 		wg.Go(func() {
-			res, err := c.PutKV(ctx, kv[0], []byte(kv[1]), PutOptions{})
-			revs[i], errs[i] = res.Revision, err
+			results[i], errs[i] = c.PutKV(ctx, p.key, []byte(p.value), p.opts)
 		})
 		etcdtest.Eventually(t, 10*time.Second, "the put to queue", func() bool {
 			w.mu.Lock()
@@ -39,13 +64,31 @@ func queuePuts(t *testing.T, c *EtcdClient, ctx context.Context, kvs [][2]string
 			return len(w.queue) == i+1
 		})
 	}
-	return func() ([]int64, []error) {
+	return func() ([]WriteResult, []error) {
 		for range held {
 			c.writes.finished()
 		}
 		wg.Wait()
-		return revs, errs
+		return results, errs
 	}
+}
+
+// nextEvents returns the next n events of wch as key=value@mod_revision,
+// or more when the last response carries more.
+func nextEvents(t *testing.T, ctx context.Context, wch clientv3.WatchChan, n int) []string {
+	t.Helper()
+	var got []string
+	for len(got) < n {
+		select {
+		case wr := <-wch:
+			for _, ev := range wr.Events {
+				got = append(got, fmt.Sprintf("%s=%s@%d", ev.Kv.Key, ev.Kv.Value, ev.Kv.ModRevision))
+			}
+		case <-ctx.Done():
+			t.Fatalf("events so far: %v", got)
+		}
+	}
+	return got
 }
 
 // Puts queued together leave as one transaction: one revision for the
@@ -89,17 +132,7 @@ func TestPutsShareATransaction(t *testing.T) {
 		}
 	}
 	// Every put is one event, with the revision its caller was given.
-	var got []string
-	for len(got) < len(kvs) {
-		select {
-		case wr := <-wch:
-			for _, ev := range wr.Events {
-				got = append(got, fmt.Sprintf("%s=%s@%d", ev.Kv.Key, ev.Kv.Value, ev.Kv.ModRevision))
-			}
-		case <-ctx.Done():
-			t.Fatalf("events so far: %v", got)
-		}
-	}
+	got := nextEvents(t, ctx, wch, len(kvs))
 	wantEvents := map[string]bool{}
 	for i, kv := range kvs {
 		wantEvents[fmt.Sprintf("%s=%s@%d", kv[0], kv[1], revs[i])] = true
@@ -239,6 +272,149 @@ func TestConcurrentPutsKeepEveryWrite(t *testing.T) {
 			}
 		case <-ctx.Done():
 			t.Fatalf("%d events missing, e.g. %v", len(want), want)
+		}
+	}
+}
+
+// Conditional puts queued with plain ones leave in the same transaction,
+// each condition decided on its own: the ones that hold write at the
+// batch's revision, the ones that fail write nothing and say the key's
+// mod_revision; a watch sees only what was written.
+func TestConditionalPutsShareATransaction(t *testing.T) {
+	cluster := etcdtest.New(t, 1)
+	c := newTestClient(t, Config{Endpoints: cluster.Endpoints()})
+	direct := cluster.Client(t)
+	ctx := ctxT(t, 30*time.Second)
+	seed := map[string]int64{}
+	for _, k := range []string{"cb/match", "cb/stale", "cb/exists", "cb/there"} {
+		resp, err := direct.Put(ctx, k, "old")
+		if err != nil {
+			t.Fatal(err)
+		}
+		seed[k] = resp.Header.Revision
+	}
+	wch := direct.Watch(ctx, "cb/", clientv3.WithPrefix(), clientv3.WithRev(seed["cb/there"]+1))
+
+	puts := []queuedPut{
+		{key: "cb/plain", value: "p"},
+		{key: "cb/match", value: "m", opts: PutOptions{If: Condition{ModRevision: seed["cb/match"]}}},
+		{key: "cb/stale", value: "s", opts: PutOptions{If: Condition{ModRevision: seed["cb/stale"] - 1}}},
+		{key: "cb/new", value: "n", opts: PutOptions{If: Condition{Absent: true}}},
+		{key: "cb/exists", value: "e", opts: PutOptions{If: Condition{Absent: true}}},
+		{key: "cb/there", value: "t", opts: PutOptions{If: Condition{Exists: true}}},
+		{key: "cb/missing", value: "x", opts: PutOptions{If: Condition{Exists: true}}},
+	}
+	results, errs := queueWrites(t, c, ctx, puts)()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	if st := c.WriteStats(); st.Batches != 1 || st.Puts != uint64(len(puts)) {
+		t.Errorf("WriteStats = %+v, want one batch of %d", st, len(puts))
+	}
+	rev := results[0].Revision
+	if rev <= seed["cb/there"] {
+		t.Fatalf("plain put: %+v", results[0])
+	}
+	want := []WriteResult{
+		{Revision: rev},
+		{Revision: rev},
+		{Failed: true, CurrentModRevision: seed["cb/stale"]},
+		{Revision: rev},
+		{Failed: true, CurrentModRevision: seed["cb/exists"]},
+		{Revision: rev},
+		{Failed: true},
+	}
+	for i, w := range want {
+		if results[i] != w {
+			t.Errorf("%s: %+v, want %+v", puts[i].key, results[i], w)
+		}
+	}
+	values := map[string]string{"cb/plain": "p", "cb/match": "m", "cb/stale": "old", "cb/new": "n",
+		"cb/exists": "old", "cb/there": "t", "cb/missing": ""}
+	for k, v := range values {
+		resp, err := direct.Get(ctx, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := ""
+		if len(resp.Kvs) == 1 {
+			got = string(resp.Kvs[0].Value)
+		}
+		if got != v {
+			t.Errorf("%s = %q, want %q", k, got, v)
+		}
+	}
+	// The four writes are the revision's events, and the only ones: the
+	// next event after them is a marker written afterwards.
+	got := nextEvents(t, ctx, wch, 4)
+	marker, err := direct.Put(ctx, "cb/zz-marker", "z")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = append(got, nextEvents(t, ctx, wch, 1)...)
+	wantEvents := []string{
+		fmt.Sprintf("cb/match=m@%d", rev), fmt.Sprintf("cb/new=n@%d", rev),
+		fmt.Sprintf("cb/plain=p@%d", rev), fmt.Sprintf("cb/there=t@%d", rev),
+		fmt.Sprintf("cb/zz-marker=z@%d", marker.Header.Revision),
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, wantEvents) {
+		t.Errorf("events %v, want %v", got, wantEvents)
+	}
+}
+
+// Compare-and-swap counters under contention, batched as it happens: every
+// increment that was acknowledged is in the final count, and no other.
+func TestConcurrentCompareAndSwapLosesNoUpdate(t *testing.T) {
+	cluster := etcdtest.New(t, 3)
+	c := newTestClient(t, Config{Endpoints: cluster.Endpoints()})
+	ctx := ctxT(t, 90*time.Second)
+	const workers, increments, counters = 16, 20, 4
+	var (
+		mu   sync.Mutex
+		wins = map[string]int{}
+		wg   sync.WaitGroup
+	)
+	for w := range workers {
+		wg.Go(func() {
+			key := fmt.Sprintf("cas/%d", w%counters)
+			for done := 0; done < increments; {
+				r, err := c.Read(ctx, key, ReadOptions{})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				n, cond := 0, Condition{Absent: true}
+				if len(r.KVs) == 1 {
+					n, _ = strconv.Atoi(string(r.KVs[0].Value))
+					cond = Condition{ModRevision: r.KVs[0].ModRevision}
+				}
+				res, err := c.PutKV(ctx, key, []byte(strconv.Itoa(n+1)), PutOptions{If: cond})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if !res.Failed {
+					done++
+					mu.Lock()
+					wins[key]++
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	t.Logf("WriteStats: %+v", c.WriteStats())
+	for k, n := range wins {
+		v, err := c.Get(ctx, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v != strconv.Itoa(n) {
+			t.Errorf("%s = %s after %d acknowledged increments", k, v, n)
 		}
 	}
 }
