@@ -126,12 +126,16 @@ func (ws *watchStream) create(cr *pb.WatchCreateRequest) {
 	ws.watches[id] = cancel
 	ws.mu.Unlock()
 
+	// Before the rules are consulted: a reload at any moment after the
+	// check closes it, and run re-checks (a channel taken later could miss
+	// a reload that came in between).
+	changed := ws.s.auth.Changed()
 	if err := ws.s.check(ws.ctx, access.Read, cr.Key, cr.RangeEnd, "Watch"); err != nil {
 		ws.drop(id)
 		ws.emit(&pb.WatchResponse{WatchId: id, Created: true, Canceled: true, CancelReason: status.Convert(err).Message()})
 		return
 	}
-	go ws.run(ctx, id, cr)
+	go ws.run(ctx, id, cr, changed)
 }
 
 func (ws *watchStream) drop(id int64) {
@@ -157,7 +161,7 @@ func (ws *watchStream) cancel(id int64, reason string) {
 
 // run follows one watch until it is cancelled, its start is compacted, or
 // the rules stop allowing it.
-func (ws *watchStream) run(ctx context.Context, id int64, cr *pb.WatchCreateRequest) {
+func (ws *watchStream) run(ctx context.Context, id int64, cr *pb.WatchCreateRequest, changed <-chan struct{}) {
 	key, end := string(cr.Key), string(cr.RangeEnd)
 	start := cr.StartRevision
 	if start == 0 {
@@ -192,7 +196,6 @@ func (ws *watchStream) run(ctx context.Context, id int64, cr *pb.WatchCreateRequ
 	if !ws.emit(&pb.WatchResponse{Header: &pb.ResponseHeader{Revision: start - 1}, WatchId: id, Created: true}) {
 		return
 	}
-	changed := ws.s.auth.Changed()
 	for {
 		select {
 		case <-ctx.Done():

@@ -99,7 +99,8 @@ func (s *Server) Admit(peer access.Peer) error {
 }
 
 // Changed is closed by the next SetLimits (a reload): open streams re-check
-// their keys then.
+// their keys then. A stream takes it before it first consults the rules, so
+// that no reload can fall between that check and the wait for the next.
 func (s *Server) Changed() <-chan struct{} { return s.changed() }
 
 // denied counts a refusal (op 0: the peer matches no rule) and logs it, at most once per deniedLogEvery per

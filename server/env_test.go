@@ -254,9 +254,11 @@ func (e *env) stream(method, target, body string) *watchStream {
 	return ws
 }
 
-// next returns the next line that is not a PROGRESS heartbeat.
+// next returns the next line that is not a PROGRESS heartbeat, within 15s
+// (heartbeats do not extend it).
 func (ws *watchStream) next() map[string]any {
 	ws.t.Helper()
+	timeout := time.After(15 * time.Second)
 	for {
 		select {
 		case m, ok := <-ws.lines:
@@ -266,7 +268,7 @@ func (ws *watchStream) next() map[string]any {
 			if m["type"] != "PROGRESS" {
 				return m
 			}
-		case <-time.After(15 * time.Second):
+		case <-timeout:
 			ws.t.Fatal("no watch event within 15s")
 		}
 	}

@@ -86,6 +86,7 @@ func (s *Server) serveLock(w http.ResponseWriter, r *http.Request, rawName strin
 }
 
 func (s *Server) lock(w http.ResponseWriter, r *http.Request, rawName string) error {
+	changed := s.changed() // before the rules are consulted: see hold
 	hp, _, err := s.holdRequest(r, rawName, "ttl", "wait", "heartbeat")
 	if err != nil {
 		return err
@@ -101,7 +102,7 @@ func (s *Server) lock(w http.ResponseWriter, r *http.Request, rawName string) er
 	if err != nil {
 		return s.lockError(r, err)
 	}
-	s.hold(w, r, h, "LOCKED", hp)
+	s.hold(w, r, h, "LOCKED", hp, changed)
 	return nil
 }
 
@@ -135,6 +136,7 @@ func (s *Server) serveElection(w http.ResponseWriter, r *http.Request, rawName s
 }
 
 func (s *Server) campaign(w http.ResponseWriter, r *http.Request, rawName string) error {
+	changed := s.changed() // before the rules are consulted: see hold
 	hp, _, err := s.holdRequest(r, rawName, "ttl", "heartbeat")
 	if err != nil {
 		return err
@@ -147,7 +149,7 @@ func (s *Server) campaign(w http.ResponseWriter, r *http.Request, rawName string
 	if err != nil {
 		return err
 	}
-	s.hold(w, r, h, "ELECTED", hp)
+	s.hold(w, r, h, "ELECTED", hp, changed)
 	return nil
 }
 
@@ -169,6 +171,7 @@ func (s *Server) leader(w http.ResponseWriter, r *http.Request, rawName string) 
 	if p.has("heartbeat") && !observe {
 		return badRequest("heartbeat applies only with observe")
 	}
+	changed := s.changed() // before the rules are consulted: see hold
 	if err := s.authorize(r, access.Read, name+"/", true); err != nil {
 		return err
 	}
@@ -177,7 +180,7 @@ func (s *Server) leader(w http.ResponseWriter, r *http.Request, rawName string) 
 		if err != nil {
 			return err
 		}
-		return s.observe(w, r, name, hb)
+		return s.observe(w, r, name, hb, changed)
 	}
 	ctx, cancel := s.withTimeout(r)
 	defer cancel()
@@ -251,7 +254,13 @@ func (sw *streamWriter) event(typ, msg, code string) bool {
 // hold streams a held lock or leadership until the client leaves (released
 // at once), the lease is lost (LOST), the agent stops or the rules no
 // longer allow it (ERROR; released). Every way out releases the hold.
-func (s *Server) hold(w http.ResponseWriter, r *http.Request, h *etcd.Held, typ string, hp holdParams) {
+//
+// changed must have been taken before the request's rules were first
+// consulted, so that a reload at any moment since — during a lock wait
+// that lasted minutes, or between LOCKED and this loop — makes the hold
+// re-check them. Taken here instead, a reload just before would be missed
+// and the hold kept under rules that no longer allow it.
+func (s *Server) hold(w http.ResponseWriter, r *http.Request, h *etcd.Held, typ string, hp holdParams, changed <-chan struct{}) {
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.limits.Load().RequestTimeout)
 		defer cancel()
@@ -270,7 +279,6 @@ func (s *Server) hold(w http.ResponseWriter, r *http.Request, h *etcd.Held, typ 
 	hb := time.NewTicker(hp.heartbeat)
 	defer hb.Stop()
 	progress := []byte(`{"type":"PROGRESS","revision":` + strconv.FormatInt(h.Revision, 10) + `}`)
-	changed := s.changed()
 	for {
 		select {
 		case <-r.Context().Done():
@@ -297,7 +305,7 @@ func (s *Server) hold(w http.ResponseWriter, r *http.Request, h *etcd.Held, typ 
 
 // observe streams the leader of name and each change as LEADER lines,
 // with PROGRESS heartbeats; no line while the election has no leader.
-func (s *Server) observe(w http.ResponseWriter, r *http.Request, name string, heartbeat time.Duration) error {
+func (s *Server) observe(w http.ResponseWriter, r *http.Request, name string, heartbeat time.Duration, changed <-chan struct{}) error {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	ch, err := s.etcd.ObserveLeader(ctx, name)
@@ -307,7 +315,6 @@ func (s *Server) observe(w http.ResponseWriter, r *http.Request, name string, he
 	sw := startStream(w)
 	hb := time.NewTicker(heartbeat)
 	defer hb.Stop()
-	changed := s.changed()
 	for {
 		select {
 		case <-r.Context().Done():

@@ -147,17 +147,20 @@ func TestElectionStreams(t *testing.T) {
 	e.expect(e.do("PUT", "/v1/election/sve", nil, nil), http.StatusMethodNotAllowed, "method_not_allowed")
 }
 
+// ownPolicy lets this process's uid read and write under prefix only.
+func ownPolicy(t *testing.T, prefix string) *access.Policy {
+	t.Helper()
+	p, err := access.NewPolicy([]access.Rule{{Name: "t", UIDs: []uint32{uint32(os.Getuid())}, Prefixes: []string{prefix}, Read: true, Write: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // A hold whose lease is gone ends with LOST; names go through the access
 // rules, and a reload that takes the right away ends the hold (released).
 func TestLockLostAndAccess(t *testing.T) {
-	policy := func(prefix string) *access.Policy {
-		p, err := access.NewPolicy([]access.Rule{{Name: "t", UIDs: []uint32{uint32(os.Getuid())}, Prefixes: []string{prefix}, Read: true, Write: true}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	e := newEnv(t, nil, func(o *Options) { o.Limits.Access = policy("lk/") })
+	e := newEnv(t, nil, func(o *Options) { o.Limits.Access = ownPolicy(t, "lk/") })
 	e.expect(e.do("POST", "/v1/lock/other", nil, nil), http.StatusForbidden, "forbidden")
 	e.expect(e.do("POST", "/v1/election/other", nil, []byte("v")), http.StatusForbidden, "forbidden")
 	e.expect(e.do("GET", "/v1/election/other", nil, nil), http.StatusForbidden, "forbidden")
@@ -184,7 +187,7 @@ func TestLockLostAndAccess(t *testing.T) {
 		t.Fatal(m)
 	}
 	l := *e.srv.limits.Load()
-	l.Access = policy("elsewhere/")
+	l.Access = ownPolicy(t, "elsewhere/")
 	e.srv.SetLimits(l)
 	if m := s2.next(); m["type"] != "ERROR" || m["code"] != "forbidden" {
 		t.Fatalf("after the rule was taken away: %v", m)
@@ -192,6 +195,47 @@ func TestLockLostAndAccess(t *testing.T) {
 	etcdtest.Eventually(t, 5*time.Second, "the revoked hold released", func() bool {
 		resp, err := e.direct.Get(t.Context(), "lk/b/", clientv3.WithPrefix())
 		return err == nil && len(resp.Kvs) == 0
+	})
+}
+
+// A reload that comes while a lock is waited for ends the hold as soon as
+// it is taken, if the new rules no longer allow it: the hold watches for
+// reloads since its rules were first consulted, not since it was granted.
+func TestLockWaitOutlivedByItsRule(t *testing.T) {
+	e := newEnv(t, nil, func(o *Options) { o.Limits.Access = ownPolicy(t, "lw/") })
+	first := e.stream("POST", "/v1/lock/lw/x?heartbeat=1h", "")
+	if m := first.next(); m["type"] != "LOCKED" {
+		t.Fatal(m)
+	}
+	// The second waits (its answer starts once it holds the lock).
+	second := make(chan *watchStream, 1)
+	go func() { second <- e.stream("POST", "/v1/lock/lw/x?heartbeat=1h", "") }()
+	etcdtest.Eventually(t, 10*time.Second, "the second to wait", func() bool {
+		resp, err := e.direct.Get(t.Context(), "lw/x/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		return err == nil && resp.Count == 2
+	})
+
+	l := *e.srv.limits.Load()
+	l.Access = ownPolicy(t, "elsewhere/")
+	e.srv.SetLimits(l)
+	if m := first.next(); m["type"] != "ERROR" || m["code"] != "forbidden" {
+		t.Fatalf("the holder, after the rule was taken away: %v", m)
+	}
+	var s *watchStream
+	select {
+	case s = <-second:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the waiter never got the lock")
+	}
+	if m := s.next(); m["type"] != "LOCKED" {
+		t.Fatalf("the waiter: %v", m)
+	}
+	if m := s.next(); m["type"] != "ERROR" || m["code"] != "forbidden" {
+		t.Fatalf("the waiter, granted after the rule was taken away: %v", m)
+	}
+	etcdtest.Eventually(t, 5*time.Second, "both holds released", func() bool {
+		resp, err := e.direct.Get(t.Context(), "lw/x/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		return err == nil && resp.Count == 0
 	})
 }
 

@@ -36,6 +36,10 @@ func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, rawKey strin
 // the stream starts are answered as JSON errors; once it has started, the
 // stream ends with an ERROR line instead.
 func (s *Server) watch(w http.ResponseWriter, r *http.Request, rawKey string) error {
+	// Taken before the rules are first consulted: a reload at any point
+	// after it closes this channel, so the stream re-checks (access.go,
+	// Changed).
+	changed := s.changed()
 	p, key, prefix, err := s.keyRequest(r, rawKey, access.Read, "prefix", "rev", "heartbeat")
 	if err != nil {
 		return err
@@ -77,7 +81,7 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, rawKey string) er
 		startRev = current + 1
 	}
 
-	st := &stream{s: s, w: w, r: r, key: key, prefix: prefix, lastRev: startRev - 1}
+	st := &stream{s: s, w: w, r: r, key: key, prefix: prefix, lastRev: startRev - 1, changed: changed}
 	st.rc = http.NewResponseController(w)
 	if err := st.open(true); err != nil {
 		return err
@@ -104,6 +108,9 @@ type stream struct {
 	r      *http.Request
 	key    string
 	prefix bool
+	// changed is closed by the first reload after the rules allowed the
+	// stream; then it re-checks them.
+	changed <-chan struct{}
 
 	wch         <-chan etcd.WatchResponse
 	cancelWatch context.CancelFunc
@@ -188,7 +195,7 @@ func (st *stream) run(heartbeat time.Duration) {
 	defer hb.Stop()
 	bo := backoff.Backoff{Policy: resumeBackoff}
 	var retry <-chan time.Time
-	changed := st.s.changed()
+	changed := st.changed
 	for {
 		select {
 		case <-st.r.Context().Done():
