@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -118,30 +119,35 @@ func (c *EtcdClient) PutKV(ctx context.Context, key string, value []byte, o PutO
 		if err != nil {
 			return err
 		}
-		put := clientv3.OpPut(key, string(value), clientv3.WithLease(lr.ID))
-		if o.If.always() {
-			resp, err := cli.Do(ctx, put)
-			if err != nil {
-				return err
-			}
-			res.Revision = resp.Put().Header.Revision
-			return nil
-		}
-		resp, current, err := conditional(ctx, cli, o.If.cmp(key), key, put)
-		if err != nil {
-			return err
-		}
-		if !resp.Succeeded {
-			res.Failed, res.CurrentModRevision = true, current
+		res, err = putIf(ctx, cli, key, clientv3.OpPut(key, string(value), clientv3.WithLease(lr.ID)), o.If)
+		if err == nil && res.Failed {
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 			defer cancel()
 			cli.Revoke(rctx, lr.ID)
-			return nil
 		}
-		res.Revision = resp.Header.Revision
-		return nil
+		return err
 	})
 	return res, err
+}
+
+// putIf sends put, a put of key, as one call: alone when cond always
+// holds, else in a transaction with cond.
+func putIf(ctx context.Context, cli *clientv3.Client, key string, put clientv3.Op, cond Condition) (WriteResult, error) {
+	if cond.always() {
+		resp, err := cli.Do(ctx, put)
+		if err != nil {
+			return WriteResult{}, err
+		}
+		return WriteResult{Revision: resp.Put().Header.Revision}, nil
+	}
+	resp, current, err := conditional(ctx, cli, cond.cmp(key), key, put)
+	switch {
+	case err != nil:
+		return WriteResult{}, err
+	case !resp.Succeeded:
+		return WriteResult{Failed: true, CurrentModRevision: current}, nil
+	}
+	return WriteResult{Revision: resp.Header.Revision}, nil
 }
 
 // DeleteKV deletes key, or every key under it with prefix, if cond holds
@@ -183,10 +189,16 @@ func conditional(ctx context.Context, cli *clientv3.Client, cmp clientv3.Cmp, ke
 	if err != nil || resp.Succeeded {
 		return resp, 0, err
 	}
-	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
-		return resp, kvs[0].ModRevision, nil
+	return resp, elseModRevision((*pb.TxnResponse)(resp)), nil
+}
+
+// elseModRevision is the mod_revision that the else branch of a failed
+// conditional (one keys-only read of its key) found; 0 if no key.
+func elseModRevision(txn *pb.TxnResponse) int64 {
+	if kvs := txn.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+		return kvs[0].ModRevision
 	}
-	return resp, 0, nil
+	return 0
 }
 
 // CompactRevision returns the store's compaction point, learned by opening

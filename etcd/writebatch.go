@@ -124,25 +124,9 @@ func (w *writer) put(ctx context.Context, key string, value []byte, cond Conditi
 // putAlone is one put: one Put call, or with a condition one transaction.
 func (c *EtcdClient) putAlone(ctx context.Context, key string, value []byte, cond Condition) (WriteResult, error) {
 	var res WriteResult
-	err := c.unary(ctx, func(ctx context.Context, cli *clientv3.Client) error {
-		if cond.always() {
-			resp, err := cli.Put(ctx, key, string(value))
-			if err != nil {
-				return err
-			}
-			res.Revision = resp.Header.Revision
-			return nil
-		}
-		resp, current, err := conditional(ctx, cli, cond.cmp(key), key, clientv3.OpPut(key, string(value)))
-		if err != nil {
-			return err
-		}
-		if resp.Succeeded {
-			res.Revision = resp.Header.Revision
-		} else {
-			res.Failed, res.CurrentModRevision = true, current
-		}
-		return nil
+	err := c.unary(ctx, func(ctx context.Context, cli *clientv3.Client) (err error) {
+		res, err = putIf(ctx, cli, key, clientv3.OpPut(key, string(value)), cond)
+		return err
 	})
 	return res, err
 }
@@ -260,11 +244,7 @@ func condResult(resp *clientv3.TxnResponse, i int) WriteResult {
 	if txn.Succeeded {
 		return WriteResult{Revision: resp.Header.Revision}
 	}
-	res := WriteResult{Failed: true}
-	if kvs := txn.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
-		res.CurrentModRevision = kvs[0].ModRevision
-	}
-	return res
+	return WriteResult{Failed: true, CurrentModRevision: elseModRevision(txn)}
 }
 
 // refusedUnapplied reports errors with which etcd (or the client, before

@@ -418,3 +418,77 @@ func TestConcurrentCompareAndSwapLosesNoUpdate(t *testing.T) {
 		}
 	}
 }
+
+// A put with a ttl never joins a batch: it grants a lease and writes with
+// it, under its condition if it has one. A put whose condition fails
+// writes nothing and revokes the lease it was granted, so no lease is left
+// behind to expire on its own.
+func TestLeasedPutUnderCondition(t *testing.T) {
+	cluster := etcdtest.New(t, 1)
+	c := newTestClient(t, Config{Endpoints: cluster.Endpoints()})
+	direct := cluster.Client(t)
+	ctx := ctxT(t, 30*time.Second)
+	seed, err := direct.Put(ctx, "ttl/there", "old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	there := seed.Header.Revision
+
+	for _, tc := range []struct {
+		name    string
+		key     string
+		cond    Condition
+		written bool
+	}{
+		{"no condition", "ttl/plain", Condition{}, true},
+		{"absent, holds", "ttl/new", Condition{Absent: true}, true},
+		{"absent, fails", "ttl/there", Condition{Absent: true}, false},
+		{"mod_revision, fails", "ttl/there", Condition{ModRevision: there - 1}, false},
+		{"mod_revision, holds", "ttl/there", Condition{ModRevision: there}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before, err := direct.Get(ctx, tc.key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := c.PutKV(ctx, tc.key, []byte("v"), PutOptions{TTL: 60, If: tc.cond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			after, err := direct.Get(ctx, tc.key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tc.written {
+				if !res.Failed || res.CurrentModRevision != there {
+					t.Fatalf("result %+v, want Failed with current_mod_revision %d", res, there)
+				}
+				if after.Header.Revision != before.Header.Revision {
+					t.Fatalf("a failed put moved the store from revision %d to %d", before.Header.Revision, after.Header.Revision)
+				}
+				leases, err := direct.Leases(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(leases.Leases) != 0 {
+					t.Fatalf("%d leases left behind by a failed put", len(leases.Leases))
+				}
+				return
+			}
+			if res.Failed || len(after.Kvs) != 1 || after.Kvs[0].ModRevision != res.Revision {
+				t.Fatalf("result %+v, key now %v", res, after.Kvs)
+			}
+			lease := clientv3.LeaseID(after.Kvs[0].Lease)
+			ttl, err := direct.TimeToLive(ctx, lease)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if lease == 0 || ttl.GrantedTTL != 60 {
+				t.Fatalf("key's lease %x granted ttl %d, want a 60s lease", lease, ttl.GrantedTTL)
+			}
+			if _, err := direct.Revoke(ctx, lease); err != nil { // leave no lease for the next case
+				t.Fatal(err)
+			}
+		})
+	}
+}
