@@ -1,8 +1,13 @@
 // Package access decides which local peers may touch which etcd keys: who a
-// peer is (Identify, read from the kernel once per connection) and what the
-// rules allow it (Policy.Check). Every surface that takes keys from a peer —
-// KV, watch, transactions, locks, elections, the gRPC socket — asks
-// Policy.Check, and nothing else, so that one function holds the rule.
+// peer is (Identify, read from the kernel once per connection), what the
+// rules allow it (Policy), and the agent's one decision with its audit
+// (Gate). Every surface that takes keys from a peer — KV, watch,
+// transactions, locks, elections, the gRPC socket — asks the Gate, and
+// nothing else, so that one place holds the rule; a stream holds a Permit,
+// which re-checks its keys after every reload.
+//
+// It does not own the sockets or the request formats: the server and
+// grpcapi packages turn a refusal into their own 403 or PermissionDenied.
 package access
 
 import (

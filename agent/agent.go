@@ -30,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"udp_iaasd/access"
 	"udp_iaasd/api"
 	"udp_iaasd/cache"
 	"udp_iaasd/client"
@@ -71,6 +72,7 @@ type Agent struct {
 	log     *slog.Logger
 	etcd    *etcd.EtcdClient
 	cache   *cache.Cache // nil without cache.prefixes
+	gate    *access.Gate // the access decision both sockets ask
 	srv     *server.Server
 	reg     *prometheus.Registry
 	metrics *metrics
@@ -141,15 +143,17 @@ func New(opts Options) (*Agent, error) {
 	if len(cfg.Cache.Prefixes) > 0 {
 		a.cache = cache.New(a.etcd, cfg.Cache.Prefixes, cfg.Cache.MaxStaleness, a.log)
 	}
-	limits, err := serverLimits(cfg)
+	settings, err := accessSettings(cfg)
 	if err != nil {
 		a.etcd.Close()
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	a.gate = access.NewGate(settings, a.reg, a.log)
 	a.srv = server.New(server.Options{
 		Etcd:              a.etcd,
 		Cache:             a.cache,
-		Limits:            limits,
+		Limits:            serverLimits(cfg),
+		Gate:              a.gate,
 		Status:            a.Status,
 		Registry:          a.reg,
 		Logger:            a.log,
@@ -162,23 +166,30 @@ func New(opts Options) (*Agent, error) {
 	return a, nil
 }
 
-// serverLimits is what the server takes live from cfg. The access rules'
-// user and group names are resolved here, at start and on every reload.
-func serverLimits(cfg *config.Config) (server.Limits, error) {
-	policy, err := cfg.AccessPolicy()
-	if err != nil {
-		return server.Limits{}, err
-	}
+// serverLimits is what the server takes live from cfg.
+func serverLimits(cfg *config.Config) server.Limits {
 	return server.Limits{
 		MaxKeyBytes:    cfg.Limits.MaxKeyBytes,
 		MaxValueBytes:  cfg.Limits.MaxValueBytes,
 		MaxTxnBytes:    cfg.Limits.MaxTxnBytes,
 		MaxWatches:     cfg.Limits.MaxWatches,
 		RequestTimeout: cfg.Etcd.RequestTimeout,
-		AllowedUIDs:    cfg.Socket.AllowedUIDs,
-		AllowedGIDs:    cfg.Socket.AllowedGIDs,
-		Access:         policy,
-		Audit:          cfg.Log.Audit,
+	}
+}
+
+// accessSettings is what the access gate takes live from cfg. The access
+// rules' user and group names are resolved here, at start and on every
+// reload.
+func accessSettings(cfg *config.Config) (access.Settings, error) {
+	policy, err := cfg.AccessPolicy()
+	if err != nil {
+		return access.Settings{}, err
+	}
+	return access.Settings{
+		AllowedUIDs: cfg.Socket.AllowedUIDs,
+		AllowedGIDs: cfg.Socket.AllowedGIDs,
+		Policy:      policy,
+		Audit:       cfg.Log.Audit,
 	}, nil
 }
 
@@ -341,7 +352,7 @@ func (a *Agent) serveGRPC(ctx context.Context, cfg *config.Config) (<-chan error
 	if a.opts.GRPCListener != nil {
 		a.log.Info("serving etcd's gRPC API on the socket systemd passed", "addr", ln.Addr().String())
 	}
-	g := grpcapi.New(grpcapi.Options{Etcd: a.etcd, Cache: a.cache, Auth: a.srv, Logger: a.log, ShutdownTimeout: cfg.Limits.ShutdownTimeout})
+	g := grpcapi.New(grpcapi.Options{Etcd: a.etcd, Cache: a.cache, Gate: a.gate, Logger: a.log, ShutdownTimeout: cfg.Limits.ShutdownTimeout})
 	go func() { done <- g.Serve(ctx, ln) }()
 	return done, nil
 }
@@ -453,9 +464,9 @@ func (a *Agent) reloadConfig() (restartWatcher bool) {
 	if err == nil {
 		password, err = next.Password()
 	}
-	var limits server.Limits
+	var settings access.Settings
 	if err == nil {
-		limits, err = serverLimits(next)
+		settings, err = accessSettings(next)
 	}
 	if err != nil {
 		a.log.Error("reload: config rejected; keeping the running config", "file", a.opts.ConfigPath, "error", err)
@@ -470,8 +481,10 @@ func (a *Agent) reloadConfig() (restartWatcher bool) {
 	// The password file is read again on every reload (a rotation); the
 	// client is rebuilt only if the credentials changed.
 	a.etcd.SetCredentials(live.Etcd.Username, password)
-	// Every setting serverLimits reads is live, so next's and live's agree.
-	a.srv.SetLimits(limits)
+	// Every setting serverLimits and accessSettings read is live, so next's
+	// and live's agree.
+	a.srv.SetLimits(serverLimits(live))
+	a.gate.Set(settings)
 	if a.opts.LogLevel != nil {
 		a.opts.LogLevel.Set(ParseLevel(live.Log.Level))
 	}

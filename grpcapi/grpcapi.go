@@ -41,25 +41,15 @@ import (
 	"udp_iaasd/etcd"
 )
 
-// Authorizer is the agent's one access decision and its audit (the HTTP
-// server, server.Server, provides it), so that both sockets answer alike.
-type Authorizer interface {
-	// Admit: the peer may use the sockets at all (socket.allowed_*, and some
-	// access rule matches it).
-	Admit(p access.Peer) error
-	// AuthorizeRange: the peer may do op on [key, end) (end "" one key).
-	AuthorizeRange(p access.Peer, op access.Op, key, end, what string) error
-	// Changed is closed when the rules may have changed.
-	Changed() <-chan struct{}
-}
-
 // Options configure New.
 type Options struct {
 	Etcd *etcd.EtcdClient
 	// Cache, when set, answers serializable ranges under cache.prefixes, as
 	// it does for the HTTP API, and is told of writes through this socket.
-	Cache  *cache.Cache
-	Auth   Authorizer
+	Cache *cache.Cache
+	// Gate is the agent's access decision, shared with the HTTP socket so
+	// that both answer alike; nil admits every peer to every key.
+	Gate   *access.Gate
 	Logger *slog.Logger
 	// ShutdownTimeout bounds GracefulStop; open streams are cut after it.
 	ShutdownTimeout time.Duration
@@ -69,7 +59,7 @@ type Options struct {
 type Server struct {
 	ec    *etcd.EtcdClient
 	cache *cache.Cache
-	auth  Authorizer
+	gate  *access.Gate
 	log   *slog.Logger
 	opts  Options
 
@@ -84,7 +74,10 @@ func New(o Options) *Server {
 	if o.ShutdownTimeout <= 0 {
 		o.ShutdownTimeout = 10 * time.Second
 	}
-	return &Server{ec: o.Etcd, cache: o.Cache, auth: o.Auth, log: o.Logger, opts: o}
+	if o.Gate == nil {
+		o.Gate = access.NewGate(access.Settings{}, nil, o.Logger)
+	}
+	return &Server{ec: o.Etcd, cache: o.Cache, gate: o.Gate, log: o.Logger, opts: o}
 }
 
 // allowed lists every method served; anything else — Auth, membership
@@ -149,8 +142,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return nil
 }
 
-// gate admits a call: a served method, from a peer the sockets admit.
-func (s *Server) gate(ctx context.Context, method string) error {
+// admit admits a call: a served method, from a peer the sockets admit.
+func (s *Server) admit(ctx context.Context, method string) error {
 	if !allowed[method] {
 		return status.Errorf(codes.PermissionDenied, "endpointd: %s is not served on the agent's socket (only KV, Watch, Lease, Lock, Election, Cluster.MemberList and Maintenance.Status)", method)
 	}
@@ -158,21 +151,21 @@ func (s *Server) gate(ctx context.Context, method string) error {
 	if err != nil {
 		return err
 	}
-	if err := s.auth.Admit(p); err != nil {
+	if err := s.gate.Admit(p); err != nil {
 		return status.Error(codes.PermissionDenied, err.Error())
 	}
 	return nil
 }
 
 func (s *Server) unaryGate(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	if err := s.gate(ctx, info.FullMethod); err != nil {
+	if err := s.admit(ctx, info.FullMethod); err != nil {
 		return nil, err
 	}
 	return h(ctx, req)
 }
 
 func (s *Server) streamGate(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-	if err := s.gate(ss.Context(), info.FullMethod); err != nil {
+	if err := s.admit(ss.Context(), info.FullMethod); err != nil {
 		return err
 	}
 	return h(srv, ss)
@@ -185,10 +178,26 @@ func (s *Server) check(ctx context.Context, op access.Op, key, end []byte, metho
 	if err != nil {
 		return err
 	}
-	if err := s.auth.AuthorizeRange(p, op, string(key), string(end), method); err != nil {
-		return status.Error(codes.PermissionDenied, err.Error())
+	return denied(s.gate.Authorize(p, op, string(key), string(end), method))
+}
+
+// permit is check for a stream: its Permit re-checks after a reload.
+func (s *Server) permit(ctx context.Context, op access.Op, key, end []byte, method string) (*access.Permit, error) {
+	p, err := peerOf(ctx)
+	if err != nil {
+		return nil, err
 	}
-	return nil
+	pm, err := s.gate.Permit(p, op, string(key), string(end), method)
+	return pm, denied(err)
+}
+
+// denied is a refusal of the gate as PermissionDenied, with the HTTP 403's
+// message.
+func denied(err error) error {
+	if err == nil {
+		return nil
+	}
+	return status.Error(codes.PermissionDenied, err.Error())
 }
 
 // upstream returns the live connection and ctx carrying the metadata the

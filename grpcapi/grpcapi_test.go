@@ -20,7 +20,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"udp_iaasd/access"
-	"udp_iaasd/api"
 	"udp_iaasd/cache"
 	"udp_iaasd/etcd"
 	"udp_iaasd/grpcapi"
@@ -33,11 +32,11 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// agent is the gRPC socket (and the HTTP server whose access decision it
-// shares) in front of a real cluster.
+// agent is the gRPC socket, with its access gate, in front of a real
+// cluster.
 type agent struct {
 	ec   *etcd.EtcdClient
-	srv  *server.Server
+	gate *access.Gate
 	sock string
 }
 
@@ -55,10 +54,8 @@ func startAgentWith(t *testing.T, endpoints []string, policy *access.Policy, cac
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ec.Close() })
-	srv := server.New(server.Options{Etcd: ec, Limits: server.Limits{MaxKeyBytes: 4096, MaxValueBytes: 1 << 20,
-		MaxWatches: 64, RequestTimeout: 3 * time.Second, Access: policy},
-		Status: func() api.Status { return api.Status{Ready: true} }})
-	a := &agent{ec: ec, srv: srv, sock: filepath.Join(t.TempDir(), "etcd.sock")}
+	log := slog.New(slog.NewTextHandler(etcdtest.LogWriter(t), nil))
+	a := &agent{ec: ec, gate: access.NewGate(access.Settings{Policy: policy}, nil, log), sock: filepath.Join(t.TempDir(), "etcd.sock")}
 	ln, err := server.Listen(a.sock, 0o600, -1)
 	if err != nil {
 		t.Fatal(err)
@@ -71,8 +68,7 @@ func startAgentWith(t *testing.T, endpoints []string, policy *access.Policy, cac
 		t.Cleanup(stop)
 		etcdtest.Eventually(t, 10*time.Second, "the cache synced", c.Synced)
 	}
-	g := grpcapi.New(grpcapi.Options{Etcd: ec, Cache: c, Auth: srv, Logger: slog.New(slog.NewTextHandler(etcdtest.LogWriter(t), nil)),
-		ShutdownTimeout: 2 * time.Second})
+	g := grpcapi.New(grpcapi.Options{Etcd: ec, Cache: c, Gate: a.gate, Logger: log, ShutdownTimeout: 2 * time.Second})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { g.Serve(ctx, ln); close(done) }()
@@ -361,7 +357,7 @@ func TestAccessRules(t *testing.T) {
 		t.Fatalf("watch inside: %+v", r)
 	}
 	other, _ := access.NewPolicy([]access.Rule{{Name: "x", UIDs: []uint32{uint32(os.Getuid())}, Prefixes: []string{"x/"}, Read: true}})
-	a.srv.SetLimits(server.Limits{MaxKeyBytes: 4096, MaxValueBytes: 1 << 20, MaxWatches: 64, RequestTimeout: 3 * time.Second, Access: other})
+	a.gate.Set(access.Settings{Policy: other})
 	select {
 	case r, ok := <-w:
 		// clientv3 closes the channel of a watch the server cancelled.

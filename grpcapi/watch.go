@@ -126,16 +126,13 @@ func (ws *watchStream) create(cr *pb.WatchCreateRequest) {
 	ws.watches[id] = cancel
 	ws.mu.Unlock()
 
-	// Before the rules are consulted: a reload at any moment after the
-	// check closes it, and run re-checks (a channel taken later could miss
-	// a reload that came in between).
-	changed := ws.s.auth.Changed()
-	if err := ws.s.check(ws.ctx, access.Read, cr.Key, cr.RangeEnd, "Watch"); err != nil {
+	pm, err := ws.s.permit(ws.ctx, access.Read, cr.Key, cr.RangeEnd, "Watch")
+	if err != nil {
 		ws.drop(id)
 		ws.emit(&pb.WatchResponse{WatchId: id, Created: true, Canceled: true, CancelReason: status.Convert(err).Message()})
 		return
 	}
-	go ws.run(ctx, id, cr, changed)
+	go ws.run(ctx, id, cr, pm)
 }
 
 func (ws *watchStream) drop(id int64) {
@@ -161,7 +158,7 @@ func (ws *watchStream) cancel(id int64, reason string) {
 
 // run follows one watch until it is cancelled, its start is compacted, or
 // the rules stop allowing it.
-func (ws *watchStream) run(ctx context.Context, id int64, cr *pb.WatchCreateRequest, changed <-chan struct{}) {
+func (ws *watchStream) run(ctx context.Context, id int64, cr *pb.WatchCreateRequest, pm *access.Permit) {
 	key, end := string(cr.Key), string(cr.RangeEnd)
 	start := cr.StartRevision
 	if start == 0 {
@@ -200,10 +197,9 @@ func (ws *watchStream) run(ctx context.Context, id int64, cr *pb.WatchCreateRequ
 		select {
 		case <-ctx.Done():
 			return
-		case <-changed:
-			changed = ws.s.auth.Changed()
-			if err := ws.s.check(ctx, access.Read, cr.Key, cr.RangeEnd, "Watch"); err != nil {
-				ws.cancel(id, status.Convert(err).Message())
+		case <-pm.Changed():
+			if err := pm.Recheck(); err != nil {
+				ws.cancel(id, err.Error())
 				return
 			}
 		case wr, ok := <-in:

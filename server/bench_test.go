@@ -73,7 +73,8 @@ func benchmarkGet(b *testing.B, path string, cached bool, policy *access.Policy)
 		go c.Run(ctx)
 	}
 	srv := New(Options{Etcd: ec, Registry: prometheus.NewRegistry(), Cache: c,
-		Limits: Limits{MaxKeyBytes: 4096, MaxValueBytes: 1 << 20, MaxWatches: 16, RequestTimeout: 5 * time.Second, Access: policy},
+		Limits: Limits{MaxKeyBytes: 4096, MaxValueBytes: 1 << 20, MaxWatches: 16, RequestTimeout: 5 * time.Second},
+		Gate:   access.NewGate(access.Settings{Policy: policy}, nil, nil),
 		Status: func() api.Status { return api.Status{Ready: true} }})
 	sock := filepath.Join(b.TempDir(), "b.sock")
 	ln, err := Listen(sock, 0o600, -1)

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"udp_iaasd/access"
 	"udp_iaasd/api"
 	"udp_iaasd/etcd"
 	"udp_iaasd/internal/etcdtest"
@@ -63,6 +64,12 @@ type env struct {
 }
 
 type envOpt func(*Options)
+
+// withPolicy serves with the access rules of p, on the env's registry so
+// that endpointd_access_denied_total can be read from /metrics.
+func withPolicy(p *access.Policy) envOpt {
+	return func(o *Options) { o.Gate = access.NewGate(access.Settings{Policy: p}, o.Registry, o.Logger) }
+}
 
 // endpointer is a cluster of either kind, in-process or member processes.
 type endpointer interface{ Endpoints() []string }

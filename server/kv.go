@@ -158,6 +158,15 @@ func (s *Server) key(raw string, prefix bool) (string, error) {
 // keyRequest parses what every key path shares: the query, checked against
 // the parameters the method accepts; the prefix flag; and the key.
 func (s *Server) keyRequest(r *http.Request, rawKey string, op access.Op, allowed ...string) (p params, key string, prefix bool, err error) {
+	if p, key, prefix, err = s.keyParams(r, rawKey, allowed...); err != nil {
+		return params{}, "", false, err
+	}
+	return p, key, prefix, s.authorize(r, op, key, prefix)
+}
+
+// keyParams is keyRequest without the access check (a stream takes a
+// permit instead).
+func (s *Server) keyParams(r *http.Request, rawKey string, allowed ...string) (p params, key string, prefix bool, err error) {
 	if p, err = parseParams(r, allowed...); err != nil {
 		return params{}, "", false, err
 	}
@@ -167,7 +176,7 @@ func (s *Server) keyRequest(r *http.Request, rawKey string, op access.Op, allowe
 	if key, err = s.key(rawKey, prefix); err != nil {
 		return params{}, "", false, err
 	}
-	return p, key, prefix, s.authorize(r, op, key, prefix)
+	return p, key, prefix, nil
 }
 
 // withTimeout bounds one request's etcd work by etcd.request_timeout.

@@ -33,19 +33,19 @@ type holdParams struct {
 }
 
 // holdRequest parses a lock or campaign request and checks that the peer
-// may write the name's keys.
-func (s *Server) holdRequest(r *http.Request, rawName string, allowed ...string) (holdParams, params, error) {
+// may write the name's keys; the hold keeps the permit.
+func (s *Server) holdRequest(r *http.Request, rawName string, allowed ...string) (holdParams, *access.Permit, error) {
 	p, err := parseParams(r, allowed...)
 	if err != nil {
-		return holdParams{}, params{}, err
+		return holdParams{}, nil, err
 	}
 	var hp holdParams
 	if hp.name, err = s.key(rawName, false); err != nil {
-		return hp, params{}, err
+		return hp, nil, err
 	}
 	ttl, has, err := p.positive("ttl")
 	if err != nil {
-		return hp, params{}, err
+		return hp, nil, err
 	}
 	hp.ttl = defaultLockTTL
 	if has {
@@ -53,14 +53,15 @@ func (s *Server) holdRequest(r *http.Request, rawName string, allowed ...string)
 	}
 	if v, ok := p.get("wait"); ok {
 		if hp.wait, err = time.ParseDuration(v); err != nil || hp.wait < 0 {
-			return hp, params{}, badRequest(fmt.Sprintf("wait must be a duration such as 30s (0: try once); got %q", v))
+			return hp, nil, badRequest(fmt.Sprintf("wait must be a duration such as 30s (0: try once); got %q", v))
 		}
 		hp.hasWait = true
 	}
 	if hp.heartbeat, err = heartbeatParam(p); err != nil {
-		return hp, params{}, err
+		return hp, nil, err
 	}
-	return hp, p, s.authorize(r, access.Write, hp.name+"/", true)
+	pm, err := s.permit(r, access.Write, hp.name+"/", true)
+	return hp, pm, err
 }
 
 // heartbeatParam reads the heartbeat parameter shared by every stream.
@@ -86,8 +87,7 @@ func (s *Server) serveLock(w http.ResponseWriter, r *http.Request, rawName strin
 }
 
 func (s *Server) lock(w http.ResponseWriter, r *http.Request, rawName string) error {
-	changed := s.changed() // before the rules are consulted: see hold
-	hp, _, err := s.holdRequest(r, rawName, "ttl", "wait", "heartbeat")
+	hp, pm, err := s.holdRequest(r, rawName, "ttl", "wait", "heartbeat")
 	if err != nil {
 		return err
 	}
@@ -102,7 +102,7 @@ func (s *Server) lock(w http.ResponseWriter, r *http.Request, rawName string) er
 	if err != nil {
 		return s.lockError(r, err)
 	}
-	s.hold(w, r, h, "LOCKED", hp, changed)
+	s.hold(w, r, h, "LOCKED", hp, pm)
 	return nil
 }
 
@@ -136,8 +136,7 @@ func (s *Server) serveElection(w http.ResponseWriter, r *http.Request, rawName s
 }
 
 func (s *Server) campaign(w http.ResponseWriter, r *http.Request, rawName string) error {
-	changed := s.changed() // before the rules are consulted: see hold
-	hp, _, err := s.holdRequest(r, rawName, "ttl", "heartbeat")
+	hp, pm, err := s.holdRequest(r, rawName, "ttl", "heartbeat")
 	if err != nil {
 		return err
 	}
@@ -149,7 +148,7 @@ func (s *Server) campaign(w http.ResponseWriter, r *http.Request, rawName string
 	if err != nil {
 		return err
 	}
-	s.hold(w, r, h, "ELECTED", hp, changed)
+	s.hold(w, r, h, "ELECTED", hp, pm)
 	return nil
 }
 
@@ -171,8 +170,8 @@ func (s *Server) leader(w http.ResponseWriter, r *http.Request, rawName string) 
 	if p.has("heartbeat") && !observe {
 		return badRequest("heartbeat applies only with observe")
 	}
-	changed := s.changed() // before the rules are consulted: see hold
-	if err := s.authorize(r, access.Read, name+"/", true); err != nil {
+	pm, err := s.permit(r, access.Read, name+"/", true)
+	if err != nil {
 		return err
 	}
 	if observe {
@@ -180,7 +179,7 @@ func (s *Server) leader(w http.ResponseWriter, r *http.Request, rawName string) 
 		if err != nil {
 			return err
 		}
-		return s.observe(w, r, name, hb, changed)
+		return s.observe(w, r, name, hb, pm)
 	}
 	ctx, cancel := s.withTimeout(r)
 	defer cancel()
@@ -255,12 +254,11 @@ func (sw *streamWriter) event(typ, msg, code string) bool {
 // at once), the lease is lost (LOST), the agent stops or the rules no
 // longer allow it (ERROR; released). Every way out releases the hold.
 //
-// changed must have been taken before the request's rules were first
-// consulted, so that a reload at any moment since — during a lock wait
-// that lasted minutes, or between LOCKED and this loop — makes the hold
-// re-check them. Taken here instead, a reload just before would be missed
-// and the hold kept under rules that no longer allow it.
-func (s *Server) hold(w http.ResponseWriter, r *http.Request, h *etcd.Held, typ string, hp holdParams, changed <-chan struct{}) {
+// pm is the permit the request was granted before the lock was waited
+// for, so that a reload at any moment since — during a lock wait that
+// lasted minutes, or between LOCKED and this loop — makes the hold
+// re-check its rules.
+func (s *Server) hold(w http.ResponseWriter, r *http.Request, h *etcd.Held, typ string, hp holdParams, pm *access.Permit) {
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.limits.Load().RequestTimeout)
 		defer cancel()
@@ -289,9 +287,8 @@ func (s *Server) hold(w http.ResponseWriter, r *http.Request, h *etcd.Held, typ 
 		case <-s.stopping:
 			sw.event("ERROR", "the agent is shutting down; the hold is released", api.CodeUnavailable)
 			return
-		case <-changed:
-			changed = s.changed()
-			if err := s.authorize(r, access.Write, hp.name+"/", true); err != nil {
+		case <-pm.Changed():
+			if err := pm.Recheck(); err != nil {
 				sw.event("ERROR", err.Error()+"; the hold is released", api.CodeForbidden)
 				return
 			}
@@ -305,7 +302,7 @@ func (s *Server) hold(w http.ResponseWriter, r *http.Request, h *etcd.Held, typ 
 
 // observe streams the leader of name and each change as LEADER lines,
 // with PROGRESS heartbeats; no line while the election has no leader.
-func (s *Server) observe(w http.ResponseWriter, r *http.Request, name string, heartbeat time.Duration, changed <-chan struct{}) error {
+func (s *Server) observe(w http.ResponseWriter, r *http.Request, name string, heartbeat time.Duration, pm *access.Permit) error {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	ch, err := s.etcd.ObserveLeader(ctx, name)
@@ -322,9 +319,8 @@ func (s *Server) observe(w http.ResponseWriter, r *http.Request, name string, he
 		case <-s.stopping:
 			sw.event("ERROR", "the agent is shutting down; observe again", api.CodeUnavailable)
 			return nil
-		case <-changed:
-			changed = s.changed()
-			if err := s.authorize(r, access.Read, name+"/", true); err != nil {
+		case <-pm.Changed():
+			if err := pm.Recheck(); err != nil {
 				sw.event("ERROR", err.Error(), api.CodeForbidden)
 				return nil
 			}

@@ -160,7 +160,7 @@ func ownPolicy(t *testing.T, prefix string) *access.Policy {
 // A hold whose lease is gone ends with LOST; names go through the access
 // rules, and a reload that takes the right away ends the hold (released).
 func TestLockLostAndAccess(t *testing.T) {
-	e := newEnv(t, nil, func(o *Options) { o.Limits.Access = ownPolicy(t, "lk/") })
+	e := newEnv(t, nil, withPolicy(ownPolicy(t, "lk/")))
 	e.expect(e.do("POST", "/v1/lock/other", nil, nil), http.StatusForbidden, "forbidden")
 	e.expect(e.do("POST", "/v1/election/other", nil, []byte("v")), http.StatusForbidden, "forbidden")
 	e.expect(e.do("GET", "/v1/election/other", nil, nil), http.StatusForbidden, "forbidden")
@@ -186,9 +186,7 @@ func TestLockLostAndAccess(t *testing.T) {
 	if m := s2.next(); m["type"] != "LOCKED" {
 		t.Fatal(m)
 	}
-	l := *e.srv.limits.Load()
-	l.Access = ownPolicy(t, "elsewhere/")
-	e.srv.SetLimits(l)
+	e.srv.gate.Set(access.Settings{Policy: ownPolicy(t, "elsewhere/")})
 	if m := s2.next(); m["type"] != "ERROR" || m["code"] != "forbidden" {
 		t.Fatalf("after the rule was taken away: %v", m)
 	}
@@ -202,7 +200,7 @@ func TestLockLostAndAccess(t *testing.T) {
 // it is taken, if the new rules no longer allow it: the hold watches for
 // reloads since its rules were first consulted, not since it was granted.
 func TestLockWaitOutlivedByItsRule(t *testing.T) {
-	e := newEnv(t, nil, func(o *Options) { o.Limits.Access = ownPolicy(t, "lw/") })
+	e := newEnv(t, nil, withPolicy(ownPolicy(t, "lw/")))
 	first := e.stream("POST", "/v1/lock/lw/x?heartbeat=1h", "")
 	if m := first.next(); m["type"] != "LOCKED" {
 		t.Fatal(m)
@@ -215,9 +213,7 @@ func TestLockWaitOutlivedByItsRule(t *testing.T) {
 		return err == nil && resp.Count == 2
 	})
 
-	l := *e.srv.limits.Load()
-	l.Access = ownPolicy(t, "elsewhere/")
-	e.srv.SetLimits(l)
+	e.srv.gate.Set(access.Settings{Policy: ownPolicy(t, "elsewhere/")})
 	if m := first.next(); m["type"] != "ERROR" || m["code"] != "forbidden" {
 		t.Fatalf("the holder, after the rule was taken away: %v", m)
 	}

@@ -16,7 +16,6 @@ import (
 type metrics struct {
 	requests *prometheus.CounterVec
 	duration prometheus.Histogram
-	denied   *prometheus.CounterVec
 
 	// counters holds requests' children by method and status code, looked
 	// up once: WithLabelValues hashes its labels and takes a lock on every
@@ -40,15 +39,8 @@ func newMetrics(reg prometheus.Registerer, watchers *atomic.Int64) *metrics {
 			Help:    "Time to serve an HTTP request (a watch: its whole life).",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}),
-		denied: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "endpointd_access_denied_total",
-			Help: "Requests refused by the access rules, by operation (\"any\": the peer matches no rule).",
-		}, []string{"op"}),
 	}
-	for _, op := range []string{"read", "write", "any"} {
-		m.denied.WithLabelValues(op) // present at 0 from the start
-	}
-	reg.MustRegister(m.requests, m.duration, m.denied, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	reg.MustRegister(m.requests, m.duration, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "endpointd_watchers",
 		Help: "Watch streams open on the socket.",
 	}, func() float64 { return float64(watchers.Load()) }))

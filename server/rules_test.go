@@ -48,9 +48,8 @@ func aclEnv(t *testing.T, buf *syncbuf.Buffer) *env {
 	t.Helper()
 	peertest.Skip(t, false)
 	e := newEnv(t, nil, func(o *Options) {
-		o.Limits.Access = testPolicy(t, true)
-		o.Limits.Audit = true
 		o.Logger = slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		o.Gate = access.NewGate(access.Settings{Policy: testPolicy(t, true), Audit: true}, o.Registry, o.Logger)
 	})
 	if err := os.Chmod(e.sock, 0o666); err != nil {
 		t.Fatal(err)
@@ -197,10 +196,7 @@ func TestAccessReloadEndsWatch(t *testing.T) {
 	for l := next("the event"); !strings.Contains(l, `"type":"PUT"`); l = next("the event") {
 	}
 	// A reload that keeps the rule changes nothing for the stream.
-	l := e.srv.limits.Load()
-	same := *l
-	same.Access = testPolicy(t, true)
-	e.srv.SetLimits(same)
+	e.srv.gate.Set(access.Settings{Policy: testPolicy(t, true), Audit: true})
 	if r := e.do("PUT", "/v1/kv/acl/alice/w", nil, []byte("2")); r.status != 200 {
 		t.Fatal(r.status)
 	}
@@ -210,9 +206,7 @@ func TestAccessReloadEndsWatch(t *testing.T) {
 		}
 	}
 	// Now without alice's rule.
-	revoked := *l
-	revoked.Access = testPolicy(t, false)
-	e.srv.SetLimits(revoked)
+	e.srv.gate.Set(access.Settings{Policy: testPolicy(t, false), Audit: true})
 	var last string
 	for l := range lines {
 		last = l
@@ -222,29 +216,5 @@ func TestAccessReloadEndsWatch(t *testing.T) {
 	}
 	if code, body := peertest.Do(t, e.sock, alice, "GET", "http://localhost/v1/kv/acl/alice/w", ""); code != 403 {
 		t.Fatalf("after the reload: %d %s", code, body)
-	}
-}
-
-// Refusals are logged at most once per interval per peer, saying how many
-// were left out.
-func TestDenialLogRateLimit(t *testing.T) {
-	var d denialLog
-	p := access.Peer{Known: true, UID: 5, PID: 77}
-	other := access.Peer{Known: true, UID: 5, PID: 78}
-	t0 := time.Unix(1000, 0)
-	if _, ok := d.allow(p, t0); !ok {
-		t.Fatal("first refusal not logged")
-	}
-	for i := range 5 {
-		if _, ok := d.allow(p, t0.Add(time.Duration(i)*time.Second)); ok {
-			t.Fatal("a refusal within the interval was logged")
-		}
-	}
-	if _, ok := d.allow(other, t0.Add(time.Second)); !ok {
-		t.Fatal("another peer's refusal was held back")
-	}
-	n, ok := d.allow(p, t0.Add(deniedLogEvery))
-	if !ok || n != 5 {
-		t.Fatalf("after the interval: logged %v, suppressed %d; want true, 5", ok, n)
 	}
 }

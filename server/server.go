@@ -37,13 +37,7 @@ type Limits struct {
 	MaxValueBytes  int
 	MaxWatches     int
 	RequestTimeout time.Duration
-	AllowedUIDs    []int
-	AllowedGIDs    []int
 	MaxTxnBytes    int
-	// Access holds the per-peer rules (nil: none); Audit logs every allowed
-	// write with the peer and the rule.
-	Access *access.Policy
-	Audit  bool
 }
 
 // DefaultMaxTxnBytes is limits.max_txn_bytes's default (CONFIG.md).
@@ -55,6 +49,9 @@ type Options struct {
 	// Cache, when set, answers serializable reads under its prefixes.
 	Cache  *cache.Cache
 	Limits Limits
+	// Gate is the access decision every request asks (the agent's, shared
+	// with the gRPC socket); nil admits every peer to every key.
+	Gate *access.Gate
 	// Status reports the agent's state for /v1/status and /readyz.
 	Status func() api.Status
 	// Registry receives the server's metrics and is served on /metrics.
@@ -71,18 +68,15 @@ type Options struct {
 
 // Server serves the local API. Build it with New.
 type Server struct {
-	etcd   *etcd.EtcdClient
-	cache  *cache.Cache
-	status func() api.Status
-	log    *slog.Logger
-	opts   Options
-	limits atomic.Pointer[Limits]
-	// limitsChanged is closed and replaced by SetLimits, so that open
-	// watches re-check their keys against new rules.
-	limitsChanged atomic.Pointer[chan struct{}]
-	denials       denialLog
-	metrics       *metrics
-	promh         http.Handler
+	etcd    *etcd.EtcdClient
+	cache   *cache.Cache
+	status  func() api.Status
+	log     *slog.Logger
+	opts    Options
+	gate    *access.Gate
+	limits  atomic.Pointer[Limits]
+	metrics *metrics
+	promh   http.Handler
 
 	watchers atomic.Int64
 	newConns atomic.Int64 // connections accepted whose first request is not read yet
@@ -110,7 +104,11 @@ func New(opts Options) *Server {
 		status:   opts.Status,
 		log:      opts.Logger,
 		opts:     opts,
+		gate:     opts.Gate,
 		stopping: make(chan struct{}),
+	}
+	if s.gate == nil {
+		s.gate = access.NewGate(access.Settings{}, opts.Registry, opts.Logger)
 	}
 	s.SetLimits(opts.Limits)
 	s.metrics = newMetrics(opts.Registry, &s.watchers)
@@ -127,14 +125,7 @@ func (s *Server) SetLimits(l Limits) {
 		l.MaxTxnBytes = DefaultMaxTxnBytes
 	}
 	s.limits.Store(&l)
-	next := make(chan struct{})
-	if old := s.limitsChanged.Swap(&next); old != nil {
-		close(*old)
-	}
 }
-
-// changed is closed by the next SetLimits.
-func (s *Server) changed() <-chan struct{} { return *s.limitsChanged.Load() }
 
 // Serve serves on ln until ctx ends, then stops accepting, ends open watch
 // streams, lets in-flight requests finish within the shutdown budget, and
@@ -203,7 +194,7 @@ func (s *Server) serveHTTP(rw http.ResponseWriter, r *http.Request) {
 	defer func() { s.metrics.observe(r.Method, w.status(), time.Since(start)) }()
 
 	peer, _ := peerFrom(r.Context())
-	if err := s.Admit(peer); err != nil {
+	if err := s.gate.Admit(peer); err != nil {
 		writeError(w, api.CodeForbidden, err.Error(), nil)
 		return
 	}
@@ -267,27 +258,6 @@ func rawPath(r *http.Request) string {
 		p = p[:i]
 	}
 	return p
-}
-
-func (s *Server) allowed(p access.Peer) bool {
-	l := s.limits.Load()
-	if len(l.AllowedUIDs) == 0 && len(l.AllowedGIDs) == 0 {
-		return true
-	}
-	if !p.Known {
-		return false
-	}
-	for _, u := range l.AllowedUIDs {
-		if int(p.UID) == u {
-			return true
-		}
-	}
-	for _, g := range l.AllowedGIDs {
-		if int(p.GID) == g {
-			return true
-		}
-	}
-	return false
 }
 
 func (s *Server) serveReady(w http.ResponseWriter) {

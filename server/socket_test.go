@@ -12,8 +12,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
-	"udp_iaasd/internal/etcdtest"
 
+	"udp_iaasd/access"
+	"udp_iaasd/internal/etcdtest"
 	"udp_iaasd/internal/syncbuf"
 )
 
@@ -139,7 +140,9 @@ func TestPeerCredentials(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := newEnv(t, nil, func(o *Options) { o.Limits.AllowedUIDs, o.Limits.AllowedGIDs = tt.uids, tt.gids })
+			e := newEnv(t, nil, func(o *Options) {
+				o.Gate = access.NewGate(access.Settings{AllowedUIDs: tt.uids, AllowedGIDs: tt.gids}, nil, nil)
+			})
 			for _, p := range []string{"/healthz", "/metrics", "/v1/status", "/v1/kv/peer/k"} {
 				r := e.do("GET", p, nil, nil)
 				got := r.status

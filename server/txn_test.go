@@ -226,7 +226,7 @@ func TestTxnAccess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := newEnv(t, nil, func(o *Options) { o.Limits.Access = policy })
+	e := newEnv(t, nil, withPolicy(policy))
 	ok := `{"compare":[{"key":"txa/ro/x","target":"version","op":"=","value":0}],"success":[{"put":{"key":"txa/mine/a","value":"v"}}],"failure":[{"get":{"key":"txa/ro/","prefix":true}}]}`
 	if r, a := e.txn(ok); r.status != http.StatusOK || !a.Succeeded {
 		t.Fatalf("allowed txn: %d %s", r.status, r.body)

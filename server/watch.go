@@ -36,11 +36,11 @@ func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, rawKey strin
 // the stream starts are answered as JSON errors; once it has started, the
 // stream ends with an ERROR line instead.
 func (s *Server) watch(w http.ResponseWriter, r *http.Request, rawKey string) error {
-	// Taken before the rules are first consulted: a reload at any point
-	// after it closes this channel, so the stream re-checks (access.go,
-	// Changed).
-	changed := s.changed()
-	p, key, prefix, err := s.keyRequest(r, rawKey, access.Read, "prefix", "rev", "heartbeat")
+	p, key, prefix, err := s.keyParams(r, rawKey, "prefix", "rev", "heartbeat")
+	if err != nil {
+		return err
+	}
+	pm, err := s.permit(r, access.Read, key, prefix)
 	if err != nil {
 		return err
 	}
@@ -81,7 +81,7 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, rawKey string) er
 		startRev = current + 1
 	}
 
-	st := &stream{s: s, w: w, r: r, key: key, prefix: prefix, lastRev: startRev - 1, changed: changed}
+	st := &stream{s: s, w: w, r: r, key: key, prefix: prefix, lastRev: startRev - 1, permit: pm}
 	st.rc = http.NewResponseController(w)
 	if err := st.open(true); err != nil {
 		return err
@@ -108,9 +108,8 @@ type stream struct {
 	r      *http.Request
 	key    string
 	prefix bool
-	// changed is closed by the first reload after the rules allowed the
-	// stream; then it re-checks them.
-	changed <-chan struct{}
+	// permit re-checks the stream's keys after a reload.
+	permit *access.Permit
 
 	wch         <-chan etcd.WatchResponse
 	cancelWatch context.CancelFunc
@@ -195,16 +194,14 @@ func (st *stream) run(heartbeat time.Duration) {
 	defer hb.Stop()
 	bo := backoff.Backoff{Policy: resumeBackoff}
 	var retry <-chan time.Time
-	changed := st.changed
 	for {
 		select {
 		case <-st.r.Context().Done():
 			return
-		case <-changed:
+		case <-st.permit.Changed():
 			// New rules (SIGHUP): a peer that may no longer read these keys
 			// loses the stream.
-			changed = st.s.changed()
-			if err := st.s.authorize(st.r, access.Read, st.key, st.prefix); err != nil {
+			if err := st.permit.Recheck(); err != nil {
 				st.writeError(api.CodeForbidden, err.Error(), nil)
 				return
 			}
