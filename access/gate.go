@@ -143,6 +143,23 @@ func (g *Gate) Authorize(peer Peer, op Op, key, end, what string) error {
 	return nil
 }
 
+// AuthorizeLease is Authorize for granting a lease (what: the method): a
+// lease lives in the shared cluster's lease table until its TTL, so only a
+// peer that some rule lets write may grant one.
+func (g *Gate) AuthorizeLease(peer Peer, what string) error {
+	s := g.settings.Load()
+	rule, err := s.Policy.CheckWriter(peer)
+	if err != nil {
+		g.refused(peer, Write, "", err)
+		return err
+	}
+	if s.Audit {
+		g.log.Info("audit: lease grant allowed", "uid", peer.UID, "gid", peer.GID, "pid", peer.PID, "unit", peer.Unit,
+			"method", what, "rule", rule)
+	}
+	return nil
+}
+
 // Permit is a long-lived stream's standing authorization: a watch, a held
 // lock or leadership, an observation. The stream selects on Changed and,
 // when it fires, calls Recheck; an error from Recheck means the peer lost
@@ -188,9 +205,9 @@ func (p *Permit) Recheck() error {
 func (g *Gate) Changed() <-chan struct{} { return *g.changed.Load() }
 
 // refused counts a refusal (op 0: the peer matches no rule) and logs it, at
-// most once per deniedLogEvery per peer, so that a client looping on a
-// forbidden key cannot flood the journal; the next line says how many were
-// not logged.
+// most once per deniedLogEvery per (uid, unit), so that a client looping on
+// a forbidden key, or forking a process per request, cannot flood the
+// journal; the next line says how many were not logged.
 func (g *Gate) refused(peer Peer, op Op, key string, err error) {
 	label := "any" // the peer matches no rule: refused whatever it asks
 	if op != 0 {
@@ -203,17 +220,27 @@ func (g *Gate) refused(peer Peer, op Op, key string, err error) {
 	}
 }
 
-const deniedLogEvery = 10 * time.Second
+const (
+	deniedLogEvery = 10 * time.Second
+	// deniedLogPeers bounds the peers remembered: past it, quiet ones are
+	// forgotten, and while all are recent the newcomers share one entry.
+	deniedLogPeers = 4096
+)
 
-// denialLog rate-limits refusal log lines per peer.
+// denialLog rate-limits refusal log lines per (uid, unit) — not per
+// process, so that a client forking per request is one peer — in bounded
+// memory.
 type denialLog struct {
 	mu   sync.Mutex // guards seen
 	seen map[denialKey]*denialState
 }
 
+// denialKey is a peer as the rules see it. overflow is the one entry that
+// every peer shares while the map is full of recent ones.
 type denialKey struct {
-	pid, uid int64
+	uid      uint32
 	unit     string
+	overflow bool
 }
 
 type denialState struct {
@@ -224,23 +251,27 @@ type denialState struct {
 // allow reports whether a refusal by peer may be logged now, and how many
 // were suppressed since the last line.
 func (d *denialLog) allow(peer Peer, now time.Time) (int, bool) {
-	k := denialKey{pid: int64(peer.PID), uid: int64(peer.UID), unit: peer.Unit}
+	k := denialKey{uid: peer.UID, unit: peer.Unit}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.seen == nil {
 		d.seen = map[denialKey]*denialState{}
 	}
 	st := d.seen[k]
-	if st != nil && now.Sub(st.last) < deniedLogEvery {
-		st.suppressed++
-		return 0, false
-	}
-	if len(d.seen) >= 4096 { // many peers: forget the quiet ones
-		for k, v := range d.seen {
+	if st == nil && len(d.seen) >= deniedLogPeers {
+		for k, v := range d.seen { // many peers: forget the quiet ones
 			if now.Sub(v.last) >= deniedLogEvery {
 				delete(d.seen, k)
 			}
 		}
+		if len(d.seen) >= deniedLogPeers {
+			k = denialKey{overflow: true}
+			st = d.seen[k]
+		}
+	}
+	if st != nil && now.Sub(st.last) < deniedLogEvery {
+		st.suppressed++
+		return 0, false
 	}
 	n := 0
 	if st != nil {

@@ -137,9 +137,19 @@ func peerUnit(fd int, pid int32) string {
 }
 
 // UnitFromCgroup finds the systemd unit in the contents of /proc/PID/cgroup:
-// the innermost ".service" or ".scope" component of the cgroup v2 path
-// ("0::/system.slice/billing.service"), or, when that has none, of the
+// the unit systemd's system manager placed the process in, which is the
+// outermost ".service" or ".scope" component of the cgroup v2 path
+// ("0::/system.slice/billing.service"), counted only when every component
+// above it is a ".slice" — or, when the v2 path names none, the same of the
 // name=systemd hierarchy (hybrid hosts). "" when neither has one.
+//
+// Outermost, because everything below a unit's cgroup is the unit's to
+// name: a service with Delegate=yes may make a sub-cgroup called
+// "web.service", and every user's own manager (user@UID.service) makes
+// them for `systemd-run --user --unit=web`. Creating a cgroup beside the
+// system's units needs privileges; creating one below your own does not.
+// So a process under a user manager is in "user@UID.service", and a
+// delegated service's children are in that service.
 func UnitFromCgroup(data string) string {
 	var v2, named string
 	for line := range strings.SplitSeq(data, "\n") {
@@ -158,18 +168,23 @@ func UnitFromCgroup(data string) string {
 			named = path
 		}
 	}
-	if u := innermostUnit(v2); u != "" {
+	if u := systemUnit(v2); u != "" {
 		return u
 	}
-	return innermostUnit(named)
+	return systemUnit(named)
 }
 
-func innermostUnit(path string) string {
-	parts := strings.Split(path, "/")
-	for i := len(parts) - 1; i >= 0; i-- {
-		if c := parts[i]; strings.HasSuffix(c, ".service") || strings.HasSuffix(c, ".scope") {
+// systemUnit is the first component of path below its slices, when that is
+// a service or a scope.
+func systemUnit(path string) string {
+	for c := range strings.SplitSeq(path, "/") {
+		switch {
+		case c == "" || strings.HasSuffix(c, ".slice"):
+			continue
+		case strings.HasSuffix(c, ".service") || strings.HasSuffix(c, ".scope"):
 			return c
 		}
+		return ""
 	}
 	return ""
 }

@@ -157,6 +157,24 @@ func (p *Policy) CheckRange(peer Peer, op Op, key, end string) (string, error) {
 	return "", d
 }
 
+// CheckWriter is the decision for what writes no key by itself but lets
+// keys be written — granting a lease: may peer write anywhere? It returns
+// the name of the first rule that matches the peer and allows write (""
+// without rules), or a *Denied.
+func (p *Policy) CheckWriter(peer Peer) (string, error) {
+	if !p.Enabled() {
+		return "", nil
+	}
+	if peer.Known {
+		for i := range p.rules {
+			if r := &p.rules[i]; r.Write && r.matches(peer) {
+				return r.Name, nil
+			}
+		}
+	}
+	return "", &Denied{Peer: peer, Op: Write, Lease: true}
+}
+
 // covers: every key of the range [key, end) (see CheckRange) starts with
 // pre.
 func covers(pre, key, end string) bool {
@@ -226,10 +244,14 @@ type Denied struct {
 	// Range: the keys from Key up to End (not a prefix's range).
 	Range bool
 	End   string
+	// Lease: a lease grant, which needs write in some rule (CheckWriter).
+	Lease bool
 }
 
 func (d *Denied) Error() string {
 	switch {
+	case d.Lease:
+		return fmt.Sprintf("%s may not grant leases: no access rule that matches it allows write", d.Peer)
 	case d.Range && d.End == "\x00":
 		return fmt.Sprintf("%s may not %s the keys from %q on (access rules)", d.Peer, d.Op, d.Key)
 	case d.Range:

@@ -239,3 +239,36 @@ func electListenNames(t *testing.T, endpoints []string, name, want string) bool 
 	}
 	return false
 }
+
+// A lease lives in the shared cluster's lease table until its TTL, so a
+// peer whose rules only let it read may not grant one: `etcdctl lease
+// grant` and `etcdctl lock` (which grants one first) are PermissionDenied
+// and leave no lease behind; a peer allowed to write somewhere may.
+func TestEtcdctlLeaseGrantNeedsWrite(t *testing.T) {
+	cl := etcdtest.New(t, 1)
+	uid := uint32(os.Getuid())
+	readOnly, err := access.NewPolicy([]access.Rule{{Name: "ro", UIDs: []uint32{uid}, Prefixes: []string{"app/"}, Read: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := startAgent(t, cl.Endpoints(), readOnly)
+	direct := etcdtest.DirectClient(t, cl.Endpoints())
+	for _, args := range [][]string{{"lease", "grant", "60"}, {"lock", "app/l", "true"}} {
+		if code, out := ctl(t, a.sock, "", args...); code == 0 || !strings.Contains(out, "PermissionDenied") ||
+			!strings.Contains(out, "may not grant leases") {
+			t.Fatalf("etcdctl %s as a read-only peer: %d %s", strings.Join(args, " "), code, out)
+		}
+	}
+	if ls, err := direct.Leases(t.Context()); err != nil || len(ls.Leases) != 0 {
+		t.Fatalf("leases after the refusals: %v %v, want none", ls, err)
+	}
+
+	writer, err := access.NewPolicy([]access.Rule{{Name: "rw", UIDs: []uint32{uid}, Prefixes: []string{"app/"}, Read: true, Write: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.gate.Set(access.Settings{Policy: writer})
+	if code, out := ctl(t, a.sock, "", "lease", "grant", "60"); code != 0 || !strings.Contains(out, "granted with TTL(60s)") {
+		t.Fatalf("etcdctl lease grant as a writer: %d %s", code, out)
+	}
+}

@@ -220,6 +220,9 @@ func (l *leaseServer) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (
 	if err != nil {
 		return nil, err
 	}
+	if err := denied(l.s.gate.AuthorizeLease(p, "LeaseGrant")); err != nil {
+		return nil, err
+	}
 	resp, err := forward(ctx, l.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.LeaseGrantResponse, error) {
 		return pb.NewLeaseClient(conn).LeaseGrant(uctx, r)
 	})

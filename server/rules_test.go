@@ -21,7 +21,7 @@ import (
 var (
 	alice    = peertest.Identity{UID: 12001, GID: 12001}
 	bob      = peertest.Identity{UID: 12002, GID: 12002, Groups: []uint32{23000}} // in "readers" by a supplementary group
-	web      = peertest.Identity{UID: 12003, GID: 12003, Unit: "acl-web-1.service"}
+	web      = peertest.Identity{UID: 12003, GID: 12003, Cgroup: "acl-web-1.service"}
 	stranger = peertest.Identity{UID: 12004, GID: 12004}
 )
 
@@ -216,5 +216,67 @@ func TestAccessReloadEndsWatch(t *testing.T) {
 	}
 	if code, body := peertest.Do(t, e.sock, alice, "GET", "http://localhost/v1/kv/acl/alice/w", ""); code != 403 {
 		t.Fatalf("after the reload: %d %s", code, body)
+	}
+}
+
+// A units rule matches the unit systemd's system manager placed the peer
+// in. The same uid in a cgroup of that name below a user manager
+// (systemd-run --user --unit=…) or below a delegated service is in that
+// manager's or service's unit, and matches no rule.
+func TestUnitRuleCannotBeForged(t *testing.T) {
+	peertest.Skip(t, true)
+	policy, err := access.NewPolicy([]access.Rule{
+		{Name: "bar", Units: []string{"bar-demo.service"}, Prefixes: []string{"bar/"}, Read: true, Write: true},
+		{Name: "tests", UIDs: []uint32{uint32(os.Getuid())}, Prefixes: []string{""}, Read: true, Write: true},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, nil, withPolicy(policy))
+	if err := os.Chmod(e.sock, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	peertest.OpenPath(t, filepath.Dir(e.sock))
+	const uid = 12005
+	for _, tc := range []struct {
+		name, cgroup string
+		want         int
+		unit         string // the unit the refusal names
+	}{
+		{"the system unit", "bar-demo.service", 200, ""},
+		{"a user manager's unit of that name", "user-12005.slice/user@12005.service/app.slice/bar-demo.service", 403, "user@12005.service"},
+		{"a delegated service's sub-cgroup of that name", "other.service/bar-demo.service", 403, "other.service"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := peertest.Identity{UID: uid, GID: uid, Cgroup: tc.cgroup}
+			code, body := peertest.Do(t, e.sock, id, "PUT", "http://localhost/v1/kv/bar/x", "v")
+			if code != tc.want {
+				t.Fatalf("PUT bar/x from cgroup %s: %d %s, want %d", tc.cgroup, code, body, tc.want)
+			}
+			if want := fmt.Sprintf("uid %d (unit %s) matches no access rule", uid, tc.unit); tc.want == 403 && !strings.Contains(body, want) {
+				t.Fatalf("refusal %s: want it to say %q", body, want)
+			}
+		})
+	}
+}
+
+// Refusals are logged per (uid, unit), not per process: sixty processes of
+// one uid, each refused once, write one log line; the counter counts all
+// sixty.
+func TestForkingPeerDoesNotFloodTheLog(t *testing.T) {
+	var buf syncbuf.Buffer
+	e := aclEnv(t, &buf)
+	const n = 60
+	for i := range n {
+		if code, body := peertest.Do(t, e.sock, stranger, "GET", "http://localhost/v1/kv/acl/shared/x", ""); code != 403 {
+			t.Fatalf("request %d: %d %s", i, code, body)
+		}
+	}
+	if lines := strings.Count(buf.String(), `msg="access denied" uid=12004`); lines > 3 {
+		t.Fatalf("%d refusal lines for %d refusals of one uid, want at most a handful:\n%s", lines, n, buf.String())
+	}
+	line := fmt.Sprintf("endpointd_access_denied_total{op=\"any\"} %d\n", n)
+	if metrics := e.do("GET", "/metrics", nil, nil).body; !strings.Contains(string(metrics), line) {
+		t.Fatalf("/metrics lacks %q", line)
 	}
 }

@@ -27,12 +27,15 @@ import (
 	"time"
 )
 
-// Identity is who a helper runs as. Unit, when set, is the name of a
-// cgroup the helper starts in ("billing.service").
+// Identity is who a helper runs as. Cgroup, when set, is the cgroup the
+// helper starts in, a path below a slice of the test run's own: a unit's
+// name ("billing.service", so the helper is in that system unit), or any
+// shape systemd makes below slices
+// ("user-1004.slice/user@1004.service/app.slice/web.service").
 type Identity struct {
 	UID, GID uint32
 	Groups   []uint32
-	Unit     string
+	Cgroup   string
 }
 
 const envAction = "ENDPOINTD_PEERTEST"
@@ -199,14 +202,15 @@ func Command(t testing.TB, socket string, id Identity, action, method, url, body
 		Credential: &syscall.Credential{Uid: id.UID, Gid: id.GID, Groups: id.Groups},
 		Pdeathsig:  syscall.SIGKILL,
 	}
-	if id.Unit != "" {
+	if id.Cgroup != "" {
 		root, err := cgroupRoot()
 		if err != nil {
 			t.Skipf("running a peer inside a unit's cgroup: %v", err)
 		}
-		// A parent cgroup per test run, so that a unit name can be used by
+		// A parent cgroup per helper, so that a unit name can be used by
 		// several helpers and is cleaned up with the test.
-		dir := filepath.Join(root, fmt.Sprintf("endpointd-test-%d-%d.slice", os.Getpid(), seq.Add(1)), id.Unit)
+		top := filepath.Join(root, fmt.Sprintf("endpointd-test-%d-%d.slice", os.Getpid(), seq.Add(1)))
+		dir := filepath.Join(top, filepath.Clean("/" + id.Cgroup))
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatalf("cgroup %s: %v", dir, err)
 		}
@@ -224,7 +228,9 @@ func Command(t testing.TB, socket string, id Identity, action, method, url, body
 			for os.Remove(dir) != nil && time.Now().Before(deadline) {
 				time.Sleep(20 * time.Millisecond)
 			}
-			os.Remove(filepath.Dir(dir))
+			for d := filepath.Dir(dir); len(d) >= len(top); d = filepath.Dir(d) {
+				os.Remove(d)
+			}
 		})
 	}
 	return cmd
