@@ -210,7 +210,7 @@ func Command(t testing.TB, socket string, id Identity, action, method, url, body
 		// A parent cgroup per helper, so that a unit name can be used by
 		// several helpers and is cleaned up with the test.
 		top := filepath.Join(root, fmt.Sprintf("endpointd-test-%d-%d.slice", os.Getpid(), seq.Add(1)))
-		dir := filepath.Join(top, filepath.Clean("/" + id.Cgroup))
+		dir := filepath.Join(top, filepath.Clean("/"+id.Cgroup))
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatalf("cgroup %s: %v", dir, err)
 		}
