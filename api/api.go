@@ -1,7 +1,7 @@
 // Package api is the local socket API's wire vocabulary, declared once for
 // the server that speaks it and the Go client that reads it: the error codes
-// of API.md with their HTTP statuses, the error body, and the /v1/status
-// document.
+// of API.md with their HTTP statuses, the error body and its encoding, the
+// stream line types, the JSON string rule, and the /v1/status document.
 //
 // It owns names and shapes only; it does no I/O and knows nothing of etcd.
 package api

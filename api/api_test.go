@@ -44,3 +44,33 @@ func TestStatusFieldNames(t *testing.T) {
 		}
 	}
 }
+
+// An error answer and an ERROR line carry the fields of their code, and
+// decode back into Error.
+func TestErrorJSON(t *testing.T) {
+	for _, tc := range []struct {
+		e        Error
+		lineType string
+		want     string
+	}{
+		{Error{Error: "no such key", Code: CodeNotFound}, "", `{"code":"not_found","error":"no such key"}`},
+		{Error{Error: "x", Code: CodePreconditionFailed}, "", `{"code":"precondition_failed","error":"x","current_mod_revision":0}`},
+		{Error{Error: "x", Code: CodePreconditionFailed, CurrentModRevision: 9}, "", `{"code":"precondition_failed","error":"x","current_mod_revision":9}`},
+		{Error{Error: "old", Code: CodeGone, CompactRevision: 60}, LineError, `{"type":"ERROR","code":"gone","error":"old","compact_revision":60}`},
+		{Error{Error: "old", Code: CodeGone}, "", `{"code":"gone","error":"old"}`},
+		{Error{Error: "held", Code: CodeLocked, Key: "l/1", Revision: 4}, "", `{"code":"locked","error":"held","key":"l/1","revision":4}`},
+		{Error{Error: "held", Code: CodeLocked}, "", `{"code":"locked","error":"held"}`},
+		{Error{Error: "lease lost"}, LineLost, `{"type":"LOST","error":"lease lost"}`},
+		{Error{Error: "quote \" and \xff", Code: CodeInternal}, "", `{"code":"internal","error":"quote \" and \ufffd"}`},
+	} {
+		got := string(tc.e.AppendJSON(nil, tc.lineType))
+		if got != tc.want {
+			t.Errorf("AppendJSON(%+v, %q) = %s, want %s", tc.e, tc.lineType, got, tc.want)
+		}
+		var back Error
+		if err := json.Unmarshal([]byte(got), &back); err != nil || back.Code != tc.e.Code || back.CompactRevision != tc.e.CompactRevision ||
+			back.CurrentModRevision != tc.e.CurrentModRevision || back.Key != tc.e.Key {
+			t.Errorf("%s decodes to %+v (%v)", got, back, err)
+		}
+	}
+}

@@ -16,6 +16,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"udp_iaasd/api"
 	"udp_iaasd/config"
 )
 
@@ -148,7 +149,7 @@ func (e *env) httpWatch(ctx context.Context, prefix string, ready *sync.WaitGrou
 			Type  string `json:"type"`
 			Value string `json:"value"`
 		}
-		if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Type == "PUT" {
+		if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Type == api.LinePut {
 			record([]byte(ev.Value))
 		}
 	}

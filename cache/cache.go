@@ -44,14 +44,6 @@ type Cache struct {
 	// so reads keep falling through and fail fast rather than serve an ever
 	// older copy.
 	maxStaleness time.Duration
-	// runCtx is Run's context, for the progress requests reads ask for;
-	// set by Run, read by any reader (nil before Run).
-	runCtx atomic.Pointer[context.Context]
-	// askedAt is when the last progress request was sent (unix nanoseconds).
-	// RequestProgress returns once the request is sent, not answered, so
-	// "one in flight" is kept as "one per maxStaleness": an answer takes a
-	// round trip, and a copy confirmed by it stays fresh for maxStaleness.
-	askedAt atomic.Int64
 }
 
 // New returns a cache of prefixes, fed through ec, whose answers are at most
@@ -75,7 +67,6 @@ func (c *Cache) Run(ctx context.Context) {
 	// etcd answers a progress request only when every watcher of its stream
 	// is synced, so an API watch from the current revision + 1 on a quiet
 	// key must not share it (watchableStore.progressIfSync).
-	c.runCtx.Store(&ctx)
 	var wg sync.WaitGroup
 	for _, p := range c.prefixes {
 		wg.Go(func() { p.run(ctx) })
@@ -128,19 +119,12 @@ func (c *Cache) Get(key string) (kv *mvccpb.KeyValue, rev int64, ok bool) {
 
 // askProgress asks etcd for a progress notification on the cache's stream,
 // so that a quiet prefix can answer again; at most once per maxStaleness for
-// the whole cache, however many reads find a copy stale.
+// the whole cache, however many reads find a copy stale. A request returns
+// once it is sent, not answered, so "one in flight" is kept as "one per
+// maxStaleness": an answer takes a round trip, and a copy confirmed by it
+// stays fresh for maxStaleness.
 func (c *Cache) askProgress() {
-	now := time.Now().UnixNano()
-	last := c.askedAt.Load()
-	ctx := c.runCtx.Load()
-	if ctx == nil || now-last < int64(c.maxStaleness) || !c.askedAt.CompareAndSwap(last, now) {
-		return
-	}
-	go func() {
-		if err := c.ec.RequestWatchProgress(*ctx, stream); err != nil {
-			c.log.Debug("cache: progress request failed", "error", err)
-		}
-	}()
+	c.ec.AskWatchProgress(stream, c.maxStaleness)
 }
 
 // List answers a serializable prefix listing from memory, sorted by key,

@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"udp_iaasd/api"
 )
 
 // ErrLost: a hold ended without Release — the agent could not keep its
@@ -81,7 +83,7 @@ func HoldHeartbeat(d time.Duration) HoldOption {
 // or LockWait). The lock's keys are those of etcd's concurrency.Mutex on
 // name, so it excludes etcdctl lock and Go programs using it.
 func (c *Client) Lock(ctx context.Context, name string, opts ...HoldOption) (*Hold, error) {
-	return c.hold(ctx, "/v1/lock/", name, nil, "LOCKED", opts)
+	return c.hold(ctx, "/v1/lock/", name, nil, api.LineLocked, opts)
 }
 
 // Campaign runs for leader of the election name with value, waiting until
@@ -90,7 +92,7 @@ func (c *Client) Campaign(ctx context.Context, name string, value []byte, opts .
 	if value == nil {
 		value = []byte{}
 	}
-	return c.hold(ctx, "/v1/election/", name, value, "ELECTED", opts)
+	return c.hold(ctx, "/v1/election/", name, value, api.LineElected, opts)
 }
 
 // startHold sends a hold's request, retried as the client retries what
@@ -168,7 +170,7 @@ func (c *Client) hold(ctx context.Context, path, name string, body []byte, want 
 	go func() {
 		for {
 			l, err := readLine(br)
-			if err == nil && l.Type == "PROGRESS" {
+			if err == nil && l.Type == api.LineProgress {
 				continue
 			}
 			if hctx.Err() == nil { // not released: lost
@@ -286,9 +288,9 @@ func (c *Client) Observe(ctx context.Context, name string) iter.Seq2[Leader, err
 				return
 			}
 			switch l.Type {
-			case "PROGRESS":
+			case api.LineProgress:
 				continue
-			case "LEADER":
+			case api.LineLeader:
 				ld, err := l.leader()
 				if !yield(ld, err) || err != nil {
 					return

@@ -18,7 +18,7 @@ import (
 
 // Event is one line of a watch stream.
 type Event struct {
-	Type string // "PUT", "DELETE" or "PROGRESS"
+	Type string // api.LinePut, api.LineDelete or api.LineProgress
 	// KV is the key after a PUT; for a DELETE only Key and ModRevision are
 	// set.
 	KV KV
@@ -158,7 +158,7 @@ func (c *Client) readStream(resp *http.Response, at *resumePoint, yield func(Eve
 		}
 		ev := Event{Type: raw.Type}
 		switch raw.Type {
-		case "PUT", "DELETE":
+		case api.LinePut, api.LineDelete:
 			kv, err := raw.rawKV.decode()
 			if err != nil {
 				return false, err
@@ -176,14 +176,14 @@ func (c *Client) readStream(resp *http.Response, at *resumePoint, yield func(Eve
 			}
 			at.seen[string(kv.Key)] = true
 			at.next = ev.Revision + 1
-		case "PROGRESS":
+		case api.LineProgress:
 			ev.Revision = raw.Revision
 			at.next = max(at.next, raw.Revision+1)
 			if raw.Revision >= at.partial {
 				at.partial = 0 // every event up to it was delivered
 				clear(at.seen)
 			}
-		case "ERROR":
+		case api.LineError:
 			e := &Error{Status: http.StatusOK, Code: raw.Code, Message: raw.Error, CompactRevision: raw.CompactRevision}
 			if raw.Code == api.CodeUnavailable {
 				return false, nil // the agent is stopping or etcd is away: resume

@@ -194,6 +194,7 @@ type EtcdClient struct {
 	writes   writer         // batches concurrent plain puts (writebatch.go)
 	health   *healthLoop
 	hubs     hubs           // shared watches (watch.go)
+	progress progressAsks   // throttled progress requests (watch.go)
 	sessions sessionPool    // leases of locks and elections (lock.go)
 	streams  *rebalancer    // watch stream placement (rebalance.go)
 	outcomes *outcomes      // watches request outcomes for hung members (outcome.go)
@@ -787,4 +788,22 @@ func (c *EtcdClient) Close() error {
 	c.retired.Wait()
 	c.outcomes.stop()
 	return nil
+}
+
+// Conn is the live client's gRPC connection, for serving etcd's own API
+// through the agent (grpcapi): calls on it go to the members the client
+// follows. It does not pin the client: a client replaced by UpdateEndpoints
+// (plain ↔ TLS, new credentials) closes, and calls on its connection fail;
+// take Conn again for each call or stream. ErrUnavailable while no member
+// is reachable.
+func (c *EtcdClient) Conn() (*grpc.ClientConn, error) {
+	g, err := c.acquire()
+	if err != nil {
+		return nil, err
+	}
+	defer g.inflight.Done()
+	if !c.reachable(g) {
+		return nil, ErrUnavailable
+	}
+	return g.cli.ActiveConnection(), nil
 }

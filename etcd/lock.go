@@ -5,10 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"udp_iaasd/backoff"
 )
 
 // Locks and elections for local processes (API.md "Locks", "Elections"),
@@ -210,6 +211,7 @@ func (c *EtcdClient) ObserveLeader(ctx context.Context, name string) (<-chan Lea
 		defer close(out)
 		var last Leader
 		sent := false
+		bo := backoff.Backoff{Policy: followBackoff}
 		for first := true; ctx.Err() == nil; first = false {
 			if !first { // the first read is the one that vouched for the observation
 				var err error
@@ -239,11 +241,10 @@ func (c *EtcdClient) ObserveLeader(ctx context.Context, name string) (<-chan Lea
 				}
 			}
 			cancel()
-			if failed { // the member lost its leader: read again shortly
-				select {
-				case <-time.After(200 * time.Millisecond):
-				case <-ctx.Done():
-				}
+			if !failed {
+				bo.Reset()
+			} else if bo.Wait(ctx, bo.Next()) != nil { // the member lost its leader: read again shortly
+				return
 			}
 		}
 	}()

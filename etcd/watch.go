@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -192,22 +193,7 @@ func (w *kvWatch) deliverable(wr *WatchResponse) bool {
 		}
 		return !w.resumed && w.o.CreatedNotify
 	}
-	if w.resumed {
-		i := 0
-		for i < len(wr.Events) && wr.Events[i].Kv.ModRevision < w.next {
-			i++
-		}
-		if i == len(wr.Events) && !wr.Progress {
-			return false
-		}
-		wr.Events = wr.Events[i:]
-	}
-	if n := len(wr.Events); n > 0 {
-		w.next = max(w.next, wr.Events[n-1].Kv.ModRevision+1)
-	} else if wr.Progress {
-		w.next = max(w.next, wr.Revision+1)
-	}
-	return true
+	return deliverFrom(wr, &w.next)
 }
 
 func (w *kvWatch) send(ctx context.Context, out chan<- WatchResponse, wr WatchResponse) bool {
@@ -226,6 +212,74 @@ func (c *EtcdClient) RequestWatchProgress(ctx context.Context, stream string) er
 		return c.initErr
 	}
 	return c.RequestProgress(watchContext(ctx, stream, c.streams.current().epoch))
+}
+
+// AskWatchProgress asks etcd, without waiting, for a progress notification
+// on the watches of a stream (WatchOptions.Stream). It is the one throttled
+// progress requester: a notification answers every watch of its stream, so
+// while a request for the stream is in flight further asks fold into one
+// more request sent after it (every asker hears a notification newer than
+// its ask), and, with every > 0, no request follows the last within every
+// (an ask then is dropped: the caller asks again when it needs to).
+func (c *EtcdClient) AskWatchProgress(stream string, every time.Duration) {
+	if c.initErr != nil {
+		return
+	}
+	now := time.Now()
+	p := &c.progress
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.m == nil {
+		p.m = map[string]*progressAsk{}
+	}
+	a := p.m[stream]
+	if a == nil {
+		a = &progressAsk{}
+		p.m[stream] = a
+	}
+	a.every = every
+	switch {
+	case a.inflight:
+		a.again = true
+	case every > 0 && now.Sub(a.last) < every:
+	default:
+		a.inflight, a.last = true, now
+		go c.sendProgress(stream, a)
+	}
+}
+
+// progressAsks is AskWatchProgress's state per stream.
+type progressAsks struct {
+	mu sync.Mutex // guards m and every progressAsk in it
+	m  map[string]*progressAsk
+}
+
+type progressAsk struct {
+	inflight bool          // a request is being sent
+	again    bool          // asked while in flight: send one more after it
+	last     time.Time     // when the last request was sent
+	every    time.Duration // the latest ask's floor between requests
+}
+
+// sendProgress sends the stream's progress requests until no ask is left.
+func (c *EtcdClient) sendProgress(stream string, a *progressAsk) {
+	p := &c.progress
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), c.requestTimeout())
+		if err := c.RequestWatchProgress(ctx, stream); err != nil {
+			c.log.Debug("etcd: progress request failed", "stream", stream, "error", err)
+		}
+		cancel()
+		p.mu.Lock()
+		now := time.Now()
+		if !a.again || (a.every > 0 && now.Sub(a.last) < a.every) {
+			a.again, a.inflight = false, false
+			p.mu.Unlock()
+			return
+		}
+		a.again, a.last = false, now
+		p.mu.Unlock()
+	}
 }
 
 // Watch coalescing: watches on the same key or prefix through Subscribe
@@ -363,11 +417,7 @@ func (h *hub) run(wch <-chan WatchResponse) {
 				h.hs.detached.Add(1)
 			}
 		}
-		if n := len(resp.Events); n > 0 {
-			h.next = max(h.next, resp.Events[n-1].Kv.ModRevision+1)
-		} else if resp.Progress {
-			h.next = max(h.next, resp.Revision+1)
-		}
+		advance(&resp, &h.next)
 		h.mu.Unlock()
 	}
 }

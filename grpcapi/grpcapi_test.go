@@ -469,3 +469,52 @@ func TestWatchRangePrevKVAndFilter(t *testing.T) {
 		t.Fatal("NOPUT watch: no delete")
 	}
 }
+
+// A watch from a compacted revision ends at once, as etcd ends it: a
+// response with CompactRevision, then the channel closes — for a key, a
+// prefix (shared upstream watches) and a range with prev_kv (a watch of its
+// own), on the socket as directly on the members.
+func TestWatchFromCompactedRevision(t *testing.T) {
+	cl := etcdtest.New(t, 1)
+	a := startAgent(t, cl.Endpoints(), nil)
+	direct := etcdtest.DirectClient(t, cl.Endpoints())
+	ctx := ctxT(t, 30*time.Second)
+	var last int64
+	for i := range 5 {
+		r, err := direct.Put(ctx, fmt.Sprintf("c/%d", i), "v")
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = r.Header.Revision
+	}
+	if _, err := direct.Compact(ctx, last); err != nil {
+		t.Fatal(err)
+	}
+	ended := func(cli *clientv3.Client, opts ...clientv3.OpOption) clientv3.WatchResponse {
+		t.Helper()
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		var got clientv3.WatchResponse
+		for r := range cli.Watch(wctx, "c/0", append(opts, clientv3.WithRev(last-2))...) {
+			got = r
+		}
+		if wctx.Err() != nil {
+			t.Fatalf("the watch from compacted revision %d did not end", last-2)
+		}
+		return got
+	}
+	for _, tc := range []struct {
+		name string
+		opts []clientv3.OpOption
+	}{
+		{"key", nil},
+		{"prefix", []clientv3.OpOption{clientv3.WithPrefix()}},
+		{"range with prev_kv", []clientv3.OpOption{clientv3.WithRange("c/9"), clientv3.WithPrevKV()}},
+	} {
+		want, got := ended(direct, tc.opts...), ended(a.stock(t), tc.opts...)
+		if got.CompactRevision != want.CompactRevision || got.CompactRevision != last || !got.Canceled ||
+			!errors.Is(got.Err(), rpctypes.ErrCompacted) {
+			t.Errorf("%s: through the socket %+v (%v), directly %+v (%v)", tc.name, got, got.Err(), want, want.Err())
+		}
+	}
+}

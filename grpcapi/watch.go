@@ -14,13 +14,14 @@ import (
 	"udp_iaasd/etcd"
 )
 
-// Watch serves etcd's watch protocol from the agent's own watches: a
-// single key or a prefix without prev_kv is followed through the shared
-// upstream watches the HTTP API uses (etcd.Follow), so watchers of one
-// prefix on both sockets cost etcd one watch; other ranges, and prev_kv,
-// get an upstream watch of their own (etcd.WatchRange). Either way a watch
-// resumes after its last event when its upstream breaks — an endpoints
-// reload, a member killed — so nothing is missed or repeated.
+// Watch serves etcd's watch protocol through the agent's one follower
+// (etcd.Follow), as the HTTP watch does: a single key or a prefix without
+// prev_kv rides the shared upstream watches, so watchers of one prefix on
+// both sockets cost etcd one watch; other ranges, and prev_kv, get an
+// upstream watch of their own. Either way a watch resumes after its last
+// event when its upstream breaks — an endpoints reload, a member killed —
+// so nothing is missed or repeated, and a compacted start is cancelled with
+// its CompactRevision, as etcd does.
 //
 // What differs from etcd's own server: progress_notify's periodic
 // notifications are not sent (a WatchProgressRequest is answered);
@@ -101,10 +102,13 @@ func (ws *watchStream) recv() error {
 		case *pb.WatchRequest_ProgressRequest:
 			// Every watch answers with its own progress when etcd confirms
 			// its upstream; the shared ones ride the default stream.
-			go ws.s.ec.RequestWatchProgress(ws.ctx, "")
+			ws.s.ec.AskWatchProgress("", 0)
 		}
 	}
 }
+
+// compactedReason is etcd's own cancel reason for a compacted start.
+const compactedReason = "etcdserver: mvcc: required revision has been compacted"
 
 // create starts a watch, or answers why it cannot (created and canceled at
 // once, as etcd does).
@@ -160,27 +164,31 @@ func (ws *watchStream) cancel(id int64, reason string) {
 // the rules stop allowing it.
 func (ws *watchStream) run(ctx context.Context, id int64, cr *pb.WatchCreateRequest, pm *access.Permit) {
 	key, end := string(cr.Key), string(cr.RangeEnd)
-	start := cr.StartRevision
-	if start == 0 {
-		// After the current revision, read through a quorum so that "now"
-		// is never behind a write the client has seen.
-		r, err := ws.s.ec.Read(ctx, key, etcd.ReadOptions{CountOnly: true})
-		if err != nil {
+	o := etcd.FollowOptions{PrevKV: cr.PrevKv}
+	if end != "" && end == access.PrefixEnd(key) {
+		o.Prefix = true // a shared watch can take it
+	} else {
+		o.End = end
+	}
+	f, err := ws.s.ec.StartFollow(ctx, key, cr.StartRevision, o)
+	if err != nil {
+		if etcd.KindOf(err) == etcd.KindCompacted {
+			// As etcd answers a watch from a compacted revision: created,
+			// then cancelled with the compaction's revision.
+			compacted := &pb.WatchResponse{WatchId: id, Canceled: true, CancelReason: compactedReason,
+				CompactRevision: ws.s.ec.CompactRevision(ctx, cr.StartRevision)}
 			ws.drop(id)
-			ws.emit(&pb.WatchResponse{WatchId: id, Created: true, Canceled: true, CancelReason: "endpointd: " + toStatus(err).Error()})
+			if ws.emit(&pb.WatchResponse{WatchId: id, Created: true}) {
+				ws.emit(compacted)
+			}
 			return
 		}
-		start = r.Revision + 1
+		ws.drop(id)
+		ws.emit(&pb.WatchResponse{WatchId: id, Created: true, Canceled: true, CancelReason: "endpointd: " + toStatus(err).Error()})
+		return
 	}
-	var in <-chan etcd.WatchResponse
-	switch prefix := end == access.PrefixEnd(key) && key != ""; {
-	case !cr.PrevKv && (end == "" || prefix):
-		in = ws.s.ec.Follow(ctx, key, prefix, start)
-	case !cr.PrevKv && end == "\x00" && key == "":
-		in = ws.s.ec.Follow(ctx, "", true, start)
-	default:
-		in = ws.s.ec.FollowRange(ctx, key, end, cr.PrevKv, start)
-	}
+	defer f.Stop()
+	in := f.C
 	noPut, noDelete := false, false
 	for _, f := range cr.Filters {
 		switch f {
@@ -190,7 +198,7 @@ func (ws *watchStream) run(ctx context.Context, id int64, cr *pb.WatchCreateRequ
 			noDelete = true
 		}
 	}
-	if !ws.emit(&pb.WatchResponse{Header: &pb.ResponseHeader{Revision: start - 1}, WatchId: id, Created: true}) {
+	if !ws.emit(&pb.WatchResponse{Header: &pb.ResponseHeader{Revision: f.Current}, WatchId: id, Created: true}) {
 		return
 	}
 	for {
@@ -209,7 +217,7 @@ func (ws *watchStream) run(ctx context.Context, id int64, cr *pb.WatchCreateRequ
 			if wr.CompactRevision != 0 {
 				ws.drop(id)
 				ws.emit(&pb.WatchResponse{Header: &pb.ResponseHeader{Revision: wr.Revision}, WatchId: id, Canceled: true,
-					CompactRevision: wr.CompactRevision, CancelReason: "etcdserver: mvcc: required revision has been compacted"})
+					CompactRevision: wr.CompactRevision, CancelReason: compactedReason})
 				return
 			}
 			evs := make([]*mvccpb.Event, 0, len(wr.Events))

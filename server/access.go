@@ -61,5 +61,5 @@ func forbidden(err error) error {
 	if err == nil {
 		return nil
 	}
-	return &apiError{code: api.CodeForbidden, msg: err.Error()}
+	return apiErr(api.CodeForbidden, err.Error())
 }

@@ -8,18 +8,15 @@ import (
 	"udp_iaasd/etcd"
 )
 
-// apiError is an error with its API.md code, ready to be written.
-type apiError struct {
-	code  string // its HTTP status follows (api.HTTPStatus)
-	msg   string
-	extra map[string]any
-}
+// apiError is an error answer, ready to be written: its body's code gives
+// its HTTP status (api.HTTPStatus).
+type apiError struct{ body api.Error }
 
-func (e *apiError) Error() string { return e.msg }
+func apiErr(code, msg string) *apiError { return &apiError{api.Error{Code: code, Error: msg}} }
 
-func badRequest(msg string) *apiError {
-	return &apiError{code: api.CodeInvalidArgument, msg: msg}
-}
+func (e *apiError) Error() string { return e.body.Error }
+
+func badRequest(msg string) *apiError { return apiErr(api.CodeInvalidArgument, msg) }
 
 // writeAPIError writes err: an *apiError as it is, anything else through
 // classify.
@@ -30,10 +27,10 @@ func (s *Server) writeAPIError(w http.ResponseWriter, r *http.Request, err error
 			return // the client went away; there is no one to answer
 		}
 	}
-	if ae.code == api.CodeUnavailable {
+	if ae.body.Code == api.CodeUnavailable {
 		w.Header().Set("Retry-After", "1")
 	}
-	writeError(w, ae.code, ae.msg, ae.extra)
+	writeError(w, ae.body)
 }
 
 // classify maps an error from etcd to API.md's codes (etcd.KindOf says what
@@ -45,37 +42,37 @@ func (s *Server) classify(r *http.Request, err error) *apiError {
 	}
 	switch etcd.KindOf(err) {
 	case etcd.KindNoEndpoints:
-		return &apiError{api.CodeUnavailable, "no valid endpoint set is applied yet; see /v1/status", nil}
+		return apiErr(api.CodeUnavailable, "no valid endpoint set is applied yet; see /v1/status")
 	case etcd.KindClosed:
-		return &apiError{api.CodeUnavailable, "the agent is shutting down", nil}
+		return apiErr(api.CodeUnavailable, "the agent is shutting down")
 	case etcd.KindUnavailable:
 		if errors.Is(err, etcd.ErrUnavailable) {
-			return &apiError{api.CodeUnavailable, "etcd is unreachable: no member answers; see /v1/status", nil}
+			return apiErr(api.CodeUnavailable, "etcd is unreachable: no member answers; see /v1/status")
 		}
 		// etcd refused before proposing: nothing was applied.
-		return &apiError{api.CodeUnavailable, "etcd is unavailable: " + err.Error(), nil}
+		return apiErr(api.CodeUnavailable, "etcd is unavailable: " + err.Error())
 	case etcd.KindPermissionDenied:
 		// etcd's own access control (etcd.username's roles), refused before
 		// anything was applied.
-		return &apiError{api.CodeForbidden, "etcd denied the agent's etcd user (etcd.username) access to this key", nil}
+		return apiErr(api.CodeForbidden, "etcd denied the agent's etcd user (etcd.username) access to this key")
 	case etcd.KindCompacted:
-		return &apiError{api.CodeGone, "the requested revision has been compacted", nil}
+		return apiErr(api.CodeGone, "the requested revision has been compacted")
 	case etcd.KindFutureRevision:
 		return badRequest("the requested revision is newer than the store's current revision")
 	case etcd.KindInvalid:
 		return badRequest("etcd refused the request: " + err.Error())
 	case etcd.KindTooLarge:
-		return &apiError{api.CodeTooLarge, "etcd refused the request as too large", nil}
+		return apiErr(api.CodeTooLarge, "etcd refused the request as too large")
 	case etcd.KindTimeout:
-		return &apiError{api.CodeTimeout, "etcd did not answer within etcd.request_timeout; a write may or may not have been applied", nil}
+		return apiErr(api.CodeTimeout, "etcd did not answer within etcd.request_timeout; a write may or may not have been applied")
 	case etcd.KindConnectionLost:
 		// A read can be retried; a write may have been applied, and 503
 		// tells clients "safe to retry".
 		if r.Method == http.MethodGet || r.Method == http.MethodHead {
-			return &apiError{api.CodeUnavailable, "etcd is unavailable: " + err.Error(), nil}
+			return apiErr(api.CodeUnavailable, "etcd is unavailable: " + err.Error())
 		}
-		return &apiError{api.CodeTimeout, "the connection to etcd broke during the request; the write may or may not have been applied: " + err.Error(), nil}
+		return apiErr(api.CodeTimeout, "the connection to etcd broke during the request; the write may or may not have been applied: " + err.Error())
 	}
 	s.log.Error("request failed", "method", r.Method, "path", rawPath(r), "error", err)
-	return &apiError{api.CodeInternal, "internal error: " + err.Error(), nil}
+	return apiErr(api.CodeInternal, "internal error: " + err.Error())
 }

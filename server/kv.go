@@ -245,7 +245,7 @@ func (s *Server) fromCache(w http.ResponseWriter, r *http.Request, key string, p
 	if ok {
 		w.Header()["X-Endpointd-Cache"] = cacheHit
 		if err := writeValue(w, r, key, rev, kv); err != nil {
-			writeError(w, api.CodeNotFound, err.Error(), nil)
+			writeError(w, api.Error{Code: api.CodeNotFound, Error: err.Error()})
 		}
 	}
 	return ok
@@ -299,7 +299,7 @@ func writeValue(w http.ResponseWriter, r *http.Request, key string, rev int64, k
 	h := w.Header()
 	if kv == nil {
 		h.Set("X-Etcd-Revision", strconv.FormatInt(rev, 10))
-		return &apiError{code: api.CodeNotFound, msg: fmt.Sprintf("key %q not found", key)}
+		return apiErr(api.CodeNotFound, fmt.Sprintf("key %q not found", key))
 	}
 	var buf [6*20 + 2]byte
 	b := strconv.AppendInt(buf[:0], rev, 10)
@@ -347,10 +347,10 @@ func writeValue(w http.ResponseWriter, r *http.Request, key string, rev int64, k
 // compaction point, which etcd's range error does not carry.
 func (s *Server) readError(r *http.Request, err error, rev int64) error {
 	ae := s.classify(r, err)
-	if ae != nil && ae.code == api.CodeGone {
+	if ae != nil && ae.body.Code == api.CodeGone {
 		ctx, cancel := s.withTimeout(r)
 		defer cancel()
-		ae.extra = map[string]any{"compact_revision": s.etcd.CompactRevision(ctx, rev)}
+		ae.body.CompactRevision = s.etcd.CompactRevision(ctx, rev)
 	}
 	if ae == nil {
 		return err // the client went away; writeAPIError will find no one to answer
@@ -465,9 +465,8 @@ func writeRevision(w http.ResponseWriter, rev, deleted int64, etag bool) {
 }
 
 func preconditionFailed(key string, current int64) error {
-	return &apiError{code: api.CodePreconditionFailed,
-		msg:   fmt.Sprintf("the condition on key %q did not hold (current mod_revision %d)", key, current),
-		extra: map[string]any{"current_mod_revision": current}}
+	return &apiError{api.Error{Code: api.CodePreconditionFailed, CurrentModRevision: current,
+		Error: fmt.Sprintf("the condition on key %q did not hold (current mod_revision %d)", key, current)}}
 }
 
 // appendRevision writes {"revision":N} or, with deleted ≥ 0,

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"time"
 
 	"udp_iaasd/access"
@@ -102,7 +101,7 @@ func (s *Server) lock(w http.ResponseWriter, r *http.Request, rawName string) er
 	if err != nil {
 		return s.lockError(r, err)
 	}
-	s.hold(w, r, h, "LOCKED", hp, pm)
+	s.hold(w, r, h, api.LineLocked, hp, pm)
 	return nil
 }
 
@@ -112,10 +111,10 @@ func (s *Server) lockError(r *http.Request, err error) error {
 	var le *etcd.LockedError
 	switch {
 	case errors.As(err, &le):
-		return &apiError{code: api.CodeLocked, msg: fmt.Sprintf("the lock is held by %s (revision %d)", le.Key, le.Revision),
-			extra: map[string]any{"key": le.Key, "revision": le.Revision}}
+		return &apiError{api.Error{Code: api.CodeLocked, Key: le.Key, Revision: le.Revision,
+			Error: fmt.Sprintf("the lock is held by %s (revision %d)", le.Key, le.Revision)}}
 	case errors.Is(err, etcd.ErrLocked):
-		return &apiError{code: api.CodeLocked, msg: "the lock is held by another holder"}
+		return apiErr(api.CodeLocked, "the lock is held by another holder")
 	}
 	return err
 }
@@ -148,7 +147,7 @@ func (s *Server) campaign(w http.ResponseWriter, r *http.Request, rawName string
 	if err != nil {
 		return err
 	}
-	s.hold(w, r, h, "ELECTED", hp, pm)
+	s.hold(w, r, h, api.LineElected, hp, pm)
 	return nil
 }
 
@@ -185,7 +184,7 @@ func (s *Server) leader(w http.ResponseWriter, r *http.Request, rawName string) 
 	defer cancel()
 	l, err := s.etcd.ElectionLeader(ctx, name)
 	if errors.Is(err, etcd.ErrNoLeader) {
-		return &apiError{code: api.CodeNotFound, msg: fmt.Sprintf("the election %q has no leader", name)}
+		return apiErr(api.CodeNotFound, fmt.Sprintf("the election %q has no leader", name))
 	}
 	if err != nil {
 		return err
@@ -209,45 +208,6 @@ func appendLeader(b []byte, typ string, l etcd.Leader) []byte {
 	b = append(b, ',')
 	b = appendIntField(b, "revision", l.Revision)
 	return append(b, '}')
-}
-
-// streamWriter writes NDJSON lines, flushing each and giving a client that
-// stopped reading watchWriteTimeout.
-type streamWriter struct {
-	w  http.ResponseWriter
-	rc *http.ResponseController
-}
-
-func startStream(w http.ResponseWriter) *streamWriter {
-	h := w.Header()
-	h.Set("Content-Type", "application/x-ndjson")
-	h.Set("Cache-Control", "no-store")
-	w.WriteHeader(http.StatusOK)
-	sw := &streamWriter{w: w, rc: http.NewResponseController(w)}
-	sw.rc.Flush() // the client sees the stream begin before its first line
-	return sw
-}
-
-func (sw *streamWriter) line(b []byte) bool {
-	sw.rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout))
-	if _, err := sw.w.Write(append(b, '\n')); err != nil {
-		return false
-	}
-	return sw.rc.Flush() == nil
-}
-
-func (sw *streamWriter) event(typ, msg, code string) bool {
-	b := append([]byte(`{"type":"`), typ...)
-	b = append(b, '"')
-	if code != "" {
-		b = append(b, `,"code":`...)
-		b = appendJSONString(b, []byte(code))
-	}
-	if msg != "" {
-		b = append(b, `,"error":`...)
-		b = appendJSONString(b, []byte(msg))
-	}
-	return sw.line(append(b, '}'))
 }
 
 // hold streams a held lock or leadership until the client leaves (released
@@ -276,24 +236,23 @@ func (s *Server) hold(w http.ResponseWriter, r *http.Request, h *etcd.Held, typ 
 	}
 	hb := time.NewTicker(hp.heartbeat)
 	defer hb.Stop()
-	progress := []byte(`{"type":"PROGRESS","revision":` + strconv.FormatInt(h.Revision, 10) + `}`)
 	for {
 		select {
 		case <-r.Context().Done():
 			return
 		case <-h.Lost():
-			sw.event("LOST", fmt.Sprintf("the lease (ttl %ds) could not be kept alive; the hold on %s has ended", hp.ttl, h.Key), "")
+			sw.event(api.LineLost, fmt.Sprintf("the lease (ttl %ds) could not be kept alive; the hold on %s has ended", hp.ttl, h.Key), "")
 			return
 		case <-s.stopping:
-			sw.event("ERROR", "the agent is shutting down; the hold is released", api.CodeUnavailable)
+			sw.event(api.LineError, "the agent is shutting down; the hold is released", api.CodeUnavailable)
 			return
 		case <-pm.Changed():
 			if err := pm.Recheck(); err != nil {
-				sw.event("ERROR", err.Error()+"; the hold is released", api.CodeForbidden)
+				sw.event(api.LineError, err.Error()+"; the hold is released", api.CodeForbidden)
 				return
 			}
 		case <-hb.C:
-			if !sw.line(progress) {
+			if !sw.progress(h.Revision) {
 				return
 			}
 		}
@@ -317,26 +276,26 @@ func (s *Server) observe(w http.ResponseWriter, r *http.Request, name string, he
 		case <-r.Context().Done():
 			return nil
 		case <-s.stopping:
-			sw.event("ERROR", "the agent is shutting down; observe again", api.CodeUnavailable)
+			sw.event(api.LineError, "the agent is shutting down; observe again", api.CodeUnavailable)
 			return nil
 		case <-pm.Changed():
 			if err := pm.Recheck(); err != nil {
-				sw.event("ERROR", err.Error(), api.CodeForbidden)
+				sw.event(api.LineError, err.Error(), api.CodeForbidden)
 				return nil
 			}
 		case l, ok := <-ch:
 			if !ok {
-				sw.event("ERROR", "observing the election failed (etcd unreachable?); observe again", api.CodeUnavailable)
+				sw.event(api.LineError, "observing the election failed (etcd unreachable?); observe again", api.CodeUnavailable)
 				return nil
 			}
 			if l.Key == "" {
 				continue
 			}
-			if !sw.line(appendLeader(nil, "LEADER", l)) {
+			if !sw.line(appendLeader(nil, api.LineLeader, l)) {
 				return nil
 			}
 		case <-hb.C:
-			if !sw.line([]byte(`{"type":"PROGRESS"}`)) {
+			if !sw.progress(-1) {
 				return nil
 			}
 		}

@@ -195,7 +195,7 @@ func (s *Server) serveHTTP(rw http.ResponseWriter, r *http.Request) {
 
 	peer, _ := peerFrom(r.Context())
 	if err := s.gate.Admit(peer); err != nil {
-		writeError(w, api.CodeForbidden, err.Error(), nil)
+		writeError(w, api.Error{Code: api.CodeForbidden, Error: err.Error()})
 		return
 	}
 
@@ -238,7 +238,7 @@ func (s *Server) serveHTTP(rw http.ResponseWriter, r *http.Request) {
 			s.promh.ServeHTTP(w, r)
 		}
 	default:
-		writeError(w, api.CodeNotFound, fmt.Sprintf("no such path %q", path), nil)
+		writeError(w, api.Error{Code: api.CodeNotFound, Error: fmt.Sprintf("no such path %q", path)})
 	}
 }
 
@@ -278,14 +278,14 @@ func methodIs(w http.ResponseWriter, r *http.Request, allowed ...string) bool {
 		}
 	}
 	w.Header().Set("Allow", strings.Join(allowed, ", "))
-	writeError(w, api.CodeMethodNotAllowed,
-		fmt.Sprintf("method %s is not allowed here; use %s", r.Method, strings.Join(allowed, " or ")), nil)
+	writeError(w, api.Error{Code: api.CodeMethodNotAllowed,
+		Error: fmt.Sprintf("method %s is not allowed here; use %s", r.Method, strings.Join(allowed, " or "))})
 	return false
 }
 
 func noQuery(w http.ResponseWriter, r *http.Request) bool {
 	if r.URL.RawQuery != "" {
-		writeError(w, api.CodeInvalidArgument, "this path takes no query parameters", nil)
+		writeError(w, api.Error{Code: api.CodeInvalidArgument, Error: "this path takes no query parameters"})
 		return false
 	}
 	return true
@@ -305,14 +305,9 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Write(append(body, '\n'))
 }
 
-// writeError writes API.md's error JSON, with extra fields when given.
-// writeError writes an error answer with code's HTTP status (API.md).
-func writeError(w http.ResponseWriter, code, msg string, extra map[string]any) {
-	body := map[string]any{"error": msg, "code": code}
-	for k, v := range extra {
-		body[k] = v
-	}
-	writeJSON(w, api.HTTPStatus(code), body)
+// writeError writes an error answer with its code's HTTP status (API.md).
+func writeError(w http.ResponseWriter, e api.Error) {
+	writeJSON(w, api.HTTPStatus(e.Code), e)
 }
 
 // statusWriter records the status code for metrics and passes flushes

@@ -341,7 +341,7 @@ func appendTxnResult(b []byte, res etcd.TxnResult, ran []etcd.TxnOp) []byte {
 // while reading otherwise. A client that trickles its body holds a
 // connection, so the read is bounded by etcd.request_timeout.
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request, max int, tooLargeFormat string) ([]byte, error) {
-	tooLarge := func() error { return &apiError{code: api.CodeTooLarge, msg: fmt.Sprintf(tooLargeFormat, max)} }
+	tooLarge := func() error { return apiErr(api.CodeTooLarge, fmt.Sprintf(tooLargeFormat, max)) }
 	if r.ContentLength > int64(max) {
 		return nil, tooLarge()
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"udp_iaasd/api"
 	"udp_iaasd/client"
 	"udp_iaasd/config"
 )
@@ -231,7 +232,7 @@ func kvWatch(flags *flag.FlagSet) kvRun {
 			if err != nil {
 				return kvFail(std.errOut, err)
 			}
-			if ev.Type == "PROGRESS" {
+			if ev.Type == api.LineProgress {
 				continue
 			}
 			printJSONLine(std.out, ev.Type, ev.KV)
@@ -255,7 +256,7 @@ func printJSONLine(w io.Writer, typ string, kv client.KV) {
 		}
 	}
 	putBytes("key", kv.Key)
-	if typ != "DELETE" {
+	if typ != api.LineDelete {
 		putBytes("value", kv.Value)
 		m["create_revision"], m["version"], m["lease"] = kv.CreateRevision, kv.Version, kv.Lease
 	}

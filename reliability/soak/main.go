@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"udp_iaasd/agent"
+	"udp_iaasd/api"
 	"udp_iaasd/client"
 	"udp_iaasd/config"
 	"udp_iaasd/internal/devcluster"
@@ -146,7 +147,7 @@ func soak(duration time.Duration, clients, nkeys, valueSize, nwatchers int, ever
 				if err != nil {
 					return
 				}
-				if ev.Type != "PROGRESS" {
+				if ev.Type != api.LineProgress {
 					watchEvents.Add(1)
 				}
 			}
