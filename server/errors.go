@@ -50,7 +50,7 @@ func (s *Server) classify(r *http.Request, err error) *apiError {
 			return apiErr(api.CodeUnavailable, "etcd is unreachable: no member answers; see /v1/status")
 		}
 		// etcd refused before proposing: nothing was applied.
-		return apiErr(api.CodeUnavailable, "etcd is unavailable: " + err.Error())
+		return apiErr(api.CodeUnavailable, "etcd is unavailable: "+err.Error())
 	case etcd.KindPermissionDenied:
 		// etcd's own access control (etcd.username's roles), refused before
 		// anything was applied.
@@ -69,10 +69,10 @@ func (s *Server) classify(r *http.Request, err error) *apiError {
 		// A read can be retried; a write may have been applied, and 503
 		// tells clients "safe to retry".
 		if r.Method == http.MethodGet || r.Method == http.MethodHead {
-			return apiErr(api.CodeUnavailable, "etcd is unavailable: " + err.Error())
+			return apiErr(api.CodeUnavailable, "etcd is unavailable: "+err.Error())
 		}
-		return apiErr(api.CodeTimeout, "the connection to etcd broke during the request; the write may or may not have been applied: " + err.Error())
+		return apiErr(api.CodeTimeout, "the connection to etcd broke during the request; the write may or may not have been applied: "+err.Error())
 	}
 	s.log.Error("request failed", "method", r.Method, "path", rawPath(r), "error", err)
-	return apiErr(api.CodeInternal, "internal error: " + err.Error())
+	return apiErr(api.CodeInternal, "internal error: "+err.Error())
 }
