@@ -21,7 +21,7 @@ import (
 // scheduling.
 func queueReads(t *testing.T, c *EtcdClient, reads []func() error) (release func() []error) {
 	t.Helper()
-	r := &c.reads
+	r := c.reads
 	r.mu.Lock()
 	held := maxReadBatches - r.inflight
 	r.inflight = maxReadBatches

@@ -17,7 +17,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -189,9 +188,9 @@ type EtcdClient struct {
 	password  string
 	closed    bool
 
-	rand     func() float64 // ConnectSpread's delays; tests replace it
-	reads    reader         // batches concurrent linearizable reads (batch.go)
-	writes   writer         // batches concurrent plain puts (writebatch.go)
+	rand     func() float64                               // ConnectSpread's delays; tests replace it
+	reads    *batcher[clientv3.Op, *clientv3.GetResponse] // batches concurrent linearizable reads (batch.go)
+	writes   *batcher[putRequest, WriteResult]            // batches concurrent plain puts (writebatch.go)
 	health   *healthLoop
 	hubs     hubs           // shared watches (watch.go)
 	progress progressAsks   // throttled progress requests (watch.go)
@@ -230,8 +229,7 @@ func New(cfg Config) (*EtcdClient, error) {
 		return nil, fmt.Errorf("etcd: %w", err)
 	}
 	c := &EtcdClient{cfg: cfg, log: cfg.Logger, minSize: cfg.MinClusterSize, username: cfg.Username, password: cfg.Password}
-	c.reads.c = c
-	c.writes.c = c
+	c.reads, c.writes = newReader(c), newWriter(c)
 	c.hubs = hubs{c: c, m: map[hubKey]*hub{}}
 	c.reqTimeout.Store(int64(cfg.RequestTimeout))
 	c.rand = rand.Float64
@@ -297,8 +295,7 @@ func newOrBroken(cfg Config) *EtcdClient {
 	c, err := New(cfg)
 	if err != nil {
 		c := &EtcdClient{cfg: cfg.withDefaults(), log: slog.New(slog.DiscardHandler), initErr: err}
-		c.reads.c = c
-		c.writes.c = c
+		c.reads, c.writes = newReader(c), newWriter(c)
 		return c
 	}
 	return c
@@ -306,17 +303,6 @@ func newOrBroken(cfg Config) *EtcdClient {
 
 // Err returns the error that kept the client from being built, or nil.
 func (c *EtcdClient) Err() error { return c.initErr }
-
-// Endpoints returns a copy of the applied endpoint list, normalized.
-func (c *EtcdClient) Endpoints() []string {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return append([]string(nil), c.endpoints...)
-}
-
-// MinClusterSize returns the fewest endpoints UpdateEndpoints and
-// RemoveEndpoint accept (Config.MinClusterSize).
-func (c *EtcdClient) MinClusterSize() int { return c.minSize }
 
 // Put sets key to value.
 func (c *EtcdClient) Put(ctx context.Context, key, value string) error {
@@ -477,148 +463,6 @@ func (c *EtcdClient) SetRequestTimeout(d time.Duration) {
 	if d > 0 {
 		c.reqTimeout.Store(int64(d))
 	}
-}
-
-// UpdateEndpoints replaces the endpoint list. The whole list is validated
-// first (forms, duplicates after normalization, no TLS/plain mix, at least
-// MinClusterSize entries); a rejected list changes nothing. A valid list is
-// applied to the live client in place, so requests in flight on members that
-// stay are not disturbed; a switch between plain and TLS builds a new client,
-// swaps it in and closes the old one after its in-flight requests end.
-func (c *EtcdClient) UpdateEndpoints(endpoints []string) error {
-	if c.initErr != nil {
-		return c.initErr
-	}
-	eps, err := endpoint.ParseList(endpoints, c.cfg.TLS != nil, c.minSize)
-	if err != nil {
-		return fmt.Errorf("etcd: update endpoints: %w", err)
-	}
-	return c.ApplyEndpoints(eps)
-}
-
-// ApplyEndpoints applies a list that package endpoint has already parsed
-// and validated (endpoint.ParseList, or config.ParseEndpoints, which also
-// enforces the agent's min_cluster_size): the agent's path, so a file
-// version is parsed once. It is applied as UpdateEndpoints applies a list.
-// An empty list is refused.
-func (c *EtcdClient) ApplyEndpoints(eps []endpoint.Endpoint) error {
-	if c.initErr != nil {
-		return c.initErr
-	}
-	if len(eps) == 0 {
-		return fmt.Errorf("etcd: apply endpoints: an empty list: %w", endpoint.ErrTooFew)
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.applyLocked(eps)
-}
-
-// RemoveEndpoint removes one endpoint (in any form that normalizes to a
-// listed one), following the seed's own practice of checking the cluster's
-// health first: it fails with ErrEndpointNotFound for an endpoint not in the
-// list, with endpoint.ErrTooFew when fewer than MinClusterSize would remain,
-// and with ErrNoHealthyEndpoint when none of the endpoints that would
-// remain answers etcd's Status RPC with a leader. They are probed now (within
-// ProbeTimeout): a removal is rare, and an earlier round's answer may
-// predate the failure that prompts it.
-func (c *EtcdClient) RemoveEndpoint(ep string) error {
-	if c.initErr != nil {
-		return c.initErr
-	}
-	target, err := endpoint.Parse(ep, c.cfg.TLS != nil)
-	if err != nil {
-		return fmt.Errorf("etcd: remove endpoint: %w", err)
-	}
-	rest, err := c.withoutEndpoint(ep, target.String())
-	if err != nil {
-		return err
-	}
-	if !c.anyHealthy(rest) {
-		return fmt.Errorf("etcd: remove endpoint %q: none of %s answers: %w", ep, strings.Join(rest, ", "), ErrNoHealthyEndpoint)
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if now, err := c.withoutEndpointLocked(ep, target.String()); err != nil {
-		return err
-	} else if !slices.Equal(now, rest) {
-		return fmt.Errorf("etcd: remove endpoint %q: %w", ep, errListChanged)
-	}
-	eps, err := endpoint.ParseList(rest, c.cfg.TLS != nil, c.minSize)
-	if err != nil {
-		return fmt.Errorf("etcd: remove endpoint: %w", err)
-	}
-	return c.applyLocked(eps)
-}
-
-func (c *EtcdClient) withoutEndpoint(ep, target string) ([]string, error) {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return c.withoutEndpointLocked(ep, target)
-}
-
-// withoutEndpointLocked is the list without target, checked against the
-// minimum. c.mu held.
-func (c *EtcdClient) withoutEndpointLocked(ep, target string) ([]string, error) {
-	if c.closed {
-		return nil, ErrClosed
-	}
-	rest := make([]string, 0, len(c.endpoints))
-	for _, e := range c.endpoints {
-		if e != target {
-			rest = append(rest, e)
-		}
-	}
-	if len(rest) == len(c.endpoints) {
-		return nil, fmt.Errorf("etcd: remove endpoint %q: %w (have %s)", ep, ErrEndpointNotFound, strings.Join(c.endpoints, ", "))
-	}
-	if len(rest) < c.minSize {
-		return nil, fmt.Errorf("etcd: remove endpoint %q: would leave %d endpoints, fewer than the minimum %d: %w",
-			ep, len(rest), c.minSize, endpoint.ErrTooFew)
-	}
-	return rest, nil
-}
-
-// anyHealthy reports whether one of eps answers a probe now.
-func (c *EtcdClient) anyHealthy(eps []string) bool {
-	conns, err := c.dialProbes(eps)
-	if err != nil {
-		return false
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.requestTimeout())
-	defer cancel()
-	for _, m := range probeMembers(ctx, eps, conns, min(c.cfg.ProbeTimeout, c.requestTimeout())).Members {
-		if m.Healthy {
-			return true
-		}
-	}
-	return false
-}
-
-// applyLocked applies a validated list. c.mu must be held for writing.
-func (c *EtcdClient) applyLocked(eps []endpoint.Endpoint) error {
-	if c.closed {
-		return ErrClosed
-	}
-	urls := endpoint.Strings(eps)
-	useTLS := eps[0].TLS()
-	if c.gen != nil && c.gen.tls == useTLS {
-		prevLive := c.liveEndpointsLocked()
-		c.ejected = nil // a new list starts trusted; the next round judges it
-		c.endpoints = urls
-		c.joining = c.spreadLocked(prevLive, urls)
-		c.gen.cli.SetEndpoints(c.liveEndpointsLocked()...)
-		if c.joining != nil {
-			c.log.Info("etcd endpoints updated; new addresses join after a random delay",
-				"endpoints", urls, "in_use", c.joining.live, "join_in", time.Until(c.joining.at).Round(time.Millisecond))
-		} else {
-			c.log.Info("etcd endpoints updated", "endpoints", urls)
-		}
-		c.health.kick()
-		return nil
-	}
-	c.ejected, c.joining = nil, nil
-	c.rebuildLocked(urls, useTLS)
-	return nil
 }
 
 // rebuildLocked replaces the client with one for urls, built with the

@@ -3,6 +3,7 @@ package etcd
 import (
 	"context"
 	"errors"
+	"strings"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/codes"
@@ -64,7 +65,7 @@ func KindOf(err error) Kind {
 		return KindCompacted
 	case isAny(err, rpctypes.ErrFutureRev, rpctypes.ErrGRPCFutureRev):
 		return KindFutureRevision
-	case isAny(err, rpctypes.ErrRequestTooLarge, rpctypes.ErrGRPCRequestTooLarge):
+	case isAny(err, rpctypes.ErrRequestTooLarge, rpctypes.ErrGRPCRequestTooLarge), sendLimit(err):
 		return KindTooLarge
 	case isAny(err, rpctypes.ErrTooManyOps, rpctypes.ErrGRPCTooManyOps, rpctypes.ErrDuplicateKey, rpctypes.ErrGRPCDuplicateKey):
 		return KindInvalid
@@ -81,6 +82,39 @@ func KindOf(err error) Kind {
 		return KindConnectionLost
 	}
 	return KindOther
+}
+
+// failsAlike reports whether err, a failed batch's, would be every one of
+// its requests' answer had each been sent alone: nothing is reachable, the
+// client is closed, or time ran out.
+func failsAlike(err error) bool {
+	switch KindOf(err) {
+	case KindNoEndpoints, KindClosed:
+		return true
+	}
+	return errors.Is(err, ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, context.Canceled) || status.Code(err) == codes.DeadlineExceeded || status.Code(err) == codes.Canceled
+}
+
+// refusedUnapplied reports whether etcd (or the client, before sending)
+// refused a whole transaction without applying any of it, for a reason that
+// may belong to one of its requests only: too many operations or too large
+// (KindInvalid, KindTooLarge), a permission one key lacks, a quota, or too
+// many requests.
+func refusedUnapplied(err error) bool {
+	switch KindOf(err) {
+	case KindInvalid, KindTooLarge, KindPermissionDenied:
+		return true
+	}
+	return isAny(err, rpctypes.ErrNoSpace, rpctypes.ErrGRPCNoSpace, rpctypes.ErrTooManyRequests, rpctypes.ErrGRPCRequestTooManyRequests)
+}
+
+// sendLimit: the client's own limit on what it sends (MaxCallSendMsgSize)
+// refused the request, which never left. (The same code on a received
+// message comes after the request was applied.)
+func sendLimit(err error) bool {
+	s, ok := status.FromError(err)
+	return ok && s.Code() == codes.ResourceExhausted && strings.Contains(s.Message(), "trying to send")
 }
 
 func isAny(err error, targets ...error) bool {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -106,7 +105,7 @@ type healthLoop struct {
 	// owned by run
 	gen        *generation             // the client whose state is followed
 	statec     chan connectivity.State // state changes of gen's channel
-	unfollow   context.CancelFunc
+	unwatch    context.CancelFunc
 	state      connectivity.State // gen's channel state, as last reported
 	leaderless bool               // the last round: members answered, none with a leader and no alarm
 	connected  bool
@@ -188,7 +187,7 @@ func (l *healthLoop) stop() {
 
 func (l *healthLoop) run(ctx context.Context) {
 	defer close(l.done)
-	defer l.follow(ctx, nil)
+	defer l.watchState(ctx, nil)
 	var retry, joinT *time.Timer
 	defer func() {
 		if retry != nil {
@@ -205,7 +204,7 @@ func (l *healthLoop) run(ctx context.Context) {
 				l.store(Health{LastError: err.Error(), CheckedAt: time.Now()})
 			}
 		}
-		l.follow(ctx, l.c.liveGen())
+		l.watchState(ctx, l.c.liveGen())
 
 		// Something is wrong that only a later round can tell is over: arm
 		// the backoff timer. Otherwise no timer runs at all.
@@ -290,21 +289,21 @@ func (l *healthLoop) troubled() bool {
 	return l.c.hasPending() || l.c.hasEjected() || l.down.Load() || l.leaderless
 }
 
-// follow makes the loop follow g's channel state (nil: none).
-func (l *healthLoop) follow(ctx context.Context, g *generation) {
+// watchState makes the loop watch g's channel state (nil: none).
+func (l *healthLoop) watchState(ctx context.Context, g *generation) {
 	if g == l.gen {
 		return
 	}
-	if l.unfollow != nil {
-		l.unfollow()
-		l.unfollow = nil
+	if l.unwatch != nil {
+		l.unwatch()
+		l.unwatch = nil
 	}
 	l.gen, l.statec, l.state = g, nil, connectivity.Idle
 	if g == nil {
 		return
 	}
 	fctx, cancel := context.WithCancel(ctx)
-	l.unfollow = cancel
+	l.unwatch = cancel
 	statec := make(chan connectivity.State, 1)
 	l.statec = statec
 	conn := g.cli.ActiveConnection()
@@ -560,118 +559,6 @@ func probeError(err error) string {
 		return "no answer within the probe timeout"
 	}
 	return err.Error()
-}
-
-// setEjected leaves the silent endpoints out of the live client's list, and
-// puts back those that answer again. A round from an older epoch changes
-// nothing: its endpoints were replaced.
-func (c *EtcdClient) setEjected(epoch uint64, silent map[string]bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed || c.gen == nil || c.health.epoch.Load() != epoch {
-		return
-	}
-	if len(silent) == 0 {
-		silent = nil
-	}
-	if maps.Equal(silent, c.ejected) {
-		return
-	}
-	prev := c.ejected
-	c.ejected = silent
-	live := c.liveEndpointsLocked()
-	c.gen.cli.SetEndpoints(live...)
-	for ep := range silent {
-		if !prev[ep] {
-			// Requests already on its connections would wait for their
-			// deadlines: a removed address is drained, not cut.
-			c.conns.closeEndpoint(ep)
-		}
-	}
-	if silent == nil {
-		c.log.Info("etcd members answer again; all endpoints in use", "endpoints", live)
-	} else {
-		c.log.Warn("etcd members not answering; requests go to the others until they do",
-			"ejected", slices.Sorted(maps.Keys(silent)), "in_use", live)
-	}
-}
-
-// liveEndpointsLocked is the list the live client is given: the endpoints
-// (or, while new ones wait to join, those in use until they do) without
-// the ejected members. c.mu held.
-func (c *EtcdClient) liveEndpointsLocked() []string {
-	eps := c.endpoints
-	if c.joining != nil {
-		eps = c.joining.live
-	}
-	live := make([]string, 0, len(eps))
-	for _, ep := range eps {
-		if !c.ejected[ep] {
-			live = append(live, ep)
-		}
-	}
-	return live
-}
-
-// joining is an endpoint change whose new addresses wait to join.
-type joining struct {
-	live []string  // in use until at
-	at   time.Time // when the whole list goes live
-}
-
-// spreadLocked decides whether a change from the live list prev to next
-// waits: only with ConnectSpread set, while connected, and when next adds an
-// address. c.mu held.
-func (c *EtcdClient) spreadLocked(prev, next []string) *joining {
-	if c.cfg.ConnectSpread <= 0 || c.health == nil || !c.health.snapshot().Connected {
-		return nil
-	}
-	var keep []string
-	adds := false
-	for _, ep := range next {
-		if slices.Contains(prev, ep) {
-			keep = append(keep, ep)
-		} else {
-			adds = true
-		}
-	}
-	if !adds {
-		return nil
-	}
-	if len(keep) == 0 {
-		keep = prev // nothing stays: the old connections serve until the new ones join
-	}
-	d := time.Duration(c.rand() * float64(c.cfg.ConnectSpread))
-	return &joining{live: keep, at: time.Now().Add(d)}
-}
-
-// joinAt is when waiting endpoints join, or the zero time.
-func (c *EtcdClient) joinAt() time.Time {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	if c.joining == nil {
-		return time.Time{}
-	}
-	return c.joining.at
-}
-
-// join puts every endpoint in use once its time has come.
-func (c *EtcdClient) join() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.joining == nil || c.closed || c.gen == nil || time.Now().Before(c.joining.at) {
-		return
-	}
-	c.joining = nil
-	live := c.liveEndpointsLocked()
-	c.gen.cli.SetEndpoints(live...)
-	c.log.Info("etcd endpoints in use", "endpoints", live)
-}
-
-func (c *EtcdClient) hasEjected() bool {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return len(c.ejected) > 0
 }
 
 func (c *EtcdClient) hasPending() bool {

@@ -111,7 +111,7 @@ type PutOptions struct {
 func (c *EtcdClient) PutKV(ctx context.Context, key string, value []byte, o PutOptions) (WriteResult, error) {
 	if o.TTL <= 0 {
 		// It may share a transaction with concurrent puts (writebatch.go).
-		return c.writes.put(ctx, key, value, o.If)
+		return c.writes.do(ctx, putRequest{key: key, value: value, cond: o.If})
 	}
 	var res WriteResult
 	err := c.unary(ctx, func(ctx context.Context, cli *clientv3.Client) error {

@@ -44,7 +44,7 @@ type queuedPut struct {
 // queueWrites is queuePuts for puts with options: conditions too.
 func queueWrites(t *testing.T, c *EtcdClient, ctx context.Context, puts []queuedPut) (release func() ([]WriteResult, []error)) {
 	t.Helper()
-	w := &c.writes
+	w := c.writes
 	w.mu.Lock()
 	held := maxWriteBatches - w.inflight
 	w.inflight = maxWriteBatches
