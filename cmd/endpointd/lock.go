@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -56,58 +57,97 @@ func holdFlags(fs *flag.FlagSet, election bool) *holdOptions {
 	return o
 }
 
-// cmdHold is `endpointd lock` (election false) and `endpointd elect`.
+// cmdHold is `endpointd lock` (election false) and `endpointd elect`:
+// parse the command line, acquire the hold, run and supervise CMD.
 func cmdHold(ctx context.Context, election bool, args []string, stdout, stderr io.Writer) int {
-	name := "lock"
-	if election {
-		name = "elect"
+	hc, code := parseHold(election, args, stderr)
+	if hc == nil {
+		return code
 	}
-	flags := flag.NewFlagSet("endpointd "+name, flag.ContinueOnError)
-	flags.SetOutput(stderr)
-	flags.Usage = func() { fmt.Fprint(stderr, lockUsage) }
-	o := holdFlags(flags, election)
-	ttl, grace, wait, observe := o.ttl, o.grace, o.wait, o.observe
-	if err := flags.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
+	c := client.New(hc.socket, client.Options{})
+	if hc.observe {
+		return observeLeader(ctx, c, hc.name, stdout, stderr)
 	}
-	pos := flags.Args()
-	c := client.New(o.agent.socketPath(flags), client.Options{})
-	if *observe {
-		if len(pos) != 1 {
-			fmt.Fprint(stderr, "endpointd elect -observe: give exactly one NAME\n"+lockUsage)
-			return exitUsage
-		}
-		return observeLeader(ctx, c, pos[0], stdout, stderr)
-	}
-	want := 1
-	if election {
-		want = 2
-	}
-	dash := -1
-	for i, a := range pos {
-		if a == "--" {
-			dash = i
-			break
-		}
-	}
-	if dash < 0 && len(pos) > want {
-		dash = want // flag.Parse consumed the "--" itself
-		pos = append(pos[:want:want], append([]string{"--"}, pos[want:]...)...)
-	}
-	if dash != want || len(pos) < want+2 {
-		fmt.Fprintf(stderr, "endpointd %s: want %s -- CMD [ARGS...]\n%s", name, map[bool]string{false: "NAME", true: "NAME VALUE"}[election], lockUsage)
-		return exitUsage
-	}
-	command := pos[want+1:]
-
 	// Signals: while waiting they end the wait; once CMD runs they are passed
 	// to it.
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
+	h, code := hc.acquire(ctx, c, sigs, stderr)
+	if h == nil {
+		return code
+	}
+	defer h.Release()
+	return hc.supervise(h, sigs, stdout, stderr)
+}
+
+// holdCommand is a parsed `endpointd lock` or `endpointd elect`.
+type holdCommand struct {
+	verb     string // lock or elect
+	election bool
+	socket   string
+	observe  bool // elect -observe NAME
+	name     string
+	value    string   // elect's VALUE
+	command  []string // CMD [ARGS...]
+	ttl      time.Duration
+	grace    time.Duration
+	wait     time.Duration // lock's -wait; < 0: no limit
+}
+
+// parseHold parses the command line; nil and the exit code when there is
+// nothing to run (-h, or a usage error, already explained on stderr).
+func parseHold(election bool, args []string, stderr io.Writer) (*holdCommand, int) {
+	hc := &holdCommand{verb: "lock", election: election}
+	if election {
+		hc.verb = "elect"
+	}
+	flags := flag.NewFlagSet("endpointd "+hc.verb, flag.ContinueOnError)
+	flags.SetOutput(stderr)
+	flags.Usage = func() { fmt.Fprint(stderr, lockUsage) }
+	o := holdFlags(flags, election)
+	if err := flags.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, exitOK
+		}
+		return nil, exitUsage
+	}
+	hc.socket, hc.observe, hc.ttl, hc.grace, hc.wait = o.agent.socketPath(flags), *o.observe, *o.ttl, *o.grace, -1
+	if o.wait != nil {
+		hc.wait = *o.wait
+	}
+	pos := flags.Args()
+	if hc.observe {
+		if len(pos) != 1 {
+			fmt.Fprint(stderr, "endpointd elect -observe: give exactly one NAME\n"+lockUsage)
+			return nil, exitUsage
+		}
+		hc.name = pos[0]
+		return hc, exitOK
+	}
+	want := 1
+	if election {
+		want = 2
+	}
+	dash := slices.Index(pos, "--")
+	if dash < 0 && len(pos) > want {
+		dash = want // flag.Parse consumed the "--" itself
+		pos = append(pos[:want:want], append([]string{"--"}, pos[want:]...)...)
+	}
+	if dash != want || len(pos) < want+2 {
+		fmt.Fprintf(stderr, "endpointd %s: want %s -- CMD [ARGS...]\n%s", hc.verb, map[bool]string{false: "NAME", true: "NAME VALUE"}[election], lockUsage)
+		return nil, exitUsage
+	}
+	hc.name, hc.command = pos[0], pos[want+1:]
+	if election {
+		hc.value = pos[1]
+	}
+	return hc, exitOK
+}
+
+// acquire takes the lock or leadership, waiting as -wait says; a signal
+// ends the wait. nil and the exit code when it was not taken.
+func (hc *holdCommand) acquire(ctx context.Context, c *client.Client, sigs <-chan os.Signal, stderr io.Writer) (*client.Hold, int) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	waiting := make(chan struct{})
@@ -119,67 +159,86 @@ func cmdHold(ctx context.Context, election bool, args []string, stdout, stderr i
 		case <-wctx.Done():
 		}
 	}()
+	// The wait is over when acquire returns: from then on signals go to
+	// the command, not to this goroutine.
+	defer func() { cancel(); <-waiting }()
 
-	opts := []client.HoldOption{client.HoldTTL(*ttl)}
+	opts := []client.HoldOption{client.HoldTTL(hc.ttl)}
 	var (
 		h   *client.Hold
 		err error
-		env string
 	)
-	if election {
-		env = "ENDPOINTD_ELECTION_"
-		h, err = c.Campaign(wctx, pos[0], []byte(pos[1]), opts...)
+	if hc.election {
+		h, err = c.Campaign(wctx, hc.name, []byte(hc.value), opts...)
 	} else {
-		env = "ENDPOINTD_LOCK_"
-		if *wait >= 0 {
-			opts = append(opts, client.LockWait(*wait))
+		if hc.wait >= 0 {
+			opts = append(opts, client.LockWait(hc.wait))
 		}
-		h, err = c.Lock(wctx, pos[0], opts...)
+		h, err = c.Lock(wctx, hc.name, opts...)
 	}
-	if err != nil {
-		var e *client.Error
-		switch {
-		case errors.Is(err, client.ErrLocked) && errors.As(err, &e):
-			fmt.Fprintf(stderr, "endpointd lock: %s is held by %s (revision %d); not running the command\n", pos[0], e.HolderKey, e.HolderRevision)
-			return exitFailure
-		case wctx.Err() != nil && ctx.Err() == nil:
-			fmt.Fprintf(stderr, "endpointd %s: interrupted while waiting; not running the command\n", name)
-			return exitFailure
-		}
-		return kvFail(stderr, err)
+	if err == nil {
+		return h, exitOK
 	}
-	defer h.Release()
-	cancel() // the wait is over: from here on signals go to the command
-	<-waiting
+	var e *client.Error
+	switch {
+	case errors.Is(err, client.ErrLocked) && errors.As(err, &e):
+		fmt.Fprintf(stderr, "endpointd lock: %s is held by %s (revision %d); not running the command\n", hc.name, e.HolderKey, e.HolderRevision)
+		return nil, exitFailure
+	case wctx.Err() != nil && ctx.Err() == nil:
+		fmt.Fprintf(stderr, "endpointd %s: interrupted while waiting; not running the command\n", hc.verb)
+		return nil, exitFailure
+	}
+	return nil, kvFail(stderr, err)
+}
 
-	cmd := exec.Command(command[0], command[1:]...)
+// supervise runs the command while h is held: signals are passed on to it;
+// a lost hold stops it (SIGTERM, then SIGKILL after -grace) and exits 3.
+// Otherwise the exit status is the command's.
+func (hc *holdCommand) supervise(h *client.Hold, sigs <-chan os.Signal, stdout, stderr io.Writer) int {
+	env := "ENDPOINTD_LOCK_"
+	if hc.election {
+		env = "ENDPOINTD_ELECTION_"
+	}
+	cmd := exec.Command(hc.command[0], hc.command[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, stdout, stderr
 	cmd.Env = append(os.Environ(), env+"KEY="+h.Key, env+"REVISION="+strconv.FormatInt(h.Revision, 10))
 	if err := cmd.Start(); err != nil {
-		fmt.Fprintf(stderr, "endpointd %s: %v\n", name, err)
+		fmt.Fprintf(stderr, "endpointd %s: %v\n", hc.verb, err)
 		return 127
 	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	send := func(s os.Signal) {
+		if err := cmd.Process.Signal(s); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			fmt.Fprintf(stderr, "endpointd %s: signalling the command: %v\n", hc.verb, err)
+		}
+	}
 	lost := false
+	var werr error
+wait:
 	for {
 		select {
 		case s := <-sigs:
-			cmd.Process.Signal(s)
-			continue
+			send(s)
 		case <-h.Lost():
 			lost = true
-			fmt.Fprintf(stderr, "endpointd %s: the hold on %s was lost (%v); stopping the command\n", name, pos[0], h.Err())
-			cmd.Process.Signal(syscall.SIGTERM)
+			fmt.Fprintf(stderr, "endpointd %s: the hold on %s was lost (%v); stopping the command\n", hc.verb, hc.name, h.Err())
+			send(syscall.SIGTERM)
 			select {
-			case <-done:
-			case <-time.After(*grace):
+			case werr = <-waited:
+			case <-time.After(hc.grace):
 				cmd.Process.Kill()
-				<-done
+				werr = <-waited
 			}
-		case <-done:
+			break wait
+		case werr = <-waited:
+			break wait
 		}
-		break
+	}
+	// An exit status is the command's answer; anything else (copying its
+	// output failed) is worth saying.
+	if exitErr := (*exec.ExitError)(nil); werr != nil && !errors.As(werr, &exitErr) {
+		fmt.Fprintf(stderr, "endpointd %s: %v\n", hc.verb, werr)
 	}
 	if lost {
 		return exitUnavailable
