@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"udp_iaasd/client"
 	"udp_iaasd/internal/etcdtest"
 )
@@ -45,7 +47,12 @@ func TestLockAndElection(t *testing.T) {
 		}
 		got <- h2
 	}()
-	time.Sleep(100 * time.Millisecond)
+	// The second is waiting once its key is there beside the holder's.
+	direct := cluster.Client(t)
+	etcdtest.Eventually(t, 10*time.Second, "the second to wait", func() bool {
+		resp, err := direct.Get(ctx, "cl/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		return err == nil && resp.Count == 2
+	})
 	h.Release()
 	h2 := <-got
 	if h2 == nil || h2.Revision <= h.Revision {

@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -21,10 +23,19 @@ import (
 // goroutine behind once the server has shut down.
 func TestHostileClientsLeakNothing(t *testing.T) {
 	// etcd runs in a process of its own, so every goroutine left in this one
-	// after the server and its etcd client are closed is a leak of ours.
-	// (This must run before any test starts the in-process shared cluster,
-	// whose goroutines come and go on their own: test files run in name
-	// order, and none before this one uses it.)
+	// after the server and its etcd client are closed is a leak of ours. That
+	// needs a test process of its own as well: other tests here run members
+	// in process (the shared cluster), whose goroutines come and go on their
+	// own. So the test runs itself again, alone, in a fresh test process.
+	if os.Getenv(hostileAlone) == "" {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestHostileClientsLeakNothing$", "-test.count=1", "-test.v")
+		cmd.Env = append(os.Environ(), hostileAlone+"=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--- PASS: TestHostileClientsLeakNothing") {
+			t.Fatalf("the test alone in a process: %v\n%s", err, out)
+		}
+		return
+	}
 	cl := etcdtest.NewProc(t, 1)
 	ignore := goleak.IgnoreCurrent()
 
@@ -88,6 +99,10 @@ func firstLine(s string) string {
 	}
 	return s
 }
+
+// hostileAlone marks the test process TestHostileClientsLeakNothing runs
+// itself in.
+const hostileAlone = "ENDPOINTD_HOSTILE_ALONE"
 
 // Any raw path decodes without panicking; a key whose every byte is
 // percent-encoded comes back exactly.

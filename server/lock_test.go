@@ -2,6 +2,7 @@ package server
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -65,7 +66,7 @@ func TestLockHoldAndRelease(t *testing.T) {
 
 	got := make(chan *watchStream, 1)
 	go func() { got <- e.stream("POST", "/v1/lock/svl?wait=20s", "") }()
-	time.Sleep(200 * time.Millisecond) // the second is waiting
+	e.waiters("svl/", 2)
 	released := time.Now()
 	first.conn.Close()
 	second := <-got
@@ -74,6 +75,17 @@ func TestLockHoldAndRelease(t *testing.T) {
 		t.Fatalf("second holder %v (first's revision %d)", m, rev)
 	}
 	t.Logf("the waiter got the lock %v after the holder's connection closed", time.Since(released).Round(time.Millisecond))
+}
+
+// waiters waits until n holders and waiters have their keys under prefix
+// (a lock's or an election's): a second request is then waiting, not still
+// on its way.
+func (e *env) waiters(prefix string, n int64) {
+	e.t.Helper()
+	etcdtest.Eventually(e.t, 10*time.Second, fmt.Sprintf("%d holders and waiters under %s", n, prefix), func() bool {
+		resp, err := e.direct.Get(e.t.Context(), prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		return err == nil && resp.Count == n
+	})
 }
 
 // A holder killed with SIGKILL (a real process, whose socket the kernel
@@ -134,7 +146,7 @@ func TestElectionStreams(t *testing.T) {
 	}
 	bc := make(chan *watchStream, 1)
 	go func() { bc <- e.stream("POST", "/v1/election/sve", "beta") }()
-	time.Sleep(200 * time.Millisecond)
+	e.waiters("sve/", 2)
 	a.conn.Close()
 	b := <-bc
 	eb := b.next()
