@@ -19,8 +19,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
-	"os/user"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -112,30 +110,13 @@ func New(opts Options) (*Agent, error) {
 	a.cfg.Store(cfg)
 	a.state.Store(&fileState{})
 
-	tlsCfg, err := cfg.TLSConfig()
+	ecfg, err := EtcdConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	password, err := cfg.Password()
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	a.etcd, err = etcd.New(etcd.Config{
-		DialTimeout:         cfg.Etcd.DialTimeout,
-		RequestTimeout:      cfg.Etcd.RequestTimeout,
-		KeepAliveTime:       cfg.Etcd.KeepaliveTime,
-		KeepAliveTimeout:    cfg.Etcd.KeepaliveTimeout,
-		ProbeTimeout:        cfg.Etcd.ProbeTimeout,
-		SuspectAfter:        cfg.Etcd.SuspectAfter,
-		ConnectSpread:       cfg.Etcd.ConnectSpread,
-		RebalanceSpread:     cfg.Etcd.RebalanceSpread,
-		TLS:                 tlsCfg,
-		Username:            cfg.Etcd.Username,
-		Password:            password,
-		Backoff:             cfg.Backoff,
-		StatusProbeInterval: cmp.Or(opts.StatusProbeInterval, cfg.Etcd.StatusProbeInterval),
-		Logger:              a.log,
-	})
+	ecfg.Logger = a.log
+	ecfg.StatusProbeInterval = cmp.Or(opts.StatusProbeInterval, ecfg.StatusProbeInterval)
+	a.etcd, err = etcd.New(ecfg)
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
@@ -169,11 +150,10 @@ func New(opts Options) (*Agent, error) {
 // serverLimits is what the server takes live from cfg.
 func serverLimits(cfg *config.Config) server.Limits {
 	return server.Limits{
-		MaxKeyBytes:    cfg.Limits.MaxKeyBytes,
-		MaxValueBytes:  cfg.Limits.MaxValueBytes,
-		MaxTxnBytes:    cfg.Limits.MaxTxnBytes,
-		MaxWatches:     cfg.Limits.MaxWatches,
-		RequestTimeout: cfg.Etcd.RequestTimeout,
+		MaxKeyBytes:   cfg.Limits.MaxKeyBytes,
+		MaxValueBytes: cfg.Limits.MaxValueBytes,
+		MaxTxnBytes:   cfg.Limits.MaxTxnBytes,
+		MaxWatches:    cfg.Limits.MaxWatches,
 	}
 }
 
@@ -212,62 +192,47 @@ func (a *Agent) notify(state string) {
 }
 
 // Run serves until ctx ends, then shuts down: it stops accepting, ends watch
-// streams, lets in-flight requests finish, closes the etcd client and removes
-// the socket it created. It returns an error only if it could not start or
-// the server failed.
+// streams, lets in-flight requests finish, and removes the socket it
+// created. It returns an error only if it could not start or the server
+// failed. The etcd client is New's, and Close's to close.
+//
+// What it runs are components started in order and stopped in reverse: the
+// endpoints file's watcher (so the file is read before the sockets are
+// served), the read cache, then both sockets.
 func (a *Agent) Run(ctx context.Context) error {
 	cfg := a.cfg.Load()
-	ln := a.opts.Listener
-	if ln == nil {
-		gid, err := ResolveGroup(cfg.Socket.Group)
-		if err != nil {
-			a.etcd.Close()
-			return err
-		}
-		ul, err := server.Listen(cfg.Socket.Path, fs.FileMode(cfg.Socket.Mode), gid)
-		if err != nil {
-			a.etcd.Close()
-			return err
-		}
-		ln = ul
-		a.log.Info("listening", "socket", cfg.Socket.Path, "mode", fmt.Sprintf("%04o", cfg.Socket.Mode), "group", cfg.Socket.Group)
-	} else {
-		a.log.Info("listening on the socket systemd passed", "addr", ln.Addr().String())
+	ln, err := a.listen(cfg)
+	if err != nil {
+		return err
 	}
-
+	gln, err := a.listenGRPC(cfg)
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	addr := ln.Addr().String()
 	a.addr.Store(&addr)
 	a.self.Store(client.New(addr, client.Options{RetryMax: -1}))
 
-	// The endpoints file is read before the socket is served. On a socket
-	// systemd passed (a restart or an upgrade under socket activation) the
-	// agent also waits, up to etcd.request_timeout, until it can answer —
-	// a set applied and etcd reached: clients that connect meanwhile queue
-	// in the socket's backlog instead of getting 503 for a restart.
-	w := a.startWatcher(cfg)
+	run := components{log: a.log}
+	watcher := a.watcherFor(cfg)
+	run.start("the endpoints file's watcher", watcher.run)
+	// On a socket systemd passed (a restart or an upgrade under socket
+	// activation) the agent waits, up to etcd.request_timeout, until it
+	// can answer — a set applied and etcd reached: clients that connect
+	// meanwhile queue in the socket's backlog instead of getting 503 for a
+	// restart.
 	if a.opts.Listener != nil {
-		a.awaitReady(ctx, cfg.Etcd.RequestTimeout)
-	}
-	srvCtx, stopSrv := context.WithCancel(context.Background())
-	srvDone := make(chan error, 1)
-	go func() { srvDone <- a.srv.Serve(srvCtx, ln) }()
-	grpcDone, err := a.serveGRPC(srvCtx, cfg)
-	if err != nil {
-		w.stop()
-		stopSrv()
-		<-srvDone
-		a.etcd.Close()
-		return err
-	}
-
-	cacheCtx, stopCache := context.WithCancel(context.Background())
-	cacheDone := make(chan struct{})
-	go func() {
-		defer close(cacheDone)
-		if a.cache != nil {
-			a.cache.Run(cacheCtx)
+		wctx, cancel := context.WithTimeout(ctx, cfg.Etcd.RequestTimeout)
+		if err := a.WaitReady(wctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("serving the passed socket before etcd is reachable", "waited", cfg.Etcd.RequestTimeout)
 		}
-	}()
+		cancel()
+	}
+	if a.cache != nil {
+		run.start("the read cache", func(ctx context.Context) error { a.cache.Run(ctx); return nil })
+	}
+	sockets := run.start("the sockets", func(ctx context.Context) error { return a.serve(ctx, ln, gln) })
 	a.notify("READY=1")
 	a.notify("STATUS=" + a.statusLine())
 
@@ -282,79 +247,110 @@ loop:
 			// this reload to the signal that asked for it.
 			a.notify("RELOADING=1\n" + daemon.SdNotifyMonotonicUsec())
 			if a.reloadConfig() {
-				w.stop()
-				w = a.startWatcher(a.cfg.Load())
+				watcher = a.watcherFor(a.cfg.Load())
+				run.replace("the endpoints file's watcher", watcher.run)
 			} else {
-				w.w.Reread()
+				watcher.Reread()
 			}
 			a.notify("READY=1")
 			a.notify("STATUS=" + a.statusLine())
-		case err := <-srvDone:
-			runErr = err
-			srvDone = nil
+		case <-sockets.done:
+			runErr, sockets.err = sockets.err, nil // returned, not logged again
 			break loop
 		}
 	}
 
 	a.notify("STOPPING=1")
 	a.log.Info("shutting down")
-	w.stop()
-	stopSrv()
-	if err := <-grpcDone; err != nil {
-		a.log.Warn("gRPC socket shutdown", "error", err)
-	}
-	if srvDone != nil {
-		if err := <-srvDone; err != nil {
-			a.log.Warn("server shutdown", "error", err)
-		}
-	}
-	stopCache()
-	<-cacheDone
-	a.etcd.Close()
+	run.stopAll()
 	a.log.Info("stopped")
 	return runErr
 }
 
-// awaitReady waits until the agent can answer (Status().Ready), ctx ends,
-// or max has passed. It polls: it runs once, at start.
-func (a *Agent) awaitReady(ctx context.Context, max time.Duration) {
-	deadline := time.Now().Add(max)
-	for !a.Status().Ready && time.Now().Before(deadline) && ctx.Err() == nil {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if !a.Status().Ready {
-		a.log.Warn("serving the passed socket before etcd is reachable", "waited", max)
+// Close releases what New built: the etcd client. Call it once Run has
+// returned (or instead of Run).
+func (a *Agent) Close() error { return a.etcd.Close() }
+
+// WaitReady waits until the agent can answer (Status().Ready: a set
+// applied and etcd reached) or ctx ends. It waits on the etcd client's
+// connection changes, not on a timer.
+func (a *Agent) WaitReady(ctx context.Context) error {
+	for {
+		changed := a.etcd.ConnectionChanged() // before the check: no change is missed
+		if a.Status().Ready {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 }
 
-// serveGRPC serves etcd's gRPC API on the activated listener or
-// socket.grpc_path, when either is there, until ctx ends; the channel gets
-// Serve's result (nil at once when there is no gRPC socket).
-func (a *Agent) serveGRPC(ctx context.Context, cfg *config.Config) (<-chan error, error) {
-	done := make(chan error, 1)
-	ln := a.opts.GRPCListener
-	if ln == nil && cfg.Socket.GRPCPath != "" {
-		gid, err := ResolveGroup(cfg.Socket.Group)
-		if err != nil {
-			return nil, err
-		}
-		ul, err := server.Listen(cfg.Socket.GRPCPath, fs.FileMode(cfg.Socket.Mode), gid)
-		if err != nil {
-			return nil, err
-		}
-		ln = ul
-		a.log.Info("serving etcd's gRPC API", "socket", cfg.Socket.GRPCPath)
+// listen returns the HTTP socket: the one systemd passed, or socket.path,
+// created now.
+func (a *Agent) listen(cfg *config.Config) (net.Listener, error) {
+	if ln := a.opts.Listener; ln != nil {
+		a.log.Info("listening on the socket systemd passed", "addr", ln.Addr().String())
+		return ln, nil
 	}
-	if ln == nil {
-		done <- nil
-		return done, nil
+	gid, err := cfg.Socket.GID()
+	if err != nil {
+		return nil, err
 	}
-	if a.opts.GRPCListener != nil {
+	ln, err := server.Listen(cfg.Socket.Path, fs.FileMode(cfg.Socket.Mode), gid)
+	if err != nil {
+		return nil, err
+	}
+	a.log.Info("listening", "socket", cfg.Socket.Path, "mode", fmt.Sprintf("%04o", cfg.Socket.Mode), "group", cfg.Socket.Group)
+	return ln, nil
+}
+
+// listenGRPC returns the gRPC socket: the one systemd passed, or
+// socket.grpc_path, created now; nil when there is neither.
+func (a *Agent) listenGRPC(cfg *config.Config) (net.Listener, error) {
+	if ln := a.opts.GRPCListener; ln != nil {
 		a.log.Info("serving etcd's gRPC API on the socket systemd passed", "addr", ln.Addr().String())
+		return ln, nil
 	}
-	g := grpcapi.New(grpcapi.Options{Etcd: a.etcd, Cache: a.cache, Gate: a.gate, Logger: a.log, ShutdownTimeout: cfg.Limits.ShutdownTimeout})
-	go func() { done <- g.Serve(ctx, ln) }()
-	return done, nil
+	if cfg.Socket.GRPCPath == "" {
+		return nil, nil
+	}
+	gid, err := cfg.Socket.GID()
+	if err != nil {
+		return nil, err
+	}
+	ln, err := server.Listen(cfg.Socket.GRPCPath, fs.FileMode(cfg.Socket.Mode), gid)
+	if err != nil {
+		return nil, err
+	}
+	a.log.Info("serving etcd's gRPC API", "socket", cfg.Socket.GRPCPath)
+	return ln, nil
+}
+
+// serve serves the HTTP socket, and the gRPC one when gln is set, until ctx
+// ends; both drain at once. The first error ends both.
+func (a *Agent) serve(ctx context.Context, ln, gln net.Listener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 2)
+	go func() { errc <- a.srv.Serve(ctx, ln) }()
+	n := 1
+	if gln != nil {
+		g := grpcapi.New(grpcapi.Options{Etcd: a.etcd, Cache: a.cache, Gate: a.gate, Logger: a.log,
+			ShutdownTimeout: a.cfg.Load().Limits.ShutdownTimeout})
+		go func() { errc <- g.Serve(ctx, gln) }()
+		n++
+	}
+	var first error
+	for range n {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+			cancel()
+		}
+	}
+	return first
 }
 
 // SelfCheck asks the agent's own socket for /healthz through the Go client,
@@ -377,32 +373,21 @@ func (a *Agent) SelfCheck(ctx context.Context) error {
 	return nil
 }
 
-// runningWatcher is a watcher goroutine with its stop function.
-type runningWatcher struct {
-	w      *watcher.Watcher
-	cancel context.CancelFunc
-	done   chan struct{}
-}
-
-func (r *runningWatcher) stop() {
-	r.cancel()
-	<-r.done
-}
-
-func (a *Agent) startWatcher(cfg *config.Config) *runningWatcher {
+// watcherFor is the endpoints file's watcher as cfg configures it; its Run
+// is a component of Run.
+func (a *Agent) watcherFor(cfg *config.Config) *fileWatcher {
 	w := watcher.New(cfg.EndpointsFile, a.apply)
 	w.Read = config.ReadFile
 	w.Debounce = cfg.Watch.Debounce
 	w.ResyncInterval = cfg.Watch.ResyncInterval
 	w.Logger = a.log
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &runningWatcher{w: w, cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(r.done)
-		w.Run(ctx)
-	}()
-	return r
+	return &fileWatcher{w}
 }
+
+// fileWatcher is the watcher a component runs.
+type fileWatcher struct{ *watcher.Watcher }
+
+func (w *fileWatcher) run(ctx context.Context) error { return w.Run(ctx) }
 
 // apply handles one version of the endpoints file: validate, apply, record.
 // It runs on the watcher's goroutine.
@@ -457,12 +442,9 @@ func (a *Agent) reloadConfig() (restartWatcher bool) {
 		return false
 	}
 	next, err := config.Load(a.opts.ConfigPath)
+	var ecfg etcd.Config
 	if err == nil {
-		_, err = next.TLSConfig()
-	}
-	var password string
-	if err == nil {
-		password, err = next.Password()
+		ecfg, err = EtcdConfig(next)
 	}
 	var settings access.Settings
 	if err == nil {
@@ -480,7 +462,7 @@ func (a *Agent) reloadConfig() (restartWatcher bool) {
 	a.etcd.SetRequestTimeout(live.Etcd.RequestTimeout)
 	// The password file is read again on every reload (a rotation); the
 	// client is rebuilt only if the credentials changed.
-	a.etcd.SetCredentials(live.Etcd.Username, password)
+	a.etcd.SetCredentials(live.Etcd.Username, ecfg.Password)
 	// Every setting serverLimits and accessSettings read is live, so next's
 	// and live's agree.
 	a.srv.SetLimits(serverLimits(live))
@@ -547,26 +529,6 @@ func rfc3339(t time.Time) string {
 	return t.UTC().Format(time.RFC3339Nano)
 }
 
-// ResolveGroup turns socket.group into a gid: "" is -1 (keep the process's
-// group), a number is a gid, anything else a group name.
-func ResolveGroup(group string) (int, error) {
-	if group == "" {
-		return -1, nil
-	}
-	if gid, err := strconv.Atoi(group); err == nil {
-		return gid, nil
-	}
-	g, err := user.LookupGroup(group)
-	if err != nil {
-		return 0, fmt.Errorf("socket.group: %w", err)
-	}
-	gid, err := strconv.Atoi(g.Gid)
-	if err != nil {
-		return 0, fmt.Errorf("socket.group %q: gid %q is not a number", group, g.Gid)
-	}
-	return gid, nil
-}
-
 // ParseLevel maps log.level to a slog level.
 func ParseLevel(s string) slog.Level {
 	switch s {
@@ -611,10 +573,6 @@ func newMetrics(reg *prometheus.Registry, ec *etcd.EtcdClient, version string, c
 	build.WithLabelValues(version).Set(1)
 	reg.MustRegister(m.reloads, m.lastOK, m.lastSuccessTS, build,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "endpointd_endpoints",
-			Help: "Endpoints in the applied set.",
-		}, func() float64 { return float64(len(ec.Endpoints())) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "endpointd_min_cluster_size",
 			Help: "min_cluster_size in force: the fewest endpoints a file may list.",
 		}, func() float64 { return float64(cfg().MinClusterSize) }),
@@ -622,35 +580,7 @@ func newMetrics(reg *prometheus.Registry, ec *etcd.EtcdClient, version string, c
 			Name: "endpointd_watchers_limit",
 			Help: "limits.max_watches in force: open watch streams beyond it get 503.",
 		}, func() float64 { return float64(cfg().Limits.MaxWatches) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "endpointd_etcd_up",
-			Help: "1 if at least one etcd member answered the latest health probe.",
-		}, func() float64 {
-			if ec.Health().Connected {
-				return 1
-			}
-			return 0
-		}),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "endpointd_etcd_reconnects_total",
-			Help: "Times the connection to etcd was re-established after every member was unreachable.",
-		}, func() float64 { return float64(ec.Health().Reconnects) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "endpointd_etcd_read_batches_total",
-			Help: "Read-only transactions that carried two or more concurrent linearizable reads.",
-		}, func() float64 { return float64(ec.ReadStats().Batches) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "endpointd_etcd_batched_reads_total",
-			Help: "Linearizable reads sent to etcd inside a batch rather than alone.",
-		}, func() float64 { return float64(ec.ReadStats().Reads) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "endpointd_etcd_write_batches_total",
-			Help: "Transactions that carried two or more concurrent plain puts.",
-		}, func() float64 { return float64(ec.WriteStats().Batches) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "endpointd_etcd_batched_writes_total",
-			Help: "Plain puts sent to etcd inside a batch rather than alone.",
-		}, func() float64 { return float64(ec.WriteStats().Puts) }),
+		ec.Collector(),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

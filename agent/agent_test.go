@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"udp_iaasd/agent"
 	"udp_iaasd/client"
 	"udp_iaasd/config"
 	"udp_iaasd/internal/agenttest"
@@ -450,4 +451,26 @@ func TestAccessRulesReload(t *testing.T) {
 	os.WriteFile(h.CfgPath, []byte(strings.Replace(string(cfg), `prefixes: ["ok/"]`, `prefixes: [""]`, 1)), 0o644)
 	h.Agent.Reload()
 	h.Eventually("the wider rule applied", func() bool { return put("no/x") == nil })
+}
+
+// The files config.yaml names are read into the etcd client's config, and
+// each unusable one is named by its setting.
+func TestEtcdConfigFiles(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	if err := os.WriteFile(pw, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := config.Default()
+	c.Etcd.Username, c.Etcd.PasswordFile = "root", pw
+	if ec, err := agent.EtcdConfig(c); err != nil || ec.Password != "s3cret" || ec.Username != "root" || ec.TLS != nil {
+		t.Fatalf("EtcdConfig = %+v, %v", ec, err)
+	}
+	c.Etcd.PasswordFile = filepath.Join(dir, "missing")
+	c.Etcd.TLS.CAFile = pw // not PEM
+	_, err := agent.EtcdConfig(c)
+	if err == nil || !strings.Contains(err.Error(), "etcd.password_file") || !strings.Contains(err.Error(), "etcd.tls: ca file") ||
+		!strings.Contains(err.Error(), "no PEM certificate") {
+		t.Fatalf("bad password and CA files: %v", err)
+	}
 }

@@ -87,6 +87,7 @@ func runAgent(cfgPath string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	defer a.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
 	if err := a.Run(ctx); err != nil {

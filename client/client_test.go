@@ -26,12 +26,12 @@ import (
 
 // startAgent runs the real server in front of a real cluster on a socket.
 func startAgent(cluster *etcdtest.Cluster, sock string) (stop func(), err error) {
-	ec, err := etcd.New(etcd.Config{Endpoints: cluster.Endpoints(), StatusProbeInterval: time.Millisecond})
+	ec, err := etcd.New(etcd.Config{Endpoints: cluster.Endpoints(), StatusProbeInterval: time.Millisecond, RequestTimeout: 3 * time.Second})
 	if err != nil {
 		return nil, err
 	}
 	srv := server.New(server.Options{Etcd: ec, Registry: prometheus.NewRegistry(),
-		Limits: server.Limits{MaxKeyBytes: 4096, MaxValueBytes: 1 << 20, MaxWatches: 16, RequestTimeout: 3 * time.Second},
+		Limits: server.Limits{MaxKeyBytes: 4096, MaxValueBytes: 1 << 20, MaxWatches: 16},
 		Status: func() api.Status { return api.Status{Ready: true, Endpoints: ec.Endpoints()} }})
 	ln, err := server.Listen(sock, 0o600, -1)
 	if err != nil {

@@ -5,13 +5,13 @@
 // Decoding is strict and positional: unknown and duplicate keys, wrong types,
 // extra documents, aliases and oversized files are errors, and every problem
 // in a file is reported as `FILE:LINE:COL: message`. The package holds only
-// the serializable settings; building TLS configs, reading secrets, loggers
-// and clients is left to its callers (TLSConfig and Password help them).
+// the serializable settings; reading the files they name (TLS certificates,
+// the password), loggers and clients are its callers' (agent.EtcdConfig).
+// The names in them (users, groups) are resolved here, when a policy or a
+// socket's group is asked for.
 package config
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -30,7 +30,6 @@ import (
 	"udp_iaasd/access"
 	"udp_iaasd/backoff"
 	"udp_iaasd/endpoint"
-	"udp_iaasd/etcd"
 )
 
 // DefaultPath is where `endpointd run` looks for config.yaml.
@@ -66,6 +65,22 @@ type Socket struct {
 	Group       string // name or numeric gid; "" keeps the process's group
 	AllowedUIDs []int
 	AllowedGIDs []int
+}
+
+// GID turns Group into the gid the sockets are given: -1 for "" (keep the
+// process's group), a number as it is, else the group's gid, looked up now.
+func (s Socket) GID() (int, error) {
+	if s.Group == "" {
+		return -1, nil
+	}
+	if gid, err := strconv.Atoi(s.Group); err == nil {
+		return gid, nil
+	}
+	gid, err := lookupGroup(s.Group)
+	if err != nil {
+		return 0, fmt.Errorf("socket.group: %w", err)
+	}
+	return int(gid), nil
 }
 
 // Etcd is how the agent talks to etcd.
@@ -164,7 +179,7 @@ func Default() *Config {
 		Socket:         Socket{Path: "/run/endpointd/endpointd.sock", Mode: 0o660},
 		Etcd: Etcd{
 			DialTimeout:         5 * time.Second,
-			RequestTimeout:      etcd.DefaultRequestTimeout,
+			RequestTimeout:      5 * time.Second, // etcd.DefaultRequestTimeout, for a client built without config
 			KeepaliveTime:       10 * time.Second,
 			KeepaliveTimeout:    5 * time.Second,
 			ProbeTimeout:        time.Second,
@@ -475,48 +490,6 @@ func (v *checks) limits(l Limits) {
 	v.atLeast("limits.max_connections", l.MaxConnections, 1)
 	v.atLeast("limits.max_watches", l.MaxWatches, 1)
 	v.positive("limits.shutdown_timeout", l.ShutdownTimeout)
-}
-
-// TLSConfig builds the etcd client's TLS config from the named files, or
-// returns nil when TLS is not configured.
-func (c *Config) TLSConfig() (*tls.Config, error) {
-	t := c.Etcd.TLS
-	if !t.Enabled() {
-		return nil, nil
-	}
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName}
-	if t.CAFile != "" {
-		pem, err := os.ReadFile(t.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("etcd.tls.ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("etcd.tls.ca_file: %s holds no PEM certificate", t.CAFile)
-		}
-		cfg.RootCAs = pool
-	}
-	if t.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("etcd.tls.cert_file/key_file: %w", err)
-		}
-		cfg.Certificates = []tls.Certificate{cert}
-	}
-	return cfg, nil
-}
-
-// Password reads etcd.password_file (trailing newline removed). It is read
-// at start and on every reload and is never logged.
-func (c *Config) Password() (string, error) {
-	if c.Etcd.PasswordFile == "" {
-		return "", nil
-	}
-	b, err := os.ReadFile(c.Etcd.PasswordFile)
-	if err != nil {
-		return "", fmt.Errorf("etcd.password_file: %w", err)
-	}
-	return strings.TrimRight(string(b), "\r\n"), nil
 }
 
 // ReadFile reads a file for one of the loaders, at most MaxFileBytes+1 bytes,

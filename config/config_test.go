@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -140,27 +141,6 @@ func TestEndpointsTLSDefault(t *testing.T) {
 	}
 }
 
-func TestPasswordAndTLSFiles(t *testing.T) {
-	dir := t.TempDir()
-	pw := filepath.Join(dir, "pw")
-	if err := os.WriteFile(pw, []byte("s3cret\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c := Default()
-	c.Etcd.Username, c.Etcd.PasswordFile = "root", pw
-	if got, err := c.Password(); err != nil || got != "s3cret" {
-		t.Fatalf("Password = %q, %v", got, err)
-	}
-	c.Etcd.PasswordFile = filepath.Join(dir, "missing")
-	if _, err := c.Password(); err == nil || !strings.Contains(err.Error(), "etcd.password_file") {
-		t.Fatalf("missing password file: %v", err)
-	}
-	c.Etcd.TLS.CAFile = pw // not PEM
-	if _, err := c.TLSConfig(); err == nil || !strings.Contains(err.Error(), "no PEM certificate") {
-		t.Fatalf("bad CA file: %v", err)
-	}
-}
-
 func FuzzParseEndpoints(f *testing.F) {
 	files, _ := filepath.Glob(filepath.Join("testdata", "endpoints", "*.yml"))
 	for _, file := range files {
@@ -238,5 +218,36 @@ func TestDiff(t *testing.T) {
 				t.Errorf("live = %+v", live)
 			}
 		})
+	}
+}
+
+// socket.group is a gid as given, a group's gid looked up by name, or -1
+// (keep the process's group) when empty; an unknown name is an error naming
+// the setting.
+func TestSocketGID(t *testing.T) {
+	root, err := user.LookupGroupId("0")
+	if err != nil {
+		t.Skipf("no group 0 here: %v", err)
+	}
+	for _, tc := range []struct {
+		group string
+		want  int
+		err   string
+	}{
+		{"", -1, ""},
+		{"4242", 4242, ""},
+		{root.Name, 0, ""},
+		{"no-such-group-endpointd", 0, "socket.group: unknown group"},
+	} {
+		got, err := Socket{Group: tc.group}.GID()
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("GID(%q) = %d, %v; want an error with %q", tc.group, got, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("GID(%q) = %d, %v; want %d", tc.group, got, err, tc.want)
+		}
 	}
 }

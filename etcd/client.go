@@ -457,6 +457,11 @@ func (c *EtcdClient) bound(ctx context.Context) (context.Context, context.Cancel
 // requestTimeout bounds a call whose context has no deadline.
 func (c *EtcdClient) requestTimeout() time.Duration { return time.Duration(c.reqTimeout.Load()) }
 
+// RequestTimeout is the bound of a call whose context has no deadline
+// (Config.RequestTimeout, or SetRequestTimeout's latest): the one
+// etcd.request_timeout every part of the agent uses.
+func (c *EtcdClient) RequestTimeout() time.Duration { return c.requestTimeout() }
+
 // SetRequestTimeout changes RequestTimeout for calls from now on (a config
 // reload: etcd.request_timeout is live). A non-positive d is ignored.
 func (c *EtcdClient) SetRequestTimeout(d time.Duration) {

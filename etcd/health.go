@@ -42,6 +42,15 @@ type MemberHealth struct {
 	Error     string
 }
 
+// ConnectionChanged is closed when Health().Connected next changes: take
+// it, then read Health, and wait on it for the next change.
+func (c *EtcdClient) ConnectionChanged() <-chan struct{} {
+	if c.health == nil {
+		return nil // a broken client never connects
+	}
+	return *c.health.changed.Load()
+}
+
 // Health returns the latest connection snapshot without contacting etcd.
 func (c *EtcdClient) Health() Health {
 	if c.health == nil {
@@ -94,6 +103,8 @@ type healthLoop struct {
 	cancel   context.CancelFunc
 	done     chan struct{}
 	snap     atomic.Pointer[Health]
+	// changed is closed, and replaced, when Connected changes.
+	changed atomic.Pointer[chan struct{}]
 	// down is set when a probe round found every member silent while their
 	// connections stayed open (a hung cluster), so that requests fail fast
 	// instead of each waiting for its timeout.
@@ -138,6 +149,8 @@ func newHealthLoop(c *EtcdClient) *healthLoop {
 		buildDue:    true,
 	}
 	l.snap.Store(&Health{})
+	first := make(chan struct{})
+	l.changed.Store(&first)
 	return l
 }
 
@@ -426,6 +439,10 @@ func (l *healthLoop) store(h Health) {
 		log.Warn("etcd unreachable", "error", h.LastError)
 	case !connected && !l.everUp && h.LastError != "" && l.retry.Attempt() <= 1:
 		log.Warn("etcd not reachable yet", "error", h.LastError)
+	}
+	if connected != l.connected {
+		next := make(chan struct{})
+		close(*l.changed.Swap(&next))
 	}
 	l.connected = connected
 	h.Connected = connected

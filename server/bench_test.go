@@ -73,7 +73,7 @@ func benchmarkGet(b *testing.B, path string, cached bool, policy *access.Policy)
 		go c.Run(ctx)
 	}
 	srv := New(Options{Etcd: ec, Registry: prometheus.NewRegistry(), Cache: c,
-		Limits: Limits{MaxKeyBytes: 4096, MaxValueBytes: 1 << 20, MaxWatches: 16, RequestTimeout: 5 * time.Second},
+		Limits: Limits{MaxKeyBytes: 4096, MaxValueBytes: 1 << 20, MaxWatches: 16},
 		Gate:   access.NewGate(access.Settings{Policy: policy}, nil, nil),
 		Status: func() api.Status { return api.Status{Ready: true} }})
 	sock := filepath.Join(b.TempDir(), "b.sock")
@@ -174,7 +174,7 @@ func BenchmarkRequest(b *testing.B) {
 	c := cache.New(ec, []string{"bench/"}, config.Default().Cache.MaxStaleness, slog.New(slog.DiscardHandler))
 	go c.Run(ctx)
 	srv := New(Options{Etcd: ec, Registry: prometheus.NewRegistry(), Cache: c,
-		Limits: Limits{MaxKeyBytes: 4096, MaxValueBytes: 1 << 20, MaxWatches: 16, RequestTimeout: 5 * time.Second},
+		Limits: Limits{MaxKeyBytes: 4096, MaxValueBytes: 1 << 20, MaxWatches: 16},
 		Status: func() api.Status { return api.Status{Ready: true} }})
 	sock := filepath.Join(b.TempDir(), "agent.sock")
 	ln, err := Listen(sock, 0o600, -1)

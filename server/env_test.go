@@ -100,9 +100,8 @@ func serve(t *testing.T, ec *etcd.EtcdClient, opts ...envOpt) *env {
 	t.Helper()
 	e := &env{t: t, ec: ec, sock: filepath.Join(t.TempDir(), "e.sock"), reg: prometheus.NewRegistry()}
 	o := Options{
-		Etcd: ec,
-		Limits: Limits{MaxKeyBytes: 4096, MaxValueBytes: 1 << 20, MaxWatches: 64,
-			RequestTimeout: 3 * time.Second},
+		Etcd:              ec,
+		Limits:            Limits{MaxKeyBytes: 4096, MaxValueBytes: 1 << 20, MaxWatches: 64},
 		Status:            func() api.Status { return api.Status{Ready: true, Endpoints: ec.Endpoints()} },
 		Registry:          e.reg,
 		MaxHeaderBytes:    16 << 10,

@@ -181,7 +181,7 @@ func (s *Server) keyParams(r *http.Request, rawKey string, allowed ...string) (p
 
 // withTimeout bounds one request's etcd work by etcd.request_timeout.
 func (s *Server) withTimeout(r *http.Request) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(r.Context(), s.limits.Load().RequestTimeout)
+	return context.WithTimeout(r.Context(), s.etcd.RequestTimeout())
 }
 
 func (s *Server) getKV(w http.ResponseWriter, r *http.Request, rawKey string) error {

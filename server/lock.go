@@ -220,7 +220,7 @@ func appendLeader(b []byte, typ string, l etcd.Leader) []byte {
 // re-check its rules.
 func (s *Server) hold(w http.ResponseWriter, r *http.Request, h *etcd.Held, typ string, hp holdParams, pm *access.Permit) {
 	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), s.limits.Load().RequestTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), s.etcd.RequestTimeout())
 		defer cancel()
 		if err := h.Release(ctx); err != nil {
 			s.log.Warn("releasing a lock or leadership failed; it ends with its lease", "key", h.Key, "error", err)

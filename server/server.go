@@ -33,11 +33,10 @@ import (
 
 // Limits are the settings a SIGHUP may change while the server runs.
 type Limits struct {
-	MaxKeyBytes    int
-	MaxValueBytes  int
-	MaxWatches     int
-	RequestTimeout time.Duration
-	MaxTxnBytes    int
+	MaxKeyBytes   int
+	MaxValueBytes int
+	MaxWatches    int
+	MaxTxnBytes   int
 }
 
 // DefaultMaxTxnBytes is limits.max_txn_bytes's default (CONFIG.md).
@@ -118,9 +117,6 @@ func New(opts Options) *Server {
 
 // SetLimits replaces the live limits (SIGHUP).
 func (s *Server) SetLimits(l Limits) {
-	if l.RequestTimeout <= 0 {
-		l.RequestTimeout = etcd.DefaultRequestTimeout
-	}
 	if l.MaxTxnBytes <= 0 {
 		l.MaxTxnBytes = DefaultMaxTxnBytes
 	}

@@ -345,7 +345,7 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, max int, tooLa
 	if r.ContentLength > int64(max) {
 		return nil, tooLarge()
 	}
-	http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.limits.Load().RequestTimeout))
+	http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.etcd.RequestTimeout()))
 	if r.ContentLength >= 0 {
 		// The length is known and within the limit, and net/http's body
 		// reader stops at it: read exactly that, into one allocation.

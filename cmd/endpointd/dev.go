@@ -65,16 +65,16 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	runErr := make(chan error, 1)
 	go func() { runErr <- a.Run(ctx) }()
 
-	deadline := time.Now().Add(15 * time.Second)
-	for !a.Status().Ready && time.Now().Before(deadline) && ctx.Err() == nil {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if !a.Status().Ready {
+	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	err = a.WaitReady(rctx)
+	cancel()
+	if err != nil && ctx.Err() == nil {
 		fmt.Fprintf(stderr, "endpointd dev: the agent did not become ready: %s\n", a.Status().NotReadyReason())
 	}
 	printDevHelp(stdout, cfg, cluster.Endpoints(), dir, cfgPath)
 
 	err = <-runErr
+	a.Close() // the agent's client, then the cluster it talks to
 	cluster.Close()
 	if err != nil {
 		fmt.Fprintf(stderr, "endpointd dev: %v\n", err)

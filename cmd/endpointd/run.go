@@ -68,6 +68,7 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) int {
 		log.Error("cannot start", "error", err)
 		return exitConfig
 	}
+	defer a.Close()
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

@@ -6,6 +6,7 @@ import (
 	"io"
 	"strings"
 
+	"udp_iaasd/agent"
 	"udp_iaasd/config"
 )
 
@@ -42,14 +43,9 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 	}
 	if cfgPath != "" {
 		// The files config.yaml names must be usable too.
-		_, terr := cfg.TLSConfig()
-		_, perr := cfg.Password()
-		if terr != nil || perr != nil {
-			for _, e := range []error{terr, perr} {
-				if e != nil {
-					fmt.Fprintf(stderr, "%s: %v\n", cfgPath, e)
-				}
-			}
+		if _, err := agent.EtcdConfig(cfg); err != nil {
+			// One line per unusable file.
+			fmt.Fprintf(stderr, "%s: %s\n", cfgPath, strings.ReplaceAll(err.Error(), "\n", "\n"+cfgPath+": "))
 			return exitFailure
 		}
 	}

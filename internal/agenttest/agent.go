@@ -108,7 +108,11 @@ watch: {debounce: 50ms, resync_interval: 1s}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel, a.done = cancel, make(chan error, 1)
-	go func() { a.done <- a.Agent.Run(ctx) }()
+	go func() {
+		err := a.Agent.Run(ctx)
+		a.Agent.Close()
+		a.done <- err
+	}()
 	t.Cleanup(a.Stop)
 	a.Client = client.New(a.Sock, client.Options{RetryMax: -1, Timeout: 3 * o.RequestTimeout})
 	a.HTTP = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
