@@ -81,12 +81,9 @@ func New(socket string, opts Options) *Client {
 	hc.HTTPClient = &http.Client{Transport: tr, Timeout: opts.Timeout}
 	hc.RetryMax = opts.RetryMax
 	hc.CheckRetry = checkRetry
-	policy := opts.Backoff
+	c := &Client{hc: hc, stream: &http.Client{Transport: tr}, policy: opts.Backoff, retryMax: opts.RetryMax}
 	hc.Backoff = func(_, _ time.Duration, attempt int, resp *http.Response) time.Duration {
-		if d, ok := retryAfter(resp); ok {
-			return min(d, policy.Max)
-		}
-		return policy.Delay(attempt, rand.Float64())
+		return c.retryDelay(attempt, resp)
 	}
 	hc.ErrorHandler = retryablehttp.PassthroughErrorHandler
 	if opts.Logger != nil {
@@ -94,7 +91,7 @@ func New(socket string, opts Options) *Client {
 	} else {
 		hc.Logger = nil
 	}
-	return &Client{hc: hc, stream: &http.Client{Transport: tr}, policy: policy, retryMax: opts.RetryMax}
+	return c
 }
 
 type idempotentKey struct{}
@@ -123,6 +120,42 @@ func notSent(err error) bool {
 		return true
 	}
 	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)
+}
+
+// retries paces the retries of one request or stream: every retry of the
+// client — retryablehttp's, a hold's start, a watch's resumption — waits as
+// retryDelay says and stops after RetryMax. A retries is used by the one
+// goroutine that retries.
+type retries struct {
+	c       *Client
+	attempt int
+}
+
+// left reports whether a retry is left.
+func (r *retries) left() bool { return r.attempt < r.c.retryMax }
+
+// wait waits before the next retry, after resp (nil: none came), or until
+// ctx ends (its error).
+func (r *retries) wait(ctx context.Context, resp *http.Response) error {
+	b := backoff.Backoff{Policy: r.c.policy}
+	if err := b.Wait(ctx, r.c.retryDelay(r.attempt, resp)); err != nil {
+		return err
+	}
+	r.attempt++
+	return nil
+}
+
+// reset starts the count again after a success (a watch that streamed).
+func (r *retries) reset() { r.attempt = 0 }
+
+// retryDelay is the wait before retry number attempt (0: the first): the
+// agent's Retry-After when it sent one, capped at the policy's Max, else
+// the policy's delay.
+func (c *Client) retryDelay(attempt int, resp *http.Response) time.Duration {
+	if d, ok := retryAfter(resp); ok {
+		return min(d, c.policy.Max)
+	}
+	return c.policy.Delay(attempt, rand.Float64())
 }
 
 func retryAfter(resp *http.Response) (time.Duration, bool) {

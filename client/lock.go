@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"iter"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -101,29 +100,22 @@ func (c *Client) Campaign(ctx context.Context, name string, value []byte, opts .
 // agent restarts waits for it instead of failing. The last attempt's
 // response is returned, whatever its status.
 func (c *Client) startHold(ctx, hctx context.Context, u string, body []byte) (*http.Response, error) {
-	for attempt := 0; ; attempt++ {
+	r := retries{c: c}
+	for {
 		req, err := http.NewRequestWithContext(hctx, http.MethodPost, u, bytes.NewReader(body))
 		if err != nil {
 			return nil, fmt.Errorf("client: %w", err)
 		}
 		resp, err := c.stream.Do(req)
 		retry := (err != nil && notSent(err)) || (err == nil && resp.StatusCode == http.StatusServiceUnavailable)
-		if !retry || attempt >= c.retryMax {
-			return resp, err
-		}
-		delay := c.policy.Delay(attempt, rand.Float64())
-		if d, ok := retryAfter(resp); ok {
-			delay = min(d, c.policy.Max)
+		if !retry || !r.left() {
+			return resp, err // the last attempt's answer, whatever it is
 		}
 		if resp != nil {
 			resp.Body.Close()
 		}
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return nil, ctx.Err()
+		if err := r.wait(ctx, resp); err != nil {
+			return nil, err
 		}
 	}
 }

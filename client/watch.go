@@ -8,10 +8,8 @@ import (
 	"fmt"
 	"io"
 	"iter"
-	"math/rand/v2"
 	"net/http"
 	"strconv"
-	"time"
 
 	"udp_iaasd/api"
 )
@@ -44,14 +42,14 @@ func (c *Client) Watch(ctx context.Context, key string, opts ...Option) iter.Seq
 		if v := o.q.Get("rev"); v != "" {
 			at.next, _ = strconv.ParseInt(v, 10, 64)
 		}
-		failures := 0
+		r := retries{c: c}
 		for {
 			if from := at.from(); from > 0 {
 				o.q.Set("rev", strconv.FormatInt(from, 10))
 			}
 			resp, err := c.openWatch(ctx, key, o)
 			if err == nil {
-				failures = 0
+				r.reset()
 				if at.next == 0 { // the stream starts after the revision it reports
 					cur, _ := strconv.ParseInt(resp.Header.Get("X-Etcd-Revision"), 10, 64)
 					at.next = cur + 1
@@ -69,20 +67,15 @@ func (c *Client) Watch(ctx context.Context, key string, opts ...Option) iter.Seq
 				yield(Event{}, err)
 				return
 			}
-			failures++
-			if failures > c.hc.RetryMax {
+			if !r.left() {
 				if err == nil {
 					err = fmt.Errorf("%w: watch stream kept ending", ErrUnavailable)
 				}
 				yield(Event{}, err)
 				return
 			}
-			t := time.NewTimer(c.policy.Delay(failures-1, rand.Float64()))
-			select {
-			case <-ctx.Done():
-				t.Stop()
+			if r.wait(ctx, nil) != nil {
 				return
-			case <-t.C:
 			}
 		}
 	}
