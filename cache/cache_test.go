@@ -156,7 +156,7 @@ func TestProgressIsDemandDriven(t *testing.T) {
 	p := c.prefixes[0]
 	wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(context.Background()))
 	defer wcancel()
-	if _, err := p.ec.Watch(wctx, "elsewhere", clientv3.WithRev(put.Header.Revision+1)); err != nil {
+	if _, err := p.ec.WatchKV(wctx, "elsewhere", etcd.WatchOptions{Rev: put.Header.Revision + 1}); err != nil {
 		t.Fatal(err)
 	}
 

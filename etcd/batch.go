@@ -282,12 +282,12 @@ func newReader(c *EtcdClient) *batcher[clientv3.Op, *clientv3.GetResponse] {
 	}
 }
 
-// Range reads key with clientv3's Get options (clientv3.WithPrefix, WithRev,
+// rangeKeys reads key with clientv3's Get options (clientv3.WithPrefix, WithRev,
 // WithSerializable, …) and returns what clientv3's Get would. Linearizable
 // reads of the current revision may share one etcd transaction with
 // concurrent reads (see above); reads at a revision and serializable reads
 // are sent alone. ctx is bounded by RequestTimeout when it has no deadline.
-func (c *EtcdClient) Range(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+func (c *EtcdClient) rangeKeys(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
 	op := clientv3.OpGet(key, opts...)
 	if op.Rev() != 0 || op.IsSerializable() {
 		return c.rangeAlone(ctx, op)

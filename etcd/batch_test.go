@@ -109,7 +109,7 @@ func TestBatchAnswersEachReadItsOwn(t *testing.T) {
 	var reads []func() error
 	for i, tc := range cases {
 		reads = append(reads, func() error {
-			answers[i].resp, answers[i].err = c.Range(ctx, tc.key, tc.opts...)
+			answers[i].resp, answers[i].err = c.rangeKeys(ctx, tc.key, tc.opts...)
 			return nil
 		})
 	}
@@ -215,7 +215,7 @@ func TestBatchedReadsAreLinearizable(t *testing.T) {
 			var lastRev int64
 			for range each {
 				floor := acked.Load()
-				resp, err := c.Range(ctx, "lin")
+				resp, err := c.rangeKeys(ctx, "lin")
 				if err != nil {
 					errc <- err
 					return
@@ -255,7 +255,7 @@ func TestQueuedReadHonoursItsDeadline(t *testing.T) {
 	defer cancel()
 	got := make(chan error, 1)
 	release := queueReads(t, c, []func() error{func() error {
-		_, err := c.Range(ctx, "x")
+		_, err := c.rangeKeys(ctx, "x")
 		got <- err
 		return nil
 	}})
@@ -305,7 +305,7 @@ func TestBatchedReadsSurviveAMemberStop(t *testing.T) {
 		wg.Go(func() {
 			for !stop.Load() {
 				rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				_, err := c.Range(rctx, "survive")
+				_, err := c.rangeKeys(rctx, "survive")
 				cancel()
 				reads.Add(1)
 				if err != nil {

@@ -3,10 +3,17 @@
 // validates before it applies, and connection management that probes the
 // members, reconnects with backoff and never lets a request hang.
 //
-// It owns the *clientv3.Client and the endpoint list it dials. Everything that
-// talks to etcd (the agent's KV API included) goes through an EtcdClient, via
-// Do and Watch, so no caller can keep using endpoints that were replaced. It
-// does not read files or serve anything.
+// It owns the *clientv3.Client and the endpoint list it dials; no clientv3
+// type leaves it but the protocol's messages (events, key-values) and the
+// gRPC connection grpcapi forwards on (Conn). On top of that client it
+// provides what the agent's sockets need, each once: typed reads and writes
+// with read and write batching (kv.go, batch.go, writebatch.go),
+// transactions, the one watch follower (Follow, StartFollow) over shared
+// watches (Subscribe), the one throttled progress requester
+// (AskWatchProgress), locks and elections on shared leases, KindOf (what an
+// error means), and its Prometheus metrics (Collector). The endpoint set
+// has one writer, endpoints.go; health.go keeps the connection's health
+// without polling. It reads no config file and serves nothing.
 package etcd
 
 import (
@@ -231,6 +238,7 @@ func New(cfg Config) (*EtcdClient, error) {
 	c := &EtcdClient{cfg: cfg, log: cfg.Logger, minSize: cfg.MinClusterSize, username: cfg.Username, password: cfg.Password}
 	c.reads, c.writes = newReader(c), newWriter(c)
 	c.hubs = hubs{c: c, m: map[hubKey]*hub{}}
+	c.sessions.c = c
 	c.reqTimeout.Store(int64(cfg.RequestTimeout))
 	c.rand = rand.Float64
 	c.outcomes = newOutcomes(cfg.SuspectAfter, func() { c.health.suspect() })
@@ -306,7 +314,7 @@ func (c *EtcdClient) Err() error { return c.initErr }
 
 // Put sets key to value.
 func (c *EtcdClient) Put(ctx context.Context, key, value string) error {
-	return c.Do(ctx, func(ctx context.Context, cli *clientv3.Client) error {
+	return c.do(ctx, func(ctx context.Context, cli *clientv3.Client) error {
 		if _, err := cli.Put(ctx, key, value); err != nil {
 			return fmt.Errorf("etcd: put %q: %w", key, err)
 		}
@@ -316,7 +324,7 @@ func (c *EtcdClient) Put(ctx context.Context, key, value string) error {
 
 // Get returns key's value, or an error wrapping ErrKeyNotFound.
 func (c *EtcdClient) Get(ctx context.Context, key string) (string, error) {
-	resp, err := c.Range(ctx, key)
+	resp, err := c.rangeKeys(ctx, key)
 	if err != nil {
 		return "", fmt.Errorf("etcd: get %q: %w", key, err)
 	}
@@ -328,7 +336,7 @@ func (c *EtcdClient) Get(ctx context.Context, key string) (string, error) {
 
 // Delete removes key. Deleting an absent key is not an error.
 func (c *EtcdClient) Delete(ctx context.Context, key string) error {
-	return c.Do(ctx, func(ctx context.Context, cli *clientv3.Client) error {
+	return c.do(ctx, func(ctx context.Context, cli *clientv3.Client) error {
 		if _, err := cli.Delete(ctx, key); err != nil {
 			return fmt.Errorf("etcd: delete %q: %w", key, err)
 		}
@@ -336,13 +344,13 @@ func (c *EtcdClient) Delete(ctx context.Context, key string) error {
 	})
 }
 
-// Do runs fn with the live client, for the parts of the etcd API that Put, Get
+// do runs fn with the live client, for the parts of the etcd API that Put, Get
 // and Delete do not cover (ranges, transactions, leases, status). ctx is
 // bounded by RequestTimeout when it has no deadline, so fn cannot hang. While
 // no member is reachable Do returns ErrUnavailable without calling fn. The
 // client passed to fn stays open until fn returns, even if UpdateEndpoints
 // replaces it meanwhile; fn must not keep it.
-func (c *EtcdClient) Do(ctx context.Context, fn func(ctx context.Context, cli *clientv3.Client) error) error {
+func (c *EtcdClient) do(ctx context.Context, fn func(ctx context.Context, cli *clientv3.Client) error) error {
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
 	return c.onLive(ctx, fn)
@@ -354,7 +362,7 @@ func (c *EtcdClient) Do(ctx context.Context, fn func(ctx context.Context, cli *c
 // saves the hot path a context and its cancel — five allocations a request.
 func (c *EtcdClient) unary(ctx context.Context, fn func(ctx context.Context, cli *clientv3.Client) error) error {
 	if _, ok := ctx.Deadline(); !ok {
-		return c.Do(ctx, fn)
+		return c.do(ctx, fn)
 	}
 	return c.onLive(ctx, fn)
 }
@@ -373,12 +381,12 @@ func (c *EtcdClient) onLive(ctx context.Context, fn func(ctx context.Context, cl
 	return fn(ctx, g.cli)
 }
 
-// Watch watches key on the live client with clientv3's semantics (opts such
+// watch watches key on the live client with clientv3's semantics (opts such
 // as clientv3.WithPrefix and clientv3.WithRev). Unlike Do it does not pin the
 // client: when UpdateEndpoints has to replace it (plain ↔ TLS), the returned
 // channel closes once the old client is closed, and the caller resumes from
 // the last revision it saw. Cancel ctx to stop the watch.
-func (c *EtcdClient) Watch(ctx context.Context, key string, opts ...clientv3.OpOption) (clientv3.WatchChan, error) {
+func (c *EtcdClient) watch(ctx context.Context, key string, opts ...clientv3.OpOption) (clientv3.WatchChan, error) {
 	g, err := c.acquire()
 	if err != nil {
 		return nil, err
@@ -387,12 +395,12 @@ func (c *EtcdClient) Watch(ctx context.Context, key string, opts ...clientv3.OpO
 	return g.cli.Watch(ctx, key, opts...), nil
 }
 
-// RequestProgress asks etcd for a progress notification on the watches of
+// requestProgress asks etcd for a progress notification on the watches of
 // the live client that share ctx's metadata (clientv3 groups watches into
 // streams by it: pass a context built the way the watches' was, e.g. with
 // clientv3.WithRequireLeader). Watchers receive it as a WatchResponse for
 // which IsProgressNotify holds.
-func (c *EtcdClient) RequestProgress(ctx context.Context) error {
+func (c *EtcdClient) requestProgress(ctx context.Context) error {
 	g, err := c.acquire()
 	if err != nil {
 		return err
@@ -631,6 +639,7 @@ func (c *EtcdClient) Close() error {
 
 	c.health.stop()
 	c.streams.stop()
+	c.sessions.closing.Wait() // their leases are revoked on g's client
 	if g != nil {
 		c.retire(g)
 	}

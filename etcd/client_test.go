@@ -319,12 +319,12 @@ func TestDoAndWatch(t *testing.T) {
 	cluster := etcdtest.New(t, 3)
 	c := newTestClient(t, Config{Endpoints: cluster.Endpoints()})
 	ctx := ctxT(t, 10*time.Second)
-	wch, err := c.Watch(ctx, "w/", clientv3.WithPrefix())
+	wch, err := c.watch(ctx, "w/", clientv3.WithPrefix())
 	if err != nil {
 		t.Fatalf("Watch: %v", err)
 	}
 	var rev int64
-	err = c.Do(ctx, func(ctx context.Context, cli *clientv3.Client) error {
+	err = c.do(ctx, func(ctx context.Context, cli *clientv3.Client) error {
 		resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision("w/a"), "=", 0)).
 			Then(clientv3.OpPut("w/a", "1")).Commit()
 		if err != nil {
@@ -348,7 +348,7 @@ func TestDoAndWatch(t *testing.T) {
 		t.Fatal("no watch event")
 	}
 	// Do bounds a deadline-less context with RequestTimeout.
-	_ = c.Do(context.Background(), func(ctx context.Context, _ *clientv3.Client) error {
+	_ = c.do(context.Background(), func(ctx context.Context, _ *clientv3.Client) error {
 		if _, ok := ctx.Deadline(); !ok {
 			t.Error("Do passed a context without a deadline")
 		}
@@ -411,7 +411,7 @@ func TestTLSSwitchReplacesClient(t *testing.T) {
 	entered, release := make(chan struct{}), make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		done <- c.Do(ctx, func(ctx context.Context, cli *clientv3.Client) error {
+		done <- c.do(ctx, func(ctx context.Context, cli *clientv3.Client) error {
 			old = cli
 			close(entered)
 			<-release

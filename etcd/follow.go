@@ -212,7 +212,7 @@ func (c *EtcdClient) openFollow(ctx context.Context, key string, next int64, o F
 		opts = append(opts, clientv3.WithPrevKV())
 	}
 	wctx, cancel := context.WithCancel(ctx)
-	wch, err := c.Watch(watchContext(wctx, "", c.streams.current().epoch), key, opts...)
+	wch, err := c.watch(watchContext(wctx, "", c.streams.current().epoch), key, opts...)
 	if err != nil {
 		cancel()
 		return nil, nil, false, err

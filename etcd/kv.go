@@ -54,7 +54,7 @@ func (c *EtcdClient) Read(ctx context.Context, key string, o ReadOptions) (ReadR
 			opts = append(opts, clientv3.WithKeysOnly())
 		}
 	}
-	resp, err := c.Range(ctx, key, opts...)
+	resp, err := c.rangeKeys(ctx, key, opts...)
 	if err != nil {
 		return ReadResult{}, err
 	}
@@ -208,7 +208,7 @@ func elseModRevision(txn *pb.TxnResponse) int64 {
 func (c *EtcdClient) CompactRevision(ctx context.Context, rev int64) int64 {
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
-	wch, err := c.Watch(clientv3.WithRequireLeader(ctx), "\x00", clientv3.WithRev(rev))
+	wch, err := c.watch(clientv3.WithRequireLeader(ctx), "\x00", clientv3.WithRev(rev))
 	if err != nil {
 		return 0
 	}

@@ -49,8 +49,8 @@ func (e *LockedError) Unwrap() error { return ErrLocked }
 // ErrNoLeader is Leader's answer for an election without candidates.
 var ErrNoLeader = errors.New("etcd: the election has no leader")
 
-// Held is a held lock or won election.
-type Held struct {
+// Hold is a held lock or won election.
+type Hold struct {
 	// Key is the holder's key (NAME/LEASE in hex); Revision its create
 	// revision — the fencing token, which grows from each holder to the next.
 	Key      string
@@ -66,12 +66,12 @@ type Held struct {
 // Lost is closed when the hold ends without Release: the lease could not
 // be kept alive (etcd unreachable for longer than the TTL) or the client
 // was closed.
-func (h *Held) Lost() <-chan struct{} { return h.s.cs.Done() }
+func (h *Hold) Lost() <-chan struct{} { return h.s.cs.Done() }
 
 // Release gives the lock up (or resigns the election) at once. It is
 // idempotent; its error says whether the key was deleted (if not, it goes
 // with the lease, within the TTL).
-func (h *Held) Release(ctx context.Context) error {
+func (h *Hold) Release(ctx context.Context) error {
 	h.once.Do(func() {
 		h.err = h.release(ctx)
 		h.s.pool.put(h.s, h.name)
@@ -81,9 +81,17 @@ func (h *Held) Release(ctx context.Context) error {
 
 // Lock takes the lock name with a lease of ttl seconds, waiting for it
 // until ctx ends (then the wait is given up, its key deleted, and a
-// *LockedError names the holder when there is one). With try, it does not
-// wait: a held lock is a *LockedError at once.
-func (c *EtcdClient) Lock(ctx context.Context, name string, ttl int64, try bool) (*Held, error) {
+// *LockedError names the holder when there is one).
+func (c *EtcdClient) Lock(ctx context.Context, name string, ttl int64) (*Hold, error) {
+	return c.lock(ctx, name, ttl, false)
+}
+
+// TryLock is Lock without the wait: a held lock is a *LockedError at once.
+func (c *EtcdClient) TryLock(ctx context.Context, name string, ttl int64) (*Hold, error) {
+	return c.lock(ctx, name, ttl, true)
+}
+
+func (c *EtcdClient) lock(ctx context.Context, name string, ttl int64, try bool) (*Hold, error) {
 	s, err := c.sessions.get(ctx, c, name, ttl)
 	if err != nil {
 		return nil, err
@@ -109,7 +117,7 @@ func (c *EtcdClient) Lock(ctx context.Context, name string, ttl int64, try bool)
 		s.pool.put(s, name)
 		return nil, err
 	}
-	return &Held{Key: m.Key(), Revision: rev, s: s, name: name, release: func(ctx context.Context) error {
+	return &Hold{Key: m.Key(), Revision: rev, s: s, name: name, release: func(ctx context.Context) error {
 		ctx, cancel := c.bound(ctx)
 		defer cancel()
 		return m.Unlock(ctx)
@@ -144,7 +152,7 @@ func createRevision(ctx context.Context, cli *clientv3.Client, key string) (int6
 
 // Campaign runs for leader of the election name with value, waiting until
 // elected or ctx ends.
-func (c *EtcdClient) Campaign(ctx context.Context, name, value string, ttl int64) (*Held, error) {
+func (c *EtcdClient) Campaign(ctx context.Context, name, value string, ttl int64) (*Hold, error) {
 	s, err := c.sessions.get(ctx, c, name, ttl)
 	if err != nil {
 		return nil, err
@@ -154,7 +162,7 @@ func (c *EtcdClient) Campaign(ctx context.Context, name, value string, ttl int64
 		s.pool.put(s, name)
 		return nil, err
 	}
-	return &Held{Key: e.Key(), Revision: e.Rev(), s: s, name: name, release: func(ctx context.Context) error {
+	return &Hold{Key: e.Key(), Revision: e.Rev(), s: s, name: name, release: func(ctx context.Context) error {
 		ctx, cancel := c.bound(ctx)
 		defer cancel()
 		return e.Resign(ctx)
@@ -181,7 +189,7 @@ func (c *EtcdClient) leaderAt(ctx context.Context, name string) (Leader, int64, 
 		l   Leader
 		rev int64
 	)
-	err := c.Do(ctx, func(ctx context.Context, cli *clientv3.Client) error {
+	err := c.do(ctx, func(ctx context.Context, cli *clientv3.Client) error {
 		resp, err := cli.Get(ctx, name+"/", clientv3.WithFirstCreate()...)
 		if err != nil {
 			return err
@@ -253,6 +261,9 @@ func (c *EtcdClient) ObserveLeader(ctx context.Context, name string) (<-chan Lea
 
 // sessionPool shares leases between holders (see the top of this file).
 type sessionPool struct {
+	c       *EtcdClient
+	closing sync.WaitGroup // leases of sessions no longer used, being revoked
+
 	mu    sync.Mutex // guards byTTL
 	byTTL map[int64][]*session
 }
@@ -272,8 +283,10 @@ func (p *sessionPool) get(ctx context.Context, c *EtcdClient, name string, ttl i
 	if err != nil {
 		return nil, err
 	}
+	// Held until the session is made: the client cannot be retired (and
+	// closed) under the grant.
+	defer g.inflight.Done()
 	cli := g.cli
-	g.inflight.Done()
 	if !c.reachable(g) {
 		return nil, ErrUnavailable
 	}
@@ -332,9 +345,14 @@ func (p *sessionPool) put(s *session, name string) {
 	}
 	p.mu.Unlock()
 	if last {
-		// Close revokes the lease (bounded by the session's TTL); the
-		// caller does not wait for it.
-		go s.cs.Close()
+		// Revoking the lease needs a round trip; the caller does not wait
+		// for it, Close does (closing), bounded by the request timeout.
+		s.cs.Orphan() // stop keeping it alive
+		p.closing.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), p.c.requestTimeout())
+			defer cancel()
+			s.cli.Revoke(ctx, s.cs.Lease()) // failing, it expires with its TTL
+		})
 	}
 }
 

@@ -121,7 +121,7 @@ func (w *kvWatch) open(ctx context.Context, rev int64) (clientv3.WatchChan, cont
 		opts = append(opts, clientv3.WithPrefix())
 	}
 	wctx, cancel := context.WithCancel(ctx)
-	wch, err := w.c.Watch(watchContext(wctx, w.o.Stream, w.at.epoch), w.key, opts...)
+	wch, err := w.c.watch(watchContext(wctx, w.o.Stream, w.at.epoch), w.key, opts...)
 	if err != nil {
 		cancel()
 		return nil, nil, err
@@ -211,7 +211,7 @@ func (c *EtcdClient) RequestWatchProgress(ctx context.Context, stream string) er
 	if c.initErr != nil {
 		return c.initErr
 	}
-	return c.RequestProgress(watchContext(ctx, stream, c.streams.current().epoch))
+	return c.requestProgress(watchContext(ctx, stream, c.streams.current().epoch))
 }
 
 // AskWatchProgress asks etcd, without waiting, for a progress notification

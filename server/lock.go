@@ -91,13 +91,16 @@ func (s *Server) lock(w http.ResponseWriter, r *http.Request, rawName string) er
 		return err
 	}
 	ctx := r.Context()
-	try := hp.hasWait && hp.wait == 0
-	if hp.hasWait && hp.wait > 0 {
+	lock := s.etcd.Lock
+	switch {
+	case hp.hasWait && hp.wait == 0:
+		lock = s.etcd.TryLock
+	case hp.hasWait:
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, hp.wait)
 		defer cancel()
 	}
-	h, err := s.etcd.Lock(ctx, hp.name, hp.ttl, try)
+	h, err := lock(ctx, hp.name, hp.ttl)
 	if err != nil {
 		return s.lockError(r, err)
 	}
@@ -218,7 +221,7 @@ func appendLeader(b []byte, typ string, l etcd.Leader) []byte {
 // for, so that a reload at any moment since — during a lock wait that
 // lasted minutes, or between LOCKED and this loop — makes the hold
 // re-check its rules.
-func (s *Server) hold(w http.ResponseWriter, r *http.Request, h *etcd.Held, typ string, hp holdParams, pm *access.Permit) {
+func (s *Server) hold(w http.ResponseWriter, r *http.Request, h *etcd.Hold, typ string, hp holdParams, pm *access.Permit) {
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.etcd.RequestTimeout())
 		defer cancel()

@@ -1,11 +1,14 @@
-// Package server is endpointd's local API: HTTP/1.1 over a unix socket, as
-// API.md specifies — the KV and watch paths, /v1/status, /healthz, /readyz
-// and /metrics — with JSON errors, peer-credential checks and limits against
+// Package server is endpointd's local HTTP API: HTTP/1.1 over a unix socket
+// — the KV, watch, transaction, lock and election paths, /v1/status,
+// /healthz, /readyz and /metrics — with JSON errors and limits against
 // misbehaving local clients.
 //
-// It owns request handling and the socket's listener. It does not own the
-// etcd client (it is handed one), the endpoint files or the process: the
-// agent wires those together and supplies the status it reports.
+// It owns request handling, encoding (the wire vocabulary is package api's;
+// stream.go is the one NDJSON writer) and the socket's listener. It does
+// not own the etcd client (it is handed one; watches follow etcd.Follow),
+// the access decision (the agent's access.Gate, shared with the gRPC
+// socket), the endpoint files or the process: the agent wires those
+// together and supplies the status it reports.
 package server
 
 import (
