@@ -14,11 +14,9 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -32,7 +30,7 @@ import (
 	"google.golang.org/grpc"
 
 	"udp_iaasd/agent"
-	"udp_iaasd/config"
+	"udp_iaasd/internal/agentproc"
 	"udp_iaasd/internal/etcdtest"
 	"udp_iaasd/internal/floor"
 )
@@ -58,7 +56,7 @@ func main() {
 	flag.Parse()
 	switch *role {
 	case "agent":
-		os.Exit(runAgent(*cfgPath))
+		os.Exit(agentproc.Main(*cfgPath, "bench"))
 	case "proxy":
 		os.Exit(runProxy(*endpoints, *listen))
 	case "watcher":
@@ -70,31 +68,6 @@ func main() {
 		os.Exit(runFleet(fo))
 	}
 	os.Exit(run(o))
-}
-
-// runAgent is the agent child: the real agent on its config, with the
-// runtime settings `endpointd run` gives it, until SIGTERM.
-func runAgent(cfgPath string) int {
-	agent.TuneRuntime()
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 78
-	}
-	a, err := agent.New(agent.Options{Config: cfg, Version: "bench",
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer a.Close()
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
-	defer stop()
-	if err := a.Run(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return 0
 }
 
 // runFloor is the floor child: package floor's handler, the least a

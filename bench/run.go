@@ -25,6 +25,7 @@ import (
 
 	"udp_iaasd/agent"
 	"udp_iaasd/config"
+	"udp_iaasd/internal/agentproc"
 	"udp_iaasd/internal/etcdtest"
 )
 
@@ -347,7 +348,7 @@ func setup(proxyProcs int) (*env, error) {
 	os.WriteFile(cfg, []byte("endpoints_file: endpoints.yaml\nsocket: {path: "+e.sock+", grpc_path: "+e.grpcSock+"}\ncache: {prefixes: [bench/]}\n"), 0o644)
 	e.agent = exec.Command(os.Args[0], "-role", "agent", "-config", cfg)
 	e.agent.Stderr = os.Stderr
-	if err := e.agent.Start(); err != nil {
+	if err := agentproc.Start(e.agent, time.Minute); err != nil {
 		return nil, err
 	}
 	port, err := freePort()

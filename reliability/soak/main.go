@@ -17,13 +17,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -33,10 +31,10 @@ import (
 	"syscall"
 	"time"
 
-	"udp_iaasd/agent"
 	"udp_iaasd/api"
 	"udp_iaasd/client"
 	"udp_iaasd/config"
+	"udp_iaasd/internal/agentproc"
 	"udp_iaasd/internal/devcluster"
 )
 
@@ -50,32 +48,9 @@ func main() {
 	sample := flag.Duration("sample", 30*time.Second, "how often to sample the agent")
 	flag.Parse()
 	if *agentConfig != "" {
-		os.Exit(runAgent(*agentConfig))
+		os.Exit(agentproc.Main(*agentConfig, "soak"))
 	}
 	os.Exit(soak(*duration, *clients, *keys, *valueSize, *watchers, *sample))
-}
-
-// runAgent is the child: the real agent, until SIGTERM.
-func runAgent(cfgPath string) int {
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 78
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	a, err := agent.New(agent.Options{Config: cfg, Version: "soak", Logger: log})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer a.Close()
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	if err := a.Run(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return 0
 }
 
 type sampleRow struct {
@@ -104,7 +79,7 @@ func soak(duration time.Duration, clients, nkeys, valueSize, nwatchers int, ever
 
 	child := exec.Command(os.Args[0], "-agent-config", cfgPath)
 	child.Stderr = os.Stderr
-	if err := child.Start(); err != nil {
+	if err := agentproc.Start(child, 30*time.Second); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
@@ -115,18 +90,6 @@ func soak(duration time.Duration, clients, nkeys, valueSize, nwatchers int, ever
 		return d.DialContext(ctx, "unix", sock)
 	}}, Timeout: 10 * time.Second}
 	c := client.New(sock, client.Options{RetryMax: -1})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		st, _, err := c.Status(context.Background())
-		if err == nil && st.Ready {
-			break
-		}
-		if time.Now().After(deadline) {
-			fmt.Fprintf(os.Stderr, "agent not ready: %v\n", err)
-			return 1
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 	fmt.Printf("soak: %v, %d clients, %d keys, %d-byte values, %d watchers; agent pid %d\n",
 		duration, clients, nkeys, valueSize, nwatchers, child.Process.Pid)
 
