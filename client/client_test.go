@@ -14,51 +14,24 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
-	"udp_iaasd/api"
 	"udp_iaasd/backoff"
 	"udp_iaasd/client"
-	"udp_iaasd/etcd"
 	"udp_iaasd/internal/etcdtest"
-	"udp_iaasd/server"
+	"udp_iaasd/internal/sockettest"
 )
 
-// startAgent runs the real server in front of a real cluster on a socket.
+// startAgent serves the real HTTP socket in front of a real cluster.
 func startAgent(cluster *etcdtest.Cluster, sock string) (stop func(), err error) {
-	ec, err := etcd.New(etcd.Config{Endpoints: cluster.Endpoints(), StatusProbeInterval: time.Millisecond, RequestTimeout: 3 * time.Second})
+	a, err := sockettest.Start(sockettest.Options{Endpoints: cluster.Endpoints(), HTTP: sock})
 	if err != nil {
 		return nil, err
 	}
-	srv := server.New(server.Options{Etcd: ec, Registry: prometheus.NewRegistry(),
-		Limits: server.Limits{MaxKeyBytes: 4096, MaxValueBytes: 1 << 20, MaxWatches: 16},
-		Status: func() api.Status { return api.Status{Ready: true, Endpoints: ec.Endpoints()} }})
-	ln, err := server.Listen(sock, 0o600, -1)
-	if err != nil {
-		ec.Close()
-		return nil, err
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { srv.Serve(ctx, ln); close(done) }()
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			cancel()
-			<-done
-			ec.Close()
-		})
-	}, nil
+	return a.Stop, nil
 }
 
 func serveAgent(t testing.TB, cluster *etcdtest.Cluster, sock string) (stop func()) {
 	t.Helper()
-	stop, err := startAgent(cluster, sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(stop)
-	return stop
+	return sockettest.Serve(t, sockettest.Options{Endpoints: cluster.Endpoints(), HTTP: sock}).Stop
 }
 
 func TestRoundTripAndTypedErrors(t *testing.T) {

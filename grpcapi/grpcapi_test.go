@@ -20,11 +20,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	"udp_iaasd/access"
-	"udp_iaasd/cache"
 	"udp_iaasd/etcd"
-	"udp_iaasd/grpcapi"
 	"udp_iaasd/internal/etcdtest"
-	"udp_iaasd/server"
+	"udp_iaasd/internal/sockettest"
 )
 
 func TestMain(m *testing.M) {
@@ -49,31 +47,10 @@ func startAgent(t *testing.T, endpoints []string, policy *access.Policy) *agent 
 // the agent's read cache.
 func startAgentWith(t *testing.T, endpoints []string, policy *access.Policy, cachePrefixes []string) *agent {
 	t.Helper()
-	ec, err := etcd.New(etcd.Config{Endpoints: endpoints, RequestTimeout: 3 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ec.Close() })
-	log := slog.New(slog.NewTextHandler(etcdtest.LogWriter(t), nil))
-	a := &agent{ec: ec, gate: access.NewGate(access.Settings{Policy: policy}, nil, log), sock: filepath.Join(t.TempDir(), "etcd.sock")}
-	ln, err := server.Listen(a.sock, 0o600, -1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var c *cache.Cache
-	if len(cachePrefixes) > 0 {
-		c = cache.New(ec, cachePrefixes, time.Second, slog.New(slog.DiscardHandler))
-		cctx, stop := context.WithCancel(context.Background())
-		go c.Run(cctx)
-		t.Cleanup(stop)
-		etcdtest.Eventually(t, 10*time.Second, "the cache synced", c.Synced)
-	}
-	g := grpcapi.New(grpcapi.Options{Etcd: ec, Cache: c, Gate: a.gate, Logger: log, ShutdownTimeout: 2 * time.Second})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { g.Serve(ctx, ln); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return a
+	sock := filepath.Join(t.TempDir(), "etcd.sock")
+	s := sockettest.Serve(t, sockettest.Options{Endpoints: endpoints, GRPC: sock, Policy: policy, CachePrefixes: cachePrefixes,
+		Logger: slog.New(slog.NewTextHandler(etcdtest.LogWriter(t), nil))})
+	return &agent{ec: s.Etcd, gate: s.Gate, sock: sock}
 }
 
 // stock is an unmodified clientv3 client of the socket.
