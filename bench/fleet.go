@@ -37,6 +37,7 @@ import (
 	"go.uber.org/zap"
 
 	"udp_iaasd/config"
+	"udp_iaasd/internal/agentproc"
 	"udp_iaasd/internal/etcdtest"
 )
 
@@ -49,6 +50,7 @@ type fleetOptions struct {
 // agentProc is one agent of the fleet.
 type agentProc struct {
 	cmd     *exec.Cmd
+	logf    *os.File // the child's stderr, closed here once it is started
 	dir     string
 	epsPath string
 	http    *httpTarget
@@ -216,37 +218,39 @@ func (f *fleet) startAgents(n int, extra string) error {
 		}
 		a.cmd = exec.Command(os.Args[0], "-role", "agent", "-config", cfg)
 		a.cmd.Stderr = logf
-		err = a.cmd.Start()
-		logf.Close()
-		if err != nil {
-			return err
-		}
-		a.http = newHTTPTarget("endpointd", sock, a.cmd.Process.Pid)
+		a.logf = logf
 		f.agents = append(f.agents, a)
 	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for _, a := range f.agents {
-		for {
-			_, err := a.http.do(context.Background(), "GET", "/readyz", nil, nil)
-			if err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				log, _ := os.ReadFile(filepath.Join(a.dir, "agent.log"))
-				return fmt.Errorf("agent in %s not ready: %v\n%s", a.dir, err, log)
-			}
-			time.Sleep(50 * time.Millisecond)
+	// Started together, each ready when it says so (agentproc).
+	errs := make([]error, len(f.agents))
+	var wg sync.WaitGroup
+	for i, a := range f.agents {
+		wg.Go(func() {
+			errs[i] = agentproc.Start(a.cmd, 2*time.Minute)
+			a.logf.Close()
+		})
+	}
+	wg.Wait()
+	for i, a := range f.agents {
+		if errs[i] != nil {
+			log, _ := os.ReadFile(filepath.Join(a.dir, "agent.log"))
+			return fmt.Errorf("agent in %s: %v\n%s", a.dir, errs[i], log)
 		}
+		a.http = newHTTPTarget("endpointd", filepath.Join(a.dir, "endpointd.sock"), a.cmd.Process.Pid)
 	}
 	return nil
 }
 
 func (f *fleet) stopAgents() {
 	for _, a := range f.agents {
-		a.cmd.Process.Signal(syscall.SIGTERM)
+		if a.cmd.Process != nil { // nil: it never started
+			a.cmd.Process.Signal(syscall.SIGTERM)
+		}
 	}
 	for _, a := range f.agents {
-		a.cmd.Wait()
+		if a.cmd.Process != nil {
+			a.cmd.Wait()
+		}
 	}
 	f.agents = nil
 }

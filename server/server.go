@@ -83,6 +83,7 @@ type Server struct {
 	watchers atomic.Int64
 	newConns atomic.Int64 // connections accepted whose first request is not read yet
 	fresh    sync.Map     // those connections (net.Conn → struct{})
+	settled  changes      // told when newConns falls or an Accept ends
 	// stopping is closed when shutdown begins, so open watch streams end
 	// with an ERROR line instead of holding the drain to its deadline.
 	stopping     chan struct{}
@@ -140,7 +141,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slogLogger(s.log),
 	}
 	srv.RegisterOnShutdown(s.beginStopping)
-	ll := limitListener(ln, s.opts.MaxConnections, s.accepted)
+	ll := limitListener(ln, s.opts.MaxConnections, s.accepted, s.settled.notify)
 	ln = ll
 
 	errc := make(chan error, 1)

@@ -119,8 +119,8 @@ func typeName(m fs.FileMode) string {
 // tells accepted of every connection as it is taken, and knows whether an
 // Accept is under way, so that a shutdown can tell when the last connection
 // taken has been counted (Server.awaitNoNewConns).
-func limitListener(ln net.Listener, max int, accepted func(net.Conn)) *limitedListener {
-	l := &limitedListener{Listener: ln, done: make(chan struct{}), accepted: accepted}
+func limitListener(ln net.Listener, max int, accepted func(net.Conn), acceptDone func()) *limitedListener {
+	l := &limitedListener{Listener: ln, done: make(chan struct{}), accepted: accepted, acceptDone: acceptDone}
 	if max > 0 {
 		l.sem = make(chan struct{}, max)
 	}
@@ -133,8 +133,11 @@ type limitedListener struct {
 	done      chan struct{}
 	closeOnce sync.Once
 	accepted  func(net.Conn)
-	inAccept  atomic.Int64 // Accept calls under way
-	stopped   atomic.Bool  // stopAccepting was called
+	// acceptDone is told each time an Accept call ends (awaitNoNewConns
+	// waits for none to be under way).
+	acceptDone func()
+	inAccept   atomic.Int64 // Accept calls under way
+	stopped    atomic.Bool  // stopAccepting was called
 }
 
 func (l *limitedListener) Accept() (net.Conn, error) {
@@ -146,7 +149,12 @@ func (l *limitedListener) Accept() (net.Conn, error) {
 		}
 	}
 	l.inAccept.Add(1)
-	defer l.inAccept.Add(-1)
+	defer func() {
+		l.inAccept.Add(-1)
+		if l.acceptDone != nil {
+			l.acceptDone()
+		}
+	}()
 	c, err := l.Listener.Accept()
 	if err != nil {
 		if l.sem != nil {
@@ -206,6 +214,33 @@ func (s *Server) accepted(c net.Conn) {
 func (s *Server) started(c net.Conn) {
 	if _, was := s.fresh.LoadAndDelete(c); was {
 		s.newConns.Add(-1)
+		s.settled.notify()
+	}
+}
+
+// changes is a broadcast of "something changed": wait returns a channel
+// that the next notify closes. It costs a lock per notify, which happens
+// once per connection (its first request) and per Accept, not per request.
+type changes struct {
+	mu sync.Mutex // guards ch
+	ch chan struct{}
+}
+
+func (c *changes) wait() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ch == nil {
+		c.ch = make(chan struct{})
+	}
+	return c.ch
+}
+
+func (c *changes) notify() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ch != nil {
+		close(c.ch)
+		c.ch = nil
 	}
 }
 
@@ -213,9 +248,18 @@ func (s *Server) started(c net.Conn) {
 // connection taken has had its first request handed to the handler (or
 // gone).
 func (s *Server) awaitNoNewConns(l *limitedListener, max time.Duration) {
-	deadline := time.Now().Add(max)
-	for (l.inAccept.Load() > 0 || s.newConns.Load() > 0) && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
+	timeout := time.NewTimer(max)
+	defer timeout.Stop()
+	for {
+		changed := s.settled.wait() // before the check: no change is missed
+		if l.inAccept.Load() == 0 && s.newConns.Load() == 0 {
+			return
+		}
+		select {
+		case <-changed:
+		case <-timeout.C:
+			return
+		}
 	}
 }
 
