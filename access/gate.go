@@ -143,6 +143,14 @@ func (g *Gate) Authorize(peer Peer, op Op, key, end, what string) error {
 	return nil
 }
 
+// Allows answers the access decision without counting or logging a
+// refusal: for filtering what a peer is shown of a list it may ask for (the
+// keys attached to its own lease), never for letting a request through.
+func (g *Gate) Allows(peer Peer, op Op, key, end string) bool {
+	_, err := g.settings.Load().Policy.CheckRange(peer, op, key, end)
+	return err == nil
+}
+
 // AuthorizeLease is Authorize for granting a lease (what: the method): a
 // lease lives in the shared cluster's lease table until its TTL, so only a
 // peer that some rule lets write may grant one.

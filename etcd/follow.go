@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"udp_iaasd/backoff"
@@ -18,6 +19,12 @@ type FollowOptions struct {
 	End string
 	// PrevKV: each event carries the key's previous value.
 	PrevKV bool
+	// RequireLeader ends the follower, with a last response whose Err is
+	// etcd's "no leader", when the members it reaches have lost their
+	// leader — what etcd does to a watch whose client asked for it
+	// (clientv3.WithRequireLeader). Without it the follower waits for a
+	// leader and resumes.
+	RequireLeader bool
 }
 
 // shared: the keys are a key or a prefix, without previous values — what a
@@ -116,12 +123,15 @@ type follower struct {
 	out  chan<- WatchResponse
 	// started is closed once the first watch is set up, then nil.
 	started chan struct{}
+	// exact: open the next own watch at next itself, not one revision
+	// early (its revision next-1 turned out to be compacted).
+	exact bool
 }
 
 func (f *follower) run(ctx context.Context) {
 	defer close(f.out)
 	for ctx.Err() == nil {
-		in, stop, confirmed, err := f.c.openFollow(ctx, f.key, f.next, f.o)
+		in, stop, confirmed, early, err := f.c.openFollow(ctx, f.key, f.next, f.exact, f.o)
 		if err != nil {
 			if f.bo.Wait(ctx, f.bo.Next()) != nil {
 				return
@@ -131,7 +141,7 @@ func (f *follower) run(ctx context.Context) {
 		if confirmed {
 			f.setUp()
 		}
-		resume := f.deliver(ctx, in)
+		resume := f.deliver(ctx, in, early)
 		stop()
 		if !resume || f.bo.Wait(ctx, f.bo.Next()) != nil {
 			return
@@ -147,8 +157,10 @@ func (f *follower) setUp() {
 }
 
 // deliver passes one watch on until it breaks (true: resume) or the
-// follower is done (false: ctx ended, or the start was compacted).
-func (f *follower) deliver(ctx context.Context, in <-chan WatchResponse) bool {
+// follower is done (false: ctx ended, the start was compacted, or the
+// leader is lost under RequireLeader). early: the watch was opened at
+// next-1.
+func (f *follower) deliver(ctx context.Context, in <-chan WatchResponse, early bool) bool {
 	for {
 		var wr WatchResponse
 		var ok bool
@@ -158,9 +170,16 @@ func (f *follower) deliver(ctx context.Context, in <-chan WatchResponse) bool {
 		case wr, ok = <-in:
 		}
 		switch {
+		case ok && wr.CompactRevision != 0 && early && wr.CompactRevision <= f.next:
+			// Only the revision before next is compacted: resume at next.
+			f.exact = true
+			return true
 		case ok && wr.CompactRevision != 0:
 			// Before Err: clientv3 reports a compaction as an error too,
 			// and it ends the follower; it is not a broken watch.
+			f.send(ctx, wr)
+			return false
+		case ok && wr.Err != nil && f.o.RequireLeader && isAny(wr.Err, rpctypes.ErrNoLeader, rpctypes.ErrGRPCNoLeader):
 			f.send(ctx, wr)
 			return false
 		case !ok || wr.Err != nil:
@@ -187,21 +206,29 @@ func (f *follower) send(ctx context.Context, wr WatchResponse) bool {
 
 // openFollow opens what follows the keys from next: a share of a shared
 // watch when one can take them from there (confirmed: it is set up), else a
-// watch of its own, which etcd confirms with a Created response.
-func (c *EtcdClient) openFollow(ctx context.Context, key string, next int64, o FollowOptions) (in <-chan WatchResponse, stop func(), confirmed bool, err error) {
+// watch of its own, which etcd confirms with a Created response. A range
+// watch of its own is opened one revision early unless exact (early), for
+// the reason kvWatch.early gives; WatchKV does the same by itself.
+func (c *EtcdClient) openFollow(ctx context.Context, key string, next int64, exact bool, o FollowOptions) (in <-chan WatchResponse, stop func(), confirmed, early bool, err error) {
 	if o.shared() {
+		// A shared watch that loses its leader detaches its subscribers;
+		// their own watches then meet the "no leader" RequireLeader ends on.
 		if sub := c.Subscribe(key, o.Prefix, next); sub != nil {
-			return sub.C(), sub.Close, true, nil
+			return sub.C(), sub.Close, true, false, nil
 		}
 		wctx, cancel := context.WithCancel(ctx)
 		wch, err := c.WatchKV(wctx, key, WatchOptions{Prefix: o.Prefix, Rev: next, CreatedNotify: true})
 		if err != nil {
 			cancel()
-			return nil, nil, false, err
+			return nil, nil, false, false, err
 		}
-		return wch, cancel, false, nil
+		return wch, cancel, false, false, nil
 	}
-	opts := []clientv3.OpOption{clientv3.WithRev(next), clientv3.WithCreatedNotify()}
+	from := next
+	if !exact && from > 1 {
+		from, early = from-1, true
+	}
+	opts := []clientv3.OpOption{clientv3.WithRev(from), clientv3.WithCreatedNotify()}
 	switch {
 	case o.End != "":
 		opts = append(opts, clientv3.WithRange(o.End))
@@ -215,7 +242,7 @@ func (c *EtcdClient) openFollow(ctx context.Context, key string, next int64, o F
 	wch, err := c.watch(watchContext(wctx, "", c.streams.current().epoch), key, opts...)
 	if err != nil {
 		cancel()
-		return nil, nil, false, err
+		return nil, nil, false, false, err
 	}
 	out := make(chan WatchResponse, 1)
 	go func() {
@@ -232,7 +259,7 @@ func (c *EtcdClient) openFollow(ctx context.Context, key string, next int64, o F
 			}
 		}
 	}()
-	return out, cancel, false, nil
+	return out, cancel, false, early, nil
 }
 
 // deliverFrom trims events below next (a resumed watch may repeat what was

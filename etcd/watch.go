@@ -88,7 +88,14 @@ func (c *EtcdClient) WatchKV(ctx context.Context, key string, o WatchOptions) (<
 		return nil, c.initErr
 	}
 	w := &kvWatch{c: c, key: key, o: o, next: o.Rev, at: c.streams.current()}
-	wch, cancel, err := w.open(ctx, o.Rev)
+	from := o.Rev
+	if from > 1 {
+		// One revision early (see kvWatch.early): a watch from the next
+		// revision on a quiet key would keep etcd from answering progress
+		// requests for its whole stream.
+		from, w.early = from-1, true
+	}
+	wch, cancel, err := w.open(ctx, from)
 	if err != nil {
 		return nil, err
 	}
@@ -104,9 +111,16 @@ type kvWatch struct {
 	o   WatchOptions
 	// next: every event below it has been delivered, none at or above it;
 	// 0 until the first response says where the watch started.
-	next    int64
-	at      *placement // the epoch whose stream the watch is on
-	resumed bool       // reopened by a move: its Created is not news, and it repeats revision next-1
+	next int64
+	at   *placement // the epoch whose stream the watch is on
+	// early: the etcd watch was opened at next-1, not next, and repeats
+	// that revision (deliverable drops it). etcd answers a progress request
+	// only when every watch of the stream starts at or below the store's
+	// revision (watchableStore.progressIfSync), which a watch from the next
+	// revision on a quiet key does not; and a compaction of that one
+	// revision alone is no compaction for the caller: reopen at next.
+	early bool
+	moved bool // reopened by a move: its Created is not news
 }
 
 // open starts the etcd watch from rev (0: now) on the stream of w.at.
@@ -143,13 +157,9 @@ func (w *kvWatch) run(ctx context.Context, wch clientv3.WatchChan, cancel contex
 				continue // not started yet: it moves with the next epoch
 			}
 			cancel()
-			// Resume one revision early: etcd answers a progress request
-			// only when every watch of the stream starts at or below the
-			// store's revision (watchableStore.progressIfSync), which a
-			// watch from next on a quiet cluster does not. The repeated
-			// revision is dropped in deliverable.
+			// Resume one revision early (see early).
 			var err error
-			w.resumed = true
+			w.moved, w.early = true, w.next > 1
 			if wch, cancel, err = w.open(ctx, max(1, w.next-1)); err != nil {
 				cancel = func() {}
 				w.send(ctx, out, WatchResponse{Err: err})
@@ -160,8 +170,9 @@ func (w *kvWatch) run(ctx context.Context, wch clientv3.WatchChan, cancel contex
 				return
 			}
 			wr := toWatchResponse(r)
-			if w.resumed && wr.CompactRevision != 0 && wr.CompactRevision <= w.next {
+			if w.early && wr.CompactRevision != 0 && wr.CompactRevision <= w.next {
 				// Only the repeated revision is compacted: resume at next.
+				w.early = false
 				cancel()
 				var err error
 				if wch, cancel, err = w.open(ctx, w.next); err != nil {
@@ -191,7 +202,7 @@ func (w *kvWatch) deliverable(wr *WatchResponse) bool {
 		if w.next == 0 {
 			w.next = wr.Revision + 1 // a watch from now starts after it
 		}
-		return !w.resumed && w.o.CreatedNotify
+		return !w.moved && w.o.CreatedNotify
 	}
 	return deliverFrom(wr, &w.next)
 }
@@ -405,6 +416,9 @@ func (h *hub) run(wch <-chan WatchResponse) {
 	defer h.detachAll()
 	for resp := range wch {
 		if resp.ended() {
+			if resp.Err != nil && resp.CompactRevision == 0 {
+				h.passEnd(resp)
+			}
 			return
 		}
 		h.mu.Lock()
@@ -419,6 +433,21 @@ func (h *hub) run(wch <-chan WatchResponse) {
 		}
 		advance(&resp, &h.next)
 		h.mu.Unlock()
+	}
+}
+
+// passEnd tells each subscriber that can take it why the shared watch
+// ended (a follower that must end on a lost leader learns it here: a watch
+// it opened anew on a leaderless member would only be retried by clientv3).
+// A subscriber whose buffer is full just resumes, as from any detach.
+func (h *hub) passEnd(resp WatchResponse) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for s := range h.subs {
+		select {
+		case s.ch <- resp:
+		default:
+		}
 	}
 }
 

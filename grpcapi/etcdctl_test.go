@@ -72,12 +72,18 @@ func TestEtcdctl(t *testing.T) {
 		{"", []string{"del", "--prefix", "app/"}, "2"},
 		{"", []string{"lease", "grant", "60"}, "granted with TTL(60s)"},
 		{"", []string{"member", "list"}, "started"},
+		// Every member's client URL is the socket, so --cluster stays on it.
+		{"", []string{"member", "list", "-w", "simple"}, ", unix://" + s + ", "},
 		{"", []string{"endpoint", "status"}, "unix://" + s},
+		{"", []string{"endpoint", "status", "--cluster"}, "unix://" + s},
+		{"", []string{"endpoint", "health"}, "is healthy"},
+		{"", []string{"auth", "status"}, "Authentication Status: false"},
+		{"", []string{"alarm", "list"}, ""},
 		{"", []string{"lock", "app/l", "echo", "held"}, "held"},
 		{"", []string{"defrag"}, "PermissionDenied"},
 		{"", []string{"member", "add", "x", "--peer-urls", "http://127.0.0.1:1"}, "PermissionDenied"},
-		{"", []string{"auth", "status"}, "PermissionDenied"},
 		{"", []string{"compaction", "1"}, "PermissionDenied"},
+		{"", []string{"defrag", "--cluster"}, "PermissionDenied"},
 	}
 	for _, st := range steps {
 		code, out := ctl(t, s, st.stdin, st.args...)

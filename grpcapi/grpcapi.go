@@ -24,9 +24,11 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
 	"google.golang.org/grpc"
@@ -64,6 +66,9 @@ type Server struct {
 	opts  Options
 
 	leases leaseOwners
+	// self is the socket's address as a client URL (unix:///path), set by
+	// Serve before it serves.
+	self atomic.Pointer[string]
 }
 
 // New builds the server.
@@ -96,6 +101,8 @@ var allowed = map[string]bool{
 	"/etcdserverpb.Lease/LeaseLeases":     true,
 	"/etcdserverpb.Cluster/MemberList":    true,
 	"/etcdserverpb.Maintenance/Status":    true,
+	"/etcdserverpb.Maintenance/Alarm":     true, // listing only (services.go)
+	"/etcdserverpb.Auth/AuthStatus":       true,
 	"/v3lockpb.Lock/Lock":                 true,
 	"/v3lockpb.Lock/Unlock":               true,
 	"/v3electionpb.Election/Campaign":     true,
@@ -108,6 +115,8 @@ var allowed = map[string]bool{
 // Serve serves on ln until ctx ends, then stops gracefully within the
 // shutdown budget. It closes ln.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	self := "unix://" + ln.Addr().String()
+	s.self.Store(&self)
 	gs := grpc.NewServer(
 		grpc.Creds(peerCreds{}),
 		grpc.UnaryInterceptor(s.unaryGate),
@@ -121,6 +130,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	pb.RegisterLeaseServer(gs, &leaseServer{s: s})
 	pb.RegisterClusterServer(gs, &clusterServer{s: s})
 	pb.RegisterMaintenanceServer(gs, &maintenanceServer{s: s})
+	pb.RegisterAuthServer(gs, &authServer{s: s})
 	v3lockpb.RegisterLockServer(gs, &lockServer{s: s})
 	v3electionpb.RegisterElectionServer(gs, &electionServer{s: s})
 
@@ -142,10 +152,18 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return nil
 }
 
+// selfURL is the socket's client URL (MemberList).
+func (s *Server) selfURL() string {
+	if u := s.self.Load(); u != nil {
+		return *u
+	}
+	return ""
+}
+
 // admit admits a call: a served method, from a peer the sockets admit.
 func (s *Server) admit(ctx context.Context, method string) error {
 	if !allowed[method] {
-		return status.Errorf(codes.PermissionDenied, "endpointd: %s is not served on the agent's socket (only KV, Watch, Lease, Lock, Election, Cluster.MemberList and Maintenance.Status)", method)
+		return status.Errorf(codes.PermissionDenied, "endpointd: %s is not served on the agent's socket (only KV, Watch, Lease, Lock, Election, Cluster.MemberList, Maintenance.Status, listing alarms and Auth.AuthStatus)", method)
 	}
 	p, err := peerOf(ctx)
 	if err != nil {
@@ -318,8 +336,21 @@ func (s *Server) checkLease(ctx context.Context, id int64) error {
 	if err != nil {
 		return err
 	}
-	if !p.Known || !s.leases.owns(id, p.UID) {
-		return status.Errorf(codes.PermissionDenied, "endpointd: %s may not use lease %x: it was not granted through this agent by that uid", p, id)
+	if p.Known && s.leases.owns(id, p.UID) {
+		return nil
 	}
-	return nil
+	if !s.leaseExists(ctx, id) {
+		return rpctypes.ErrGRPCLeaseNotFound // as etcd answers a lease it does not have
+	}
+	return status.Errorf(codes.PermissionDenied, "endpointd: %s may not use lease %x: it was not granted through this agent by that uid", p, id)
+}
+
+// leaseExists asks etcd whether lease id exists — on a refusal's path only,
+// so that a lease nobody has is "not found", as etcd says, and only someone
+// else's is refused. An unanswered question counts as existing.
+func (s *Server) leaseExists(ctx context.Context, id int64) bool {
+	resp, err := forward(ctx, s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.LeaseTimeToLiveResponse, error) {
+		return pb.NewLeaseClient(conn).LeaseTimeToLive(uctx, &pb.LeaseTimeToLiveRequest{ID: id}, callOpts...)
+	})
+	return err != nil || resp.TTL != -1
 }

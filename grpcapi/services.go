@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
 	"google.golang.org/grpc"
@@ -31,7 +33,7 @@ func (k *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResp
 		return resp, nil
 	}
 	return forward(ctx, k.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.RangeResponse, error) {
-		return pb.NewKVClient(conn).Range(uctx, r)
+		return pb.NewKVClient(conn).Range(uctx, r, callOpts...)
 	})
 }
 
@@ -91,7 +93,7 @@ func (k *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, 
 		return nil, err
 	}
 	resp, err := forward(ctx, k.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.PutResponse, error) {
-		return pb.NewKVClient(conn).Put(uctx, r)
+		return pb.NewKVClient(conn).Put(uctx, r, callOpts...)
 	})
 	if err == nil {
 		k.s.wrote(r.Key, resp.Header)
@@ -104,7 +106,7 @@ func (k *kvServer) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*
 		return nil, err
 	}
 	resp, err := forward(ctx, k.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.DeleteRangeResponse, error) {
-		return pb.NewKVClient(conn).DeleteRange(uctx, r)
+		return pb.NewKVClient(conn).DeleteRange(uctx, r, callOpts...)
 	})
 	if err == nil {
 		k.s.wrote(r.Key, resp.Header)
@@ -117,7 +119,7 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 		return nil, err
 	}
 	resp, err := forward(ctx, k.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.TxnResponse, error) {
-		return pb.NewKVClient(conn).Txn(uctx, r)
+		return pb.NewKVClient(conn).Txn(uctx, r, callOpts...)
 	})
 	if err == nil {
 		k.s.wroteTxn(r, resp.Header)
@@ -141,6 +143,11 @@ func (s *Server) wroteTxn(r *pb.TxnRequest, h *pb.ResponseHeader) {
 		}
 	}
 }
+
+// callOpts are every forwarded call's: no limit on the answer's size, as
+// clientv3 sets none (gRPC's default would refuse an answer over 4 MiB that
+// the members send a direct client whole).
+var callOpts = []grpc.CallOption{grpc.MaxCallRecvMsgSize(math.MaxInt32)}
 
 // forward sends a checked request to the cluster on the live connection
 // and returns etcd's answer as it is.
@@ -224,7 +231,7 @@ func (l *leaseServer) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (
 		return nil, err
 	}
 	resp, err := forward(ctx, l.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.LeaseGrantResponse, error) {
-		return pb.NewLeaseClient(conn).LeaseGrant(uctx, r)
+		return pb.NewLeaseClient(conn).LeaseGrant(uctx, r, callOpts...)
 	})
 	if err == nil && resp.Error == "" {
 		l.s.leases.set(resp.ID, p.UID)
@@ -237,7 +244,7 @@ func (l *leaseServer) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest)
 		return nil, err
 	}
 	resp, err := forward(ctx, l.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.LeaseRevokeResponse, error) {
-		return pb.NewLeaseClient(conn).LeaseRevoke(uctx, r)
+		return pb.NewLeaseClient(conn).LeaseRevoke(uctx, r, callOpts...)
 	})
 	if err == nil {
 		l.s.leases.forget(r.ID)
@@ -246,17 +253,32 @@ func (l *leaseServer) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest)
 }
 
 func (l *leaseServer) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
-	if err := l.s.checkLease(ctx, r.ID); err != nil {
+	p, err := peerOf(ctx)
+	if err != nil {
 		return nil, err
 	}
-	if r.Keys {
-		// The keys attached are the owner's; it may not read all of them
-		// any more, so they are not listed through the agent.
-		r.Keys = false
+	if err := l.s.checkLease(ctx, r.ID); errors.Is(err, rpctypes.ErrGRPCLeaseNotFound) {
+		// etcd answers a lease it does not have with TTL -1, not an error.
+		return &pb.LeaseTimeToLiveResponse{Header: &pb.ResponseHeader{}, ID: r.ID, TTL: -1}, nil
+	} else if err != nil {
+		return nil, err
 	}
-	return forward(ctx, l.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.LeaseTimeToLiveResponse, error) {
-		return pb.NewLeaseClient(conn).LeaseTimeToLive(uctx, r)
+	resp, err := forward(ctx, l.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.LeaseTimeToLiveResponse, error) {
+		return pb.NewLeaseClient(conn).LeaseTimeToLive(uctx, r, callOpts...)
 	})
+	if err != nil || !r.Keys {
+		return resp, err
+	}
+	// The keys attached are the lease owner's; the rules may since have
+	// taken some of them from it: it is shown those it may read.
+	keys := resp.Keys[:0]
+	for _, k := range resp.Keys {
+		if l.s.gate.Allows(p, access.Read, string(k), "") {
+			keys = append(keys, k)
+		}
+	}
+	resp.Keys = keys
+	return resp, nil
 }
 
 func (l *leaseServer) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
@@ -265,7 +287,7 @@ func (l *leaseServer) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest)
 		return nil, err
 	}
 	resp, err := forward(ctx, l.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.LeaseLeasesResponse, error) {
-		return pb.NewLeaseClient(conn).LeaseLeases(uctx, r)
+		return pb.NewLeaseClient(conn).LeaseLeases(uctx, r, callOpts...)
 	})
 	if err != nil {
 		return nil, err
@@ -280,7 +302,10 @@ func (l *leaseServer) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest)
 	return resp, nil
 }
 
-// LeaseKeepAlive passes a stream of keepalives through, each checked.
+// LeaseKeepAlive passes a stream of keepalives through, each checked. A
+// keepalive the peer may not send — a lease it did not grant through the
+// agent, or one that is gone — is answered TTL 0, as etcd answers a lease it
+// does not have; the stream, which carries the peer's other leases, goes on.
 func (l *leaseServer) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
@@ -288,11 +313,35 @@ func (l *leaseServer) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error
 	if err != nil {
 		return err
 	}
-	up, err := pb.NewLeaseClient(conn).LeaseKeepAlive(uctx)
+	up, err := pb.NewLeaseClient(conn).LeaseKeepAlive(uctx, callOpts...)
 	if err != nil {
 		return err
 	}
-	errc := make(chan error, 2)
+	// One sender on the client's stream: the upstream's answers and the
+	// refusals both go through answers.
+	answers := make(chan *pb.LeaseKeepAliveResponse)
+	errc := make(chan error, 3)
+	go func() { // the client's only sender
+		for {
+			select {
+			case resp := <-answers:
+				if err := stream.Send(resp); err != nil {
+					errc <- err
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	answer := func(resp *pb.LeaseKeepAliveResponse) bool {
+		select {
+		case answers <- resp:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
 	go func() { // upstream answers → client
 		for {
 			resp, err := up.Recv()
@@ -300,8 +349,7 @@ func (l *leaseServer) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error
 				errc <- err
 				return
 			}
-			if err := stream.Send(resp); err != nil {
-				errc <- err
+			if !answer(resp) {
 				return
 			}
 		}
@@ -314,6 +362,12 @@ func (l *leaseServer) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error
 				return
 			}
 			if err := l.s.checkLease(ctx, req.ID); err != nil {
+				if status.Code(err) == codes.PermissionDenied || errors.Is(err, rpctypes.ErrGRPCLeaseNotFound) {
+					if !answer(&pb.LeaseKeepAliveResponse{Header: &pb.ResponseHeader{}, ID: req.ID, TTL: 0}) {
+						return
+					}
+					continue
+				}
 				errc <- err
 				return
 			}
@@ -336,10 +390,24 @@ type clusterServer struct {
 	s *Server
 }
 
+// MemberList answers with the socket as every member's client URL, as
+// grpc-proxy answers with its own address: a client that syncs its
+// endpoints from the member list (clientv3's AutoSyncInterval, etcdctl's
+// --cluster) stays on the socket, under its rules, instead of leaving for
+// the members.
 func (c *clusterServer) MemberList(ctx context.Context, r *pb.MemberListRequest) (*pb.MemberListResponse, error) {
-	return forward(ctx, c.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.MemberListResponse, error) {
-		return pb.NewClusterClient(conn).MemberList(uctx, r)
+	resp, err := forward(ctx, c.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.MemberListResponse, error) {
+		return pb.NewClusterClient(conn).MemberList(uctx, r, callOpts...)
 	})
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range resp.Members {
+		if len(m.ClientURLs) > 0 { // a learner not started yet has none
+			m.ClientURLs = []string{c.s.selfURL()}
+		}
+	}
+	return resp, nil
 }
 
 // Maintenance: Status only.
@@ -348,9 +416,33 @@ type maintenanceServer struct {
 	s *Server
 }
 
+// Alarm lists alarms (etcdctl endpoint health asks); raising or clearing
+// one changes the cluster, and is refused.
+func (m *maintenanceServer) Alarm(ctx context.Context, r *pb.AlarmRequest) (*pb.AlarmResponse, error) {
+	if r.Action != pb.AlarmRequest_GET {
+		return nil, status.Error(codes.PermissionDenied, "endpointd: only listing alarms is served on the agent's socket")
+	}
+	return forward(ctx, m.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.AlarmResponse, error) {
+		return pb.NewMaintenanceClient(conn).Alarm(uctx, r, callOpts...)
+	})
+}
+
+// Auth: AuthStatus only (whether etcd's own auth is on), which changes and
+// exposes nothing; the agent talks to etcd with its own identity.
+type authServer struct {
+	pb.UnimplementedAuthServer
+	s *Server
+}
+
+func (a *authServer) AuthStatus(ctx context.Context, r *pb.AuthStatusRequest) (*pb.AuthStatusResponse, error) {
+	return forward(ctx, a.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.AuthStatusResponse, error) {
+		return pb.NewAuthClient(conn).AuthStatus(uctx, r, callOpts...)
+	})
+}
+
 func (m *maintenanceServer) Status(ctx context.Context, r *pb.StatusRequest) (*pb.StatusResponse, error) {
 	return forward(ctx, m.s, func(conn *grpc.ClientConn, uctx context.Context) (*pb.StatusResponse, error) {
-		return pb.NewMaintenanceClient(conn).Status(uctx, r)
+		return pb.NewMaintenanceClient(conn).Status(uctx, r, callOpts...)
 	})
 }
 
@@ -368,7 +460,7 @@ func (l *lockServer) Lock(ctx context.Context, r *v3lockpb.LockRequest) (*v3lock
 		return nil, err
 	}
 	return forward(ctx, l.s, func(conn *grpc.ClientConn, uctx context.Context) (*v3lockpb.LockResponse, error) {
-		return v3lockpb.NewLockClient(conn).Lock(uctx, r)
+		return v3lockpb.NewLockClient(conn).Lock(uctx, r, callOpts...)
 	})
 }
 
@@ -377,7 +469,7 @@ func (l *lockServer) Unlock(ctx context.Context, r *v3lockpb.UnlockRequest) (*v3
 		return nil, err
 	}
 	return forward(ctx, l.s, func(conn *grpc.ClientConn, uctx context.Context) (*v3lockpb.UnlockResponse, error) {
-		return v3lockpb.NewLockClient(conn).Unlock(uctx, r)
+		return v3lockpb.NewLockClient(conn).Unlock(uctx, r, callOpts...)
 	})
 }
 
@@ -402,7 +494,7 @@ func (e *electionServer) Campaign(ctx context.Context, r *v3electionpb.CampaignR
 		return nil, err
 	}
 	return forward(ctx, e.s, func(conn *grpc.ClientConn, uctx context.Context) (*v3electionpb.CampaignResponse, error) {
-		return v3electionpb.NewElectionClient(conn).Campaign(uctx, r)
+		return v3electionpb.NewElectionClient(conn).Campaign(uctx, r, callOpts...)
 	})
 }
 
@@ -411,7 +503,7 @@ func (e *electionServer) Proclaim(ctx context.Context, r *v3electionpb.ProclaimR
 		return nil, err
 	}
 	return forward(ctx, e.s, func(conn *grpc.ClientConn, uctx context.Context) (*v3electionpb.ProclaimResponse, error) {
-		return v3electionpb.NewElectionClient(conn).Proclaim(uctx, r)
+		return v3electionpb.NewElectionClient(conn).Proclaim(uctx, r, callOpts...)
 	})
 }
 
@@ -420,7 +512,7 @@ func (e *electionServer) Resign(ctx context.Context, r *v3electionpb.ResignReque
 		return nil, err
 	}
 	return forward(ctx, e.s, func(conn *grpc.ClientConn, uctx context.Context) (*v3electionpb.ResignResponse, error) {
-		return v3electionpb.NewElectionClient(conn).Resign(uctx, r)
+		return v3electionpb.NewElectionClient(conn).Resign(uctx, r, callOpts...)
 	})
 }
 
@@ -430,7 +522,7 @@ func (e *electionServer) Leader(ctx context.Context, r *v3electionpb.LeaderReque
 		return nil, err
 	}
 	return forward(ctx, e.s, func(conn *grpc.ClientConn, uctx context.Context) (*v3electionpb.LeaderResponse, error) {
-		return v3electionpb.NewElectionClient(conn).Leader(uctx, r)
+		return v3electionpb.NewElectionClient(conn).Leader(uctx, r, callOpts...)
 	})
 }
 
@@ -444,7 +536,7 @@ func (e *electionServer) Observe(r *v3electionpb.LeaderRequest, stream v3electio
 	if err != nil {
 		return err
 	}
-	up, err := v3electionpb.NewElectionClient(conn).Observe(uctx, r)
+	up, err := v3electionpb.NewElectionClient(conn).Observe(uctx, r, callOpts...)
 	if err != nil {
 		return err
 	}

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"io"
+	"slices"
 	"sync"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"udp_iaasd/access"
@@ -40,6 +43,12 @@ type watchStream struct {
 	ctx    context.Context
 	out    chan *pb.WatchResponse // to the sender; never closed
 
+	// requireLeader: the client asked for etcd's "require leader"
+	// (clientv3.WithRequireLeader): a lost leader ends the whole stream
+	// with "no leader", as etcd ends it; failed carries that error.
+	requireLeader bool
+	failed        chan error
+
 	mu      sync.Mutex // guards watches and nextID
 	watches map[int64]context.CancelFunc
 	nextID  int64
@@ -49,12 +58,17 @@ func (w *watchServer) Watch(stream pb.Watch_WatchServer) error {
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
 	ws := &watchStream{s: w.s, stream: stream, ctx: ctx, out: make(chan *pb.WatchResponse, 64),
-		watches: map[int64]context.CancelFunc{}}
+		watches: map[int64]context.CancelFunc{}, failed: make(chan error, 1)}
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		ws.requireLeader = slices.Contains(md.Get(rpctypes.MetadataRequireLeaderKey), rpctypes.MetadataHasLeader)
+	}
 	senderr := make(chan error, 1)
 	go func() { senderr <- ws.send() }()
 	recverr := make(chan error, 1)
 	go func() { recverr <- ws.recv() }()
 	select {
+	case err := <-ws.failed:
+		return err
 	case err := <-senderr:
 		return err
 	case err := <-recverr:
@@ -164,7 +178,7 @@ func (ws *watchStream) cancel(id int64, reason string) {
 // the rules stop allowing it.
 func (ws *watchStream) run(ctx context.Context, id int64, cr *pb.WatchCreateRequest, pm *access.Permit) {
 	key, end := string(cr.Key), string(cr.RangeEnd)
-	o := etcd.FollowOptions{PrevKV: cr.PrevKv}
+	o := etcd.FollowOptions{PrevKV: cr.PrevKv, RequireLeader: ws.requireLeader}
 	if end != "" && end == access.PrefixEnd(key) {
 		o.Prefix = true // a shared watch can take it
 	} else {
@@ -212,6 +226,13 @@ func (ws *watchStream) run(ctx context.Context, id int64, cr *pb.WatchCreateRequ
 			}
 		case wr, ok := <-in:
 			if !ok {
+				return
+			}
+			if wr.Err != nil { // the leader is lost (RequireLeader)
+				select {
+				case ws.failed <- rpctypes.ErrGRPCNoLeader:
+				default:
+				}
 				return
 			}
 			if wr.CompactRevision != 0 {

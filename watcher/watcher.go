@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -87,6 +88,13 @@ type state struct {
 	lastKey string            // outcome of the last reported read
 	events  <-chan fsnotify.Event
 	errs    <-chan error
+	// names are the entries of dir whose events can change what the path
+	// reads: the file's own name and, when it is a symlink into dir (a
+	// Kubernetes ConfigMap: endpoints.yaml -> ..data/endpoints.yaml), the
+	// first entry of its target (..data, which the swap renames over).
+	// Events for other files in dir — logs, sibling configs — never delay
+	// a read.
+	names map[string]bool
 }
 
 // Run watches until ctx ends. It reads the file once at start and reports
@@ -152,6 +160,8 @@ func (w *Watcher) Run(ctx context.Context) error {
 				// with it). Re-arm on the path until it is back.
 				s.log.Warn("watched directory removed; waiting for it to return", "dir", s.dir)
 				s.disarm()
+			} else if !s.names[filepath.Base(ev.Name)] {
+				continue // another file in the directory
 			}
 			quiet.Reset(debounce)
 		case err, ok := <-s.errs:
@@ -189,6 +199,19 @@ func or(d, def time.Duration) time.Duration {
 		return d
 	}
 	return def
+}
+
+// relevantNames is state.names for path, read now (a symlink's target
+// changes with every ConfigMap swap).
+func relevantNames(path string) map[string]bool {
+	names := map[string]bool{filepath.Base(path): true}
+	if target, err := os.Readlink(path); err == nil && !filepath.IsAbs(target) {
+		first, _, _ := strings.Cut(filepath.Clean(target), string(filepath.Separator))
+		if first != ".." && first != "." {
+			names[first] = true
+		}
+	}
+	return names
 }
 
 // arm starts watching the directory; it reports whether it could.
@@ -229,6 +252,7 @@ func (s *state) read(forced bool) {
 	if read == nil {
 		read = os.ReadFile
 	}
+	s.names = relevantNames(s.w.Path)
 	data, err := read(s.w.Path)
 	u := Update{Path: s.w.Path, Forced: forced}
 	var key string

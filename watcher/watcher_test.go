@@ -378,3 +378,49 @@ func TestQueueOverflowRecovers(t *testing.T) {
 		t.Fatalf("the queue never overflowed, so recovery was not exercised; log:\n%s", logBuf.String())
 	}
 }
+
+// Events for other files in the directory — a log appended every 20ms, a
+// sibling config being written — never postpone reading the watched file:
+// a new version is reported while they go on. (Debouncing every event in
+// the directory held the read back until the noise stopped.)
+func TestUnrelatedFilesDoNotDelay(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "endpoints.yaml")
+	if err := os.WriteFile(path, []byte("v1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h := start(t, dir, "endpoints.yaml", func(w *Watcher) {
+		w.Debounce = 200 * time.Millisecond // ten noise writes per quiet period
+		w.ResyncInterval = time.Hour        // only events can report the change
+	})
+	h.expect("v1")
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(stop); wg.Wait() }()
+	wg.Go(func() {
+		f, err := os.OpenFile(filepath.Join(dir, "agent.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer f.Close()
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				f.WriteString("noise\n")
+				os.WriteFile(filepath.Join(dir, "sibling.yaml"), []byte(time.Now().String()), 0o644)
+			}
+		}
+	})
+	if err := os.WriteFile(path+".tmp", []byte("v2"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		t.Fatal(err)
+	}
+	h.expect("v2") // while the noise goes on
+}
