@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -277,4 +279,95 @@ func TestEtcdctlLeaseGrantNeedsWrite(t *testing.T) {
 	if code, out := ctl(t, a.sock, "", "lease", "grant", "60"); code != 0 || !strings.Contains(out, "granted with TTL(60s)") {
 		t.Fatalf("etcdctl lease grant as a writer: %d %s", code, out)
 	}
+}
+
+// etcdctlAt runs etcdctl against endpoint (the socket as unix://PATH, or
+// a member) with a bounded wait, and returns its exit code and output.
+func etcdctlAt(t *testing.T, endpoint string, args ...string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, etcdctl(t), append([]string{"--endpoints", endpoint, "--dial-timeout", "5s", "--command-timeout", "10s"}, args...)...)
+	out, _ := cmd.CombinedOutput()
+	return cmd.ProcessState.ExitCode(), string(out)
+}
+
+// headerFields are the parts of etcdctl's JSON that name who answered
+// (the socket's answers carry the revision only); the rest must agree.
+var headerFields = regexp.MustCompile(`"(cluster_id|member_id|raft_term)":\d+,?`)
+
+// The compatibility suite with etcdctl: the same commands through the
+// socket and directly against a member, outputs compared — JSON with the
+// answering member's identity taken out, text as it is.
+func TestEtcdctlSameAsDirect(t *testing.T) {
+	cl := etcdtest.New(t, 1)
+	a := startAgent(t, cl.Endpoints(), nil)
+	sock, direct := "unix://"+a.sock, cl.Endpoints()[0]
+	if code, out := etcdctlAt(t, sock, "put", "cmp/a", "1"); code != 0 {
+		t.Fatal(out)
+	}
+	etcdctlAt(t, sock, "put", "cmp/b", "2")
+	_, lease := etcdctlAt(t, sock, "lease", "grant", "600")
+	id := strings.Fields(lease)[1] // "lease 694d… granted with TTL(600s)"
+	etcdctlAt(t, sock, "put", "cmp/leased", "3", "--lease", id)
+	_, st := etcdctlAt(t, sock, "endpoint", "status", "-w", "json")
+	rev := regexp.MustCompile(`"revision":(\d+)`).FindStringSubmatch(st)
+	if rev == nil {
+		t.Fatalf("endpoint status: %s", st)
+	}
+	for _, args := range [][]string{
+		{"get", "cmp/", "--prefix", "-w", "json"},
+		{"get", "cmp/", "--prefix", "--keys-only", "--limit", "1", "-w", "json"},
+		{"get", "cmp/a", "--rev", "2", "-w", "json"},
+		{"lease", "timetolive", id, "--keys"},
+		{"lease", "timetolive", "1234567"},
+		{"lease", "revoke", "1234567"},
+		{"txn", "-w", "json"},
+	} {
+		stdin := ""
+		if args[0] == "txn" {
+			stdin = "value(\"cmp/a\") = \"1\"\n\nget cmp/b\n\n\n"
+		}
+		run := func(ep string) string {
+			cmd := exec.Command(etcdctl(t), append([]string{"--endpoints", ep, "--dial-timeout", "5s", "--command-timeout", "10s"}, args...)...)
+			cmd.Stdin = strings.NewReader(stdin)
+			out, _ := cmd.CombinedOutput()
+			var kept []string // without clientv3's own log lines (times, addresses)
+			for l := range strings.SplitSeq(string(out), "\n") {
+				if !strings.HasPrefix(l, `{"level":`) {
+					kept = append(kept, l)
+				}
+			}
+			return headerFields.ReplaceAllString(strings.Join(kept, "\n"), "")
+		}
+		got, want := run(sock), run(direct)
+		// A TTL read a moment apart may differ by a second.
+		ttl := regexp.MustCompile(`remaining\(\d+s\)`)
+		got, want = ttl.ReplaceAllString(got, "remaining(Ns)"), ttl.ReplaceAllString(want, "remaining(Ns)")
+		if got != want {
+			t.Errorf("etcdctl %s\nthrough the socket:\n%s\ndirectly:\n%s", strings.Join(args, " "), got, want)
+		}
+	}
+
+	// A watch from a compacted revision: the same text and exit.
+	if code, out := etcdctlAt(t, sock, "compaction", rev[1]); code == 0 {
+		t.Fatalf("compaction through the socket was served: %s", out)
+	}
+	if _, err := etcdtest.DirectClient(t, cl.Endpoints()).Compact(t.Context(), mustInt(t, rev[1])); err != nil {
+		t.Fatal(err)
+	}
+	codeS, outS := etcdctlAt(t, sock, "watch", "cmp/a", "--rev", "2")
+	codeD, outD := etcdctlAt(t, direct, "watch", "cmp/a", "--rev", "2")
+	if codeS != codeD || outS != outD || !strings.Contains(outS, "compacted") {
+		t.Errorf("watch from a compacted revision: through the socket exit %d %q, directly exit %d %q", codeS, outS, codeD, outD)
+	}
+}
+
+func mustInt(t *testing.T, s string) int64 {
+	t.Helper()
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
