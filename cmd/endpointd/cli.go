@@ -16,7 +16,7 @@ const (
 	exitFailure     = 1 // invalid input (validate), key absent or condition failed (kv), agent failure (run)
 	exitUsage       = 2
 	exitUnavailable = 3  // the agent or etcd is unavailable (kv, status); a hold was lost (lock, elect)
-	exitConfig      = 78 // EX_CONFIG: run could not start for its config
+	exitConfig      = 78 // EX_CONFIG: run could not start for its config; a client command's -config is unusable
 )
 
 // version is set at build time with -ldflags "-X main.version=…".

@@ -130,7 +130,7 @@ func writeMan(w io.Writer) {
 		{"1", "validate: the input is invalid; kv: the key is absent or a condition failed; status: the agent is not ready; lock: -wait ran out"},
 		{"2", "usage, or a request refused as malformed"},
 		{"3", "the agent or etcd is unavailable; lock, elect: the hold was lost"},
-		{"78", "run: config.yaml is invalid (EX_CONFIG; the unit does not restart on it)"},
+		{"78", "run: config.yaml is invalid (EX_CONFIG; the unit does not restart on it); kv, status, lock, elect: the config.yaml that -config names cannot be used"},
 	} {
 		p(`.TP`)
 		p(`.B %s`, e[0])

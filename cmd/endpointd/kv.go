@@ -56,7 +56,10 @@ func cmdKV(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		fmt.Fprintf(stderr, "endpointd kv %s: wrong number of arguments\n%s", sub, kvUsage)
 		return exitUsage
 	}
-	c := client.New(at.socketPath(flags), client.Options{})
+	c, code, ok := at.clientFor(flags, client.Options{}, stderr)
+	if !ok {
+		return code
+	}
 	return run(ctx, c, pos, kvIO{stdin, stdout, stderr})
 }
 
@@ -303,18 +306,37 @@ func defineAgentFlags(fs *flag.FlagSet) *agentFlags {
 
 // socketPath: -socket, else $ENDPOINTD_SOCKET, else socket.path of the
 // config.yaml that -config names (or the default one, when it exists), else
-// the default socket.
-func (a *agentFlags) socketPath(flags *flag.FlagSet) string {
+// the default socket. A -config given on the command line that cannot be
+// used is the error — never a quiet fall back to the default socket; the
+// default config.yaml, unreadable or invalid, is passed over.
+func (a *agentFlags) socketPath(flags *flag.FlagSet) (string, error) {
 	if *a.socket != "" {
-		return *a.socket
+		return *a.socket, nil
 	}
 	if s := os.Getenv("ENDPOINTD_SOCKET"); s != "" {
-		return s
+		return s, nil
 	}
-	if cfg, _, err := loadConfig(flags, *a.config); err == nil {
-		return cfg.Socket.Path
+	cfg, _, err := loadConfig(flags, *a.config)
+	if err == nil {
+		return cfg.Socket.Path, nil
 	}
-	return client.DefaultSocket
+	explicit := false
+	flags.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
+	if explicit {
+		return "", err
+	}
+	return client.DefaultSocket, nil
+}
+
+// clientFor is the client of the agent the flags name; false (and the
+// exit code, the reason on stderr) when -config cannot be used.
+func (a *agentFlags) clientFor(flags *flag.FlagSet, opts client.Options, stderr io.Writer) (*client.Client, int, bool) {
+	sock, err := a.socketPath(flags)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", flags.Name(), err)
+		return nil, exitConfig, false
+	}
+	return client.New(sock, opts), exitOK, true
 }
 
 // parseInterleaved parses flags that may come before or after positional

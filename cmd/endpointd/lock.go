@@ -112,7 +112,12 @@ func parseHold(election bool, args []string, stderr io.Writer) (*holdCommand, in
 		}
 		return nil, exitUsage
 	}
-	hc.socket, hc.observe, hc.ttl, hc.grace, hc.wait = o.agent.socketPath(flags), *o.observe, *o.ttl, *o.grace, -1
+	sock, err := o.agent.socketPath(flags)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", flags.Name(), err)
+		return nil, exitConfig
+	}
+	hc.socket, hc.observe, hc.ttl, hc.grace, hc.wait = sock, *o.observe, *o.ttl, *o.grace, -1
 	if o.wait != nil {
 		hc.wait = *o.wait
 	}

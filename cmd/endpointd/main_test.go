@@ -306,3 +306,28 @@ func TestKVCommands(t *testing.T) {
 		t.Fatalf("kv watch printed:\n%s", wout.String())
 	}
 }
+
+// A client command given -config that cannot be used says the config's own
+// error and exits 78, never falling back to the default socket; without
+// -config, an absent default config.yaml is passed over.
+func TestClientCommandsUseTheirConfig(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "nope.yaml")
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("socket: {path: /x}\nno_such_key: 1\n"), 0o644)
+	t.Setenv("ENDPOINTD_SOCKET", "")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"status", "-config", missing}, missing + ": no such file or directory"},
+		{[]string{"status", "-config", bad}, bad + ":2:1"},
+		{[]string{"kv", "get", "-config", missing, "k"}, missing + ": no such file or directory"},
+		{[]string{"lock", "-config", bad, "n", "--", "true"}, bad + ":2:1"},
+	} {
+		code, _, errOut := invoke(t, "", tc.args...)
+		if code != exitConfig || !strings.Contains(errOut, tc.want) || strings.Contains(errOut, "dial unix") {
+			t.Errorf("endpointd %s: exit %d, stderr %q; want 78 and %q", strings.Join(tc.args, " "), code, errOut, tc.want)
+		}
+	}
+}

@@ -24,7 +24,10 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if code, ok := parseFlags(flags, args, stderr); !ok {
 		return code
 	}
-	c := client.New(at.socketPath(flags), client.Options{RetryMax: -1})
+	c, code, ok := at.clientFor(flags, client.Options{RetryMax: -1}, stderr)
+	if !ok {
+		return code
+	}
 	st, raw, err := c.Status(ctx)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
