@@ -227,17 +227,24 @@ func Parse(file string, data []byte) (*Config, error) {
 	c.file = file
 	c.pos = map[string]*yaml.Node{}
 	d := &decoder{file: file}
-	if root := d.parse(data); root != nil {
-		d.mapping(root, "", c.fields())
-	}
-	if len(d.probs) > 0 {
+	root := d.parse(data)
+	if root == nil { // not YAML: nothing was decoded to check further
 		return nil, d.probs.sorted()
 	}
+	d.mapping(root, "", c.fields())
 	if c.EndpointsFile != "" && !filepath.IsAbs(c.EndpointsFile) {
 		c.EndpointsFile = filepath.Join(filepath.Dir(file), c.EndpointsFile)
 	}
-	if err := c.Validate(); err != nil {
-		return nil, err
+	// The checks run even when some keys could not be decoded (those keep
+	// their defaults), so that one pass reports every problem: fixing three
+	// must not reveal a fourth.
+	probs := d.probs
+	var checked Errors
+	if errors.As(c.Validate(), &checked) {
+		probs = append(probs, checked...)
+	}
+	if len(probs) > 0 {
+		return nil, probs.sorted()
 	}
 	return c, nil
 }

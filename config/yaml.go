@@ -135,10 +135,70 @@ func (d *decoder) syntax(err error, data []byte) {
 	}
 	line, _ := strconv.Atoi(m[1])
 	text := "YAML syntax: " + m[2]
+	col := 0
+	if strings.HasPrefix(m[2], "did not find expected ',' or ") {
+		// yaml.v3 counts this error's line from 0 when it has the flow
+		// collection's start (an unclosed [ on line 3 is "line 2") and
+		// from 1 when it does not: find the opening bracket instead.
+		if l, c, ok := unclosedFlow(data); ok {
+			line, col = l, c
+			text = fmt.Sprintf("YAML syntax: this %c is never closed (%s)", data[lineStart(data, l)+c-1], m[2])
+		}
+	}
 	if lines := bytes.Split(data, []byte("\n")); line >= 1 && line <= len(lines) && bytes.ContainsRune(lines[line-1], '\t') {
 		text += " (a tab: YAML is indented with spaces only)"
 	}
-	d.probs = append(d.probs, &Problem{File: d.file, Line: line, Msg: text})
+	d.probs = append(d.probs, &Problem{File: d.file, Line: line, Col: col, Msg: text})
+}
+
+// unclosedFlow finds the first [ or { of a YAML flow collection that is
+// never closed: its line and column (1-based). Quoted strings and comments
+// are skipped; it is used only to place an error yaml.v3 reports.
+func unclosedFlow(data []byte) (line, col int, ok bool) {
+	type open struct{ line, col int }
+	var stack []open
+	l, c := 1, 0
+	var quote byte
+	comment := false
+	prev := byte('\n')
+	for _, b := range data {
+		c++
+		switch {
+		case b == '\n': // a quoted scalar may span lines: quote stays
+			l, c, comment = l+1, 0, false
+		case comment:
+		case quote != 0:
+			if b == quote {
+				quote = 0
+			}
+		case b == '#' && (prev == ' ' || prev == '\t' || prev == '\n'):
+			comment = true
+		case b == '"' || b == '\'':
+			quote = b
+		case b == '[' || b == '{':
+			stack = append(stack, open{l, c})
+		case (b == ']' || b == '}') && len(stack) > 0:
+			stack = stack[:len(stack)-1]
+		}
+		prev = b
+	}
+	if len(stack) == 0 {
+		return 0, 0, false
+	}
+	return stack[0].line, stack[0].col, true
+}
+
+// lineStart is the offset of line (1-based) in data.
+func lineStart(data []byte, line int) int {
+	off := 0
+	for l := 1; l < line; l++ {
+		i := bytes.IndexByte(data[off:], '\n')
+		if i < 0 {
+			return off
+		}
+		off += i + 1
+	}
+	return off
 }
 
 // sorted returns the problems in file order; problems without a position
