@@ -398,7 +398,7 @@ func (a *Agent) apply(u watcher.Update) {
 	if u.Err != nil {
 		msg := u.Err.Error()
 		if errors.Is(u.Err, fs.ErrNotExist) {
-			msg = cfg.EndpointsFile + ": file is missing; the applied endpoints stay in force"
+			msg = cfg.EndpointsFile + ": file is missing"
 		}
 		a.reject("", msg)
 		return
@@ -419,14 +419,20 @@ func (a *Agent) apply(u watcher.Update) {
 	a.notify("STATUS=" + a.statusLine())
 }
 
-// reject records a file version that was not applied; the applied set stays.
+// reject records a file version that was not applied; the applied set, if
+// any, stays. The log says which: a fresh install has none yet.
 func (a *Agent) reject(sum, msg string) {
 	prev := a.state.Load()
 	next := *prev
 	next.lastError, next.lastErrorAt = msg, time.Now()
 	a.state.Store(&next)
 	a.metrics.reloaded(false, next.lastErrorAt)
-	a.log.Error("endpoints file rejected; keeping the applied endpoints", "sha256", sum, "error", msg)
+	if prev.appliedAt.IsZero() {
+		a.log.Error("endpoints file not applied; no endpoints are applied yet, so requests get 503 until a valid file is written",
+			"sha256", sum, "error", msg)
+	} else {
+		a.log.Error("endpoints file rejected; keeping the applied endpoints", "sha256", sum, "error", msg)
+	}
 	a.notify("STATUS=" + a.statusLine())
 }
 

@@ -474,3 +474,29 @@ func TestEtcdConfigFiles(t *testing.T) {
 		t.Fatalf("bad password and CA files: %v", err)
 	}
 }
+
+// A fresh install, before config management writes the endpoints file,
+// says that nothing is applied yet — not that "the applied endpoints stay
+// in force" — in the log and on /readyz; once a set was applied, a missing
+// file keeps it.
+func TestFreshInstallSaysNothingIsApplied(t *testing.T) {
+	cluster := etcdtest.New(t, 3)
+	h := agenttest.Start(t, agenttest.Options{})
+	h.Eventually("the missing file logged", func() bool {
+		return strings.Contains(h.Logs.String(), "no endpoints are applied yet")
+	})
+	code, body := h.Get("/readyz")
+	if code != 503 || !strings.Contains(body, "no valid endpoint set applied yet") || !strings.Contains(body, "file is missing") ||
+		strings.Contains(body, "stay in force") {
+		t.Fatalf("/readyz before any file: %d %s", code, body)
+	}
+	if strings.Contains(h.Logs.String(), "keeping the applied endpoints") {
+		t.Fatalf("a fresh install claims applied endpoints:\n%s", h.Logs.String())
+	}
+	agenttest.WriteEndpoints(t, h.EpsPath, cluster.Endpoints()...)
+	h.Eventually("applied", func() bool { return h.Status().Ready })
+	os.Remove(h.EpsPath)
+	h.Eventually("the removal logged as keeping the set", func() bool {
+		return strings.Contains(h.Logs.String(), "keeping the applied endpoints")
+	})
+}

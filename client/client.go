@@ -22,6 +22,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -52,6 +53,7 @@ type Options struct {
 
 // Client talks to one agent socket. It is safe for concurrent use.
 type Client struct {
+	socket   string
 	hc       *retryablehttp.Client
 	stream   *http.Client // watches, locks, elections: no overall timeout
 	policy   backoff.Policy
@@ -81,7 +83,7 @@ func New(socket string, opts Options) *Client {
 	hc.HTTPClient = &http.Client{Transport: tr, Timeout: opts.Timeout}
 	hc.RetryMax = opts.RetryMax
 	hc.CheckRetry = checkRetry
-	c := &Client{hc: hc, stream: &http.Client{Transport: tr}, policy: opts.Backoff, retryMax: opts.RetryMax}
+	c := &Client{socket: socket, hc: hc, stream: &http.Client{Transport: tr}, policy: opts.Backoff, retryMax: opts.RetryMax}
 	hc.Backoff = func(_, _ time.Duration, attempt int, resp *http.Response) time.Duration {
 		return c.retryDelay(attempt, resp)
 	}
@@ -190,7 +192,7 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return nil, unreachable(err)
+		return nil, c.unreachable(err)
 	}
 	if resp.StatusCode >= 300 {
 		defer resp.Body.Close()
@@ -201,12 +203,34 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 
 // unreachable wraps a transport error so errors.Is(err, ErrUnavailable) holds
 // for a missing or dead agent.
-func unreachable(err error) error {
+func (c *Client) unreachable(err error) error {
 	if notSent(err) {
-		return fmt.Errorf("%w: agent not reachable: %w", ErrUnavailable, err)
+		return &UnreachableError{Socket: c.socket, Err: err}
 	}
 	return fmt.Errorf("client: %w", err)
 }
+
+// UnreachableError: a request never reached the agent — no socket at the
+// path, or nothing listening on it. It is ErrUnavailable (safe to retry).
+type UnreachableError struct {
+	Socket string
+	Err    error
+}
+
+func (e *UnreachableError) Error() string {
+	// The cause without the internal URL and the path again: "connect: no
+	// such file or directory".
+	cause := e.Err
+	var se *os.SyscallError
+	if errors.As(cause, &se) {
+		cause = se
+	}
+	return fmt.Sprintf("client: the agent is not reachable at %s: %v", e.Socket, cause)
+}
+
+func (e *UnreachableError) Is(target error) bool { return target == ErrUnavailable }
+
+func (e *UnreachableError) Unwrap() error { return e.Err }
 
 // encodeQuery writes flags bare (?prefix) as API.md shows them.
 func encodeQuery(q url.Values) string {

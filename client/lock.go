@@ -138,7 +138,7 @@ func (c *Client) hold(ctx context.Context, path, name string, body []byte, want 
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, unreachable(err)
+		return nil, c.unreachable(err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
@@ -260,7 +260,7 @@ func (c *Client) Observe(ctx context.Context, name string) iter.Seq2[Leader, err
 		resp, err := c.stream.Do(req)
 		if err != nil {
 			if ctx.Err() == nil {
-				yield(Leader{}, unreachable(err))
+				yield(Leader{}, c.unreachable(err))
 			}
 			return
 		}

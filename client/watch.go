@@ -96,7 +96,7 @@ func (c *Client) openWatch(ctx context.Context, key string, o reqOpts) (*http.Re
 	}
 	resp, err := c.stream.Do(req)
 	if err != nil {
-		return nil, unreachable(err)
+		return nil, c.unreachable(err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()

@@ -279,7 +279,7 @@ func countTrue(bs ...bool) int {
 
 // kvFail prints err and maps it to the kv exit codes.
 func kvFail(stderr io.Writer, err error) int {
-	fmt.Fprintln(stderr, err)
+	printErr(stderr, err)
 	switch {
 	case errors.Is(err, client.ErrNotFound), errors.Is(err, client.ErrPreconditionFailed):
 		return exitFailure
@@ -289,6 +289,16 @@ func kvFail(stderr io.Writer, err error) int {
 		return exitUsage
 	}
 	return exitFailure
+}
+
+// printErr prints a client command's error, with what to try when the
+// agent could not be reached at all.
+func printErr(stderr io.Writer, err error) {
+	fmt.Fprintln(stderr, err)
+	var ue *client.UnreachableError
+	if errors.As(err, &ue) {
+		fmt.Fprintln(stderr, "is endpointd running there? -socket PATH, $ENDPOINTD_SOCKET or -config name another socket")
+	}
 }
 
 // agentFlags are the flags of every command that talks to the agent: where

@@ -331,3 +331,18 @@ func TestClientCommandsUseTheirConfig(t *testing.T) {
 		}
 	}
 }
+
+// An agent that is not there is named by its socket, without the client's
+// internal URL, with what to try.
+func TestUnreachableAgentMessage(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	t.Setenv("ENDPOINTD_SOCKET", sock)
+	for _, args := range [][]string{{"status"}, {"kv", "get", "k"}} {
+		code, _, errOut := invoke(t, "", args...)
+		want := "client: the agent is not reachable at " + sock + ": connect: no such file or directory\n" +
+			"is endpointd running there? -socket PATH, $ENDPOINTD_SOCKET or -config name another socket\n"
+		if code != exitUnavailable || errOut != want {
+			t.Errorf("endpointd %s: exit %d, stderr %q; want 3 and %q", strings.Join(args, " "), code, errOut, want)
+		}
+	}
+}
