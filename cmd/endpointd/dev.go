@@ -29,6 +29,10 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if code, ok := parseFlags(flags, args, stderr); !ok {
 		return code
 	}
+	if *members < 1 {
+		fmt.Fprintf(stderr, "endpointd dev: -members must be at least 1, got %d\n", *members)
+		return exitUsage
+	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -88,8 +92,8 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // and endpoints file into dir, and loads the config back.
 func writeDevConfig(dir string, eps []string, minSize int) (string, *config.Config, error) {
 	cfgPath := filepath.Join(dir, "config.yaml")
-	cfgYAML := fmt.Sprintf("# endpointd dev: a config for the demo\nendpoints_file: endpoints.yaml\nmin_cluster_size: %d\nsocket:\n  path: %s\n",
-		minSize, filepath.Join(dir, "endpointd.sock"))
+	cfgYAML := fmt.Sprintf("# endpointd dev: a config for the demo\nendpoints_file: endpoints.yaml\nmin_cluster_size: %d\nsocket:\n  path: %s\n  grpc_path: %s\n",
+		minSize, filepath.Join(dir, "endpointd.sock"), filepath.Join(dir, "etcd.sock"))
 	if err := os.WriteFile(cfgPath, []byte(cfgYAML), 0o644); err != nil {
 		return "", nil, err
 	}
@@ -103,8 +107,8 @@ func writeDevConfig(dir string, eps []string, minSize int) (string, *config.Conf
 
 // printDevHelp prints the lines to try against the running demo.
 func printDevHelp(stdout io.Writer, cfg *config.Config, eps []string, dir, cfgPath string) {
-	sock, file := cfg.Socket.Path, cfg.EndpointsFile
-	fmt.Fprintf(stdout, `
+	sock, file, self := cfg.Socket.Path, cfg.EndpointsFile, selfCommand()
+	fmt.Fprintf(stdout, strings.ReplaceAll(`
 endpointd is serving on %[1]s, in front of etcd at %[3]s.
 
 Try it (in another terminal):
@@ -116,18 +120,31 @@ Try it (in another terminal):
   curl --unix-socket %[1]s http://localhost/v1/status
 
   export ENDPOINTD_SOCKET=%[1]s
-  go run ./cmd/endpointd kv put greeting hello
-  go run ./cmd/endpointd kv get greeting
-  go run ./cmd/endpointd kv watch greeting
-  go run ./cmd/endpointd status
+  SELF kv put greeting hello
+  SELF kv get greeting
+  SELF kv watch greeting
+  SELF status
+
+  etcd's own clients on the gRPC socket (etcdctl: go run go.etcd.io/etcd/etcdctl/v3@v3.7.3):
+  etcdctl --endpoints unix://%[7]s get hello
 
 Hot reload: edit %[2]s (min_cluster_size is %[4]d).
   Drop a member and watch the log apply it; leave fewer than %[4]d, or write
   a bad entry, and the log says why it was rejected while the last good set
   stays in force.
-  go run ./cmd/endpointd validate -config %[6]s
+  SELF validate -config %[6]s
 
 Ctrl-C stops everything and removes %[5]s.
-`, sock, file, strings.Join(eps, ", "), cfg.MinClusterSize, dir, cfgPath)
+`, "SELF", self), sock, file, strings.Join(eps, ", "), cfg.MinClusterSize, dir, cfgPath, cfg.Socket.GRPCPath)
 
+}
+
+// selfCommand is how to run this endpointd again: "go run ./cmd/endpointd"
+// when it was started that way (its binary is in go's build cache), else
+// the path it was started by.
+func selfCommand() string {
+	if strings.Contains(os.Args[0], "go-build") {
+		return "go run ./cmd/endpointd"
+	}
+	return os.Args[0]
 }

@@ -26,11 +26,19 @@ func TestDev(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	var sock string
+	var sock, grpcSock string
 	for l := range strings.SplitSeq(out.String(), "\n") {
 		if f := strings.Fields(l); len(f) == 2 && f[0] == "export" {
 			sock = strings.TrimPrefix(f[1], "ENDPOINTD_SOCKET=")
 		}
+		if f := strings.Fields(l); len(f) >= 3 && f[0] == "etcdctl" {
+			grpcSock = strings.TrimPrefix(f[2], "unix://")
+		}
+	}
+	// The README's etcdctl lines work from the quick start: dev serves the
+	// gRPC socket too.
+	if fi, err := os.Stat(grpcSock); grpcSock == "" || err != nil || fi.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("dev printed no gRPC socket that exists (%q, %v):\n%s", grpcSock, err, out.String())
 	}
 	if code, _, stderr := invoke(t, "", "kv", "put", "-socket", sock, "hello", "world"); code != 0 {
 		t.Fatalf("kv put against dev: %d %s", code, stderr)
@@ -44,5 +52,13 @@ func TestDev(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Dir(sock)); !os.IsNotExist(err) {
 		t.Fatalf("dev left %s behind", filepath.Dir(sock))
+	}
+}
+
+// A demo of no members is a usage error, said as one.
+func TestDevNeedsAMember(t *testing.T) {
+	code, _, stderr := invoke(t, "", "dev", "-members", "0")
+	if code != exitUsage || !strings.Contains(stderr, "-members must be at least 1") {
+		t.Fatalf("dev -members 0: exit %d, %q", code, stderr)
 	}
 }

@@ -136,12 +136,13 @@ func writeMan(w io.Writer) {
 		p(`.B %s`, e[0])
 		p(`%s`, roff(e[1]))
 	}
+	p(`.PP`) // a paragraph of its own, not the last entry's description
 	p(`lock and elect exit with CMD's status (128+N when signal N ended it).`)
 	p(`.SH EXAMPLES`)
 	for _, e := range []string{
 		"endpointd validate -config /etc/endpointd/config.yaml",
-		"endpointd kv put /app/config '{\"debug\":true}' -if-absent",
-		"endpointd kv watch /app/ -prefix",
+		"endpointd kv put app/config '{\"debug\":true}' -if-absent",
+		"endpointd kv watch app/ -prefix",
 		"endpointd lock -wait 30s nightly-backup -- /usr/local/bin/backup.sh",
 		"curl --unix-socket /run/endpointd/endpointd.sock http://localhost/v1/status",
 	} {

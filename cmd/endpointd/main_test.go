@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"udp_iaasd/api"
+	"udp_iaasd/client"
 	"udp_iaasd/config"
 	"udp_iaasd/internal/etcdtest"
 	"udp_iaasd/internal/syncbuf"
@@ -344,5 +346,27 @@ func TestUnreachableAgentMessage(t *testing.T) {
 		if code != exitUnavailable || errOut != want {
 			t.Errorf("endpointd %s: exit %d, stderr %q; want 3 and %q", strings.Join(args, " "), code, errOut, want)
 		}
+	}
+}
+
+// status for a person: counts in words that agree with them, a leader
+// outside the endpoint list named as such, no latency for a member that
+// did not answer.
+func TestPrintStatus(t *testing.T) {
+	var b bytes.Buffer
+	printStatus(&b, &client.Status{Version: "v1", Ready: true,
+		Config: api.ConfigStatus{EndpointsFile: "/e.yaml", AppliedAt: "2026-12-04T00:00:00Z", SHA256: "abc", Reloads: 1},
+		Etcd: api.EtcdStatus{Connected: true, ClusterID: "c1", Leader: "8e9e05c52164694d", Reconnects: 1,
+			Members: []api.MemberStatus{{Endpoint: "http://a:2379", Healthy: true, LatencyMS: 1.5},
+				{Endpoint: "http://b:2379", Error: "no answer"}}}})
+	out := b.String()
+	for _, want := range []string{"(sha256 abc, 1 reload)", "leader member 8e9e05c52164694d (not in the endpoint list), 1 reconnect",
+		"1.5ms", "DOWN    -"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "0.0ms") {
+		t.Errorf("a member that did not answer shows a latency:\n%s", out)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 
 	"udp_iaasd/client"
@@ -44,6 +45,14 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	return exitOK
 }
 
+// plural is "1 reload", "2 reloads".
+func plural(n uint64, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
 func printStatus(w io.Writer, st *client.Status) {
 	state := "ready"
 	if !st.Ready {
@@ -62,24 +71,30 @@ func printStatus(w io.Writer, st *client.Status) {
 		sha = sha[:12]
 	}
 	fmt.Fprintf(tw, "endpoints file\t%s\n", st.Config.EndpointsFile)
-	fmt.Fprintf(tw, "applied\t%s (sha256 %s, %d reloads)\n", dash(st.Config.AppliedAt), dash(sha), st.Config.Reloads)
+	fmt.Fprintf(tw, "applied\t%s (sha256 %s, %s)\n", dash(st.Config.AppliedAt), dash(sha), plural(st.Config.Reloads, "reload"))
 	fmt.Fprintf(tw, "last error\t%s\n", dash(st.Config.LastError))
 	conn := "disconnected"
 	if st.Etcd.Connected {
 		conn = "connected"
 	}
-	fmt.Fprintf(tw, "etcd\t%s, cluster %s, leader %s, %d reconnects\n", conn, dash(st.Etcd.ClusterID), dash(st.Etcd.Leader), st.Etcd.Reconnects)
+	leader := st.Etcd.Leader
+	if leader != "" && !strings.Contains(leader, "://") {
+		// The agent names the leader by its client URL when it is one of
+		// the endpoints, by its member ID when it is not.
+		leader = "member " + leader + " (not in the endpoint list)"
+	}
+	fmt.Fprintf(tw, "etcd\t%s, cluster %s, leader %s, %s\n", conn, dash(st.Etcd.ClusterID), dash(leader), plural(st.Etcd.Reconnects, "reconnect"))
 	tw.Flush()
 	if len(st.Etcd.Members) > 0 {
 		fmt.Fprintln(w)
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "ENDPOINT\tHEALTH\tLATENCY\tERROR")
 		for _, m := range st.Etcd.Members {
-			h := "ok"
+			h, latency := "ok", fmt.Sprintf("%.1fms", m.LatencyMS)
 			if !m.Healthy {
-				h = "DOWN"
+				h, latency = "DOWN", "-" // no answer: no latency to show
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%.1fms\t%s\n", m.Endpoint, h, m.LatencyMS, m.Error)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.Endpoint, h, latency, m.Error)
 		}
 		tw.Flush()
 	}
