@@ -19,6 +19,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,6 +28,7 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"udp_iaasd/access"
 	"udp_iaasd/api"
@@ -210,6 +212,17 @@ func (a *Agent) Run(ctx context.Context) error {
 		ln.Close()
 		return err
 	}
+	var mln net.Listener
+	if cfg.Metrics.Listen != "" {
+		if mln, err = net.Listen("tcp", cfg.Metrics.Listen); err != nil {
+			ln.Close()
+			if gln != nil {
+				gln.Close()
+			}
+			return fmt.Errorf("agent: metrics.listen: %w", err)
+		}
+		a.log.Info("serving /metrics over TCP", "addr", mln.Addr().String())
+	}
 	addr := ln.Addr().String()
 	a.addr.Store(&addr)
 	a.self.Store(client.New(addr, client.Options{RetryMax: -1}))
@@ -233,6 +246,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		run.start("the read cache", func(ctx context.Context) error { a.cache.Run(ctx); return nil })
 	}
 	sockets := run.start("the sockets", func(ctx context.Context) error { return a.serve(ctx, ln, gln) })
+	if mln != nil {
+		run.start("the metrics listener", func(ctx context.Context) error { return a.serveMetrics(ctx, mln) })
+	}
 	a.notify("READY=1")
 	a.notify("STATUS=" + a.statusLine())
 
@@ -329,6 +345,28 @@ func (a *Agent) listenGRPC(cfg *config.Config) (net.Listener, error) {
 	return ln, nil
 }
 
+// serveMetrics serves GET /metrics, and nothing else, on ln until ctx ends
+// (metrics.listen): Prometheus cannot scrape a unix socket. No access rules
+// apply there: the address is the operator's to keep on loopback or a
+// management network.
+func (a *Agent) serveMetrics(ctx context.Context, ln net.Listener) error {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("agent: metrics listener: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	srv.Shutdown(sctx)
+	<-errc
+	return nil
+}
+
 // serve serves the HTTP socket, and the gRPC one when gln is set, until ctx
 // ends; both drain at once. The first error ends both.
 func (a *Agent) serve(ctx context.Context, ln, gln net.Listener) error {
@@ -338,7 +376,7 @@ func (a *Agent) serve(ctx context.Context, ln, gln net.Listener) error {
 	go func() { errc <- a.srv.Serve(ctx, ln) }()
 	n := 1
 	if gln != nil {
-		g := grpcapi.New(grpcapi.Options{Etcd: a.etcd, Cache: a.cache, Gate: a.gate, Logger: a.log,
+		g := grpcapi.New(grpcapi.Options{Etcd: a.etcd, Cache: a.cache, Gate: a.gate, Logger: a.log, Registry: a.reg,
 			ShutdownTimeout: a.cfg.Load().Limits.ShutdownTimeout})
 		go func() { errc <- g.Serve(ctx, gln) }()
 		n++

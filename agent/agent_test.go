@@ -5,14 +5,18 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"udp_iaasd/agent"
 	"udp_iaasd/client"
@@ -499,4 +503,54 @@ func TestFreshInstallSaysNothingIsApplied(t *testing.T) {
 	h.Eventually("the removal logged as keeping the set", func() bool {
 		return strings.Contains(h.Logs.String(), "keeping the applied endpoints")
 	})
+}
+
+// metrics.listen serves /metrics, and nothing else, over TCP, where
+// Prometheus can scrape it; the gRPC socket's calls and watches are there.
+func TestMetricsOverTCP(t *testing.T) {
+	cluster := etcdtest.New(t, 3)
+	h := agenttest.Start(t, agenttest.Options{Endpoints: cluster.Endpoints(), GRPC: true, Extra: "metrics: {listen: \"127.0.0.1:0\"}\n"})
+	h.Eventually("ready", func() bool { return h.Status().Ready })
+	var addr string
+	h.Eventually("the metrics address logged", func() bool {
+		m := regexp.MustCompile(`msg="serving /metrics over TCP" addr=(\S+)`).FindStringSubmatch(h.Logs.String())
+		if m != nil {
+			addr = m[1]
+		}
+		return m != nil
+	})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"unix://" + h.GRPCSock}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, "m/x", "1"); err != nil {
+		t.Fatal(err)
+	}
+	wch := cli.Watch(ctx, "m/", clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+	<-wch
+	scrape := func() string {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	body := scrape()
+	for _, want := range []string{
+		`grpc_server_handled_total{grpc_code="OK",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"} 1`,
+		"endpointd_grpc_watchers 1",
+		"endpointd_etcd_up 1",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics over TCP lacks %q", want)
+		}
+	}
+	if resp, err := http.Get("http://" + addr + "/v1/status"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("GET /v1/status over the metrics listener: %v %v, want 404", resp, err)
+	}
 }

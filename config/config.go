@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -47,6 +48,7 @@ type Config struct {
 	Cache          Cache
 	Limits         Limits
 	Log            Log
+	Metrics        Metrics
 	// Access holds the per-peer rules (API.md "Access control"); empty:
 	// socket.allowed_uids/allowed_gids alone decide.
 	Access []AccessRule
@@ -149,6 +151,14 @@ type Limits struct {
 }
 
 // Log configures the agent's log.
+// Metrics is where else /metrics is served.
+type Metrics struct {
+	// Listen, when set, is a TCP address ("127.0.0.1:9379") on which
+	// GET /metrics — and nothing else — is served for Prometheus, which
+	// cannot scrape a unix socket; "" serves it on the unix socket only.
+	Listen string
+}
+
 type Log struct {
 	Level  string
 	Format string
@@ -319,6 +329,9 @@ func (c *Config) fields() map[string]field {
 			"max_watches":         integer(&c.Limits.MaxWatches),
 			"shutdown_timeout":    duration(&c.Limits.ShutdownTimeout),
 		}),
+		"metrics": section(map[string]field{
+			"listen": str(&c.Metrics.Listen),
+		}),
 		"log": section(map[string]field{
 			"level":  str(&c.Log.Level),
 			"format": str(&c.Log.Format),
@@ -381,6 +394,11 @@ func (c *Config) Validate() error {
 	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	v.oneOf("log.format", c.Log.Format, "text", "json")
 	v.access(c.Access)
+	if c.Metrics.Listen != "" {
+		if _, port, err := net.SplitHostPort(c.Metrics.Listen); err != nil || port == "" {
+			v.bad("metrics.listen", "%q is not a TCP address such as 127.0.0.1:9379", c.Metrics.Listen)
+		}
+	}
 	if len(v.probs) > 0 {
 		return v.probs.sorted()
 	}
@@ -597,6 +615,7 @@ var restartOnly = []struct {
 	{"limits.idle_timeout", func(l, r *Config) { l.Limits.IdleTimeout = r.Limits.IdleTimeout }},
 	{"limits.max_connections", func(l, r *Config) { l.Limits.MaxConnections = r.Limits.MaxConnections }},
 	{"limits.shutdown_timeout", func(l, r *Config) { l.Limits.ShutdownTimeout = r.Limits.ShutdownTimeout }},
+	{"metrics.listen", func(l, r *Config) { l.Metrics.Listen = r.Metrics.Listen }},
 }
 
 // Diff compares the running config with a newly loaded one. live is next

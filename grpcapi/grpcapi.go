@@ -27,6 +27,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/prometheus/client_golang/prometheus"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
@@ -53,6 +55,10 @@ type Options struct {
 	// that both answer alike; nil admits every peer to every key.
 	Gate   *access.Gate
 	Logger *slog.Logger
+	// Registry receives the socket's metrics: the ecosystem's gRPC server
+	// metrics (grpc_server_started_total, grpc_server_handled_total, …) and
+	// endpointd_grpc_watchers. nil: not exported.
+	Registry prometheus.Registerer
 	// ShutdownTimeout bounds GracefulStop; open streams are cut after it.
 	ShutdownTimeout time.Duration
 }
@@ -65,7 +71,9 @@ type Server struct {
 	log   *slog.Logger
 	opts  Options
 
-	leases leaseOwners
+	leases   leaseOwners
+	watches  atomic.Int64 // watches open on the socket
+	grpcProm *grpcprom.ServerMetrics
 	// self is the socket's address as a client URL (unix:///path), set by
 	// Serve before it serves.
 	self atomic.Pointer[string]
@@ -82,7 +90,14 @@ func New(o Options) *Server {
 	if o.Gate == nil {
 		o.Gate = access.NewGate(access.Settings{}, nil, o.Logger)
 	}
-	return &Server{ec: o.Etcd, cache: o.Cache, gate: o.Gate, log: o.Logger, opts: o}
+	s := &Server{ec: o.Etcd, cache: o.Cache, gate: o.Gate, log: o.Logger, opts: o, grpcProm: grpcprom.NewServerMetrics()}
+	if o.Registry != nil {
+		o.Registry.MustRegister(s.grpcProm, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "endpointd_grpc_watchers",
+			Help: "Watches open on the gRPC socket (each Watch stream may carry several).",
+		}, func() float64 { return float64(s.watches.Load()) }))
+	}
+	return s
 }
 
 // allowed lists every method served; anything else — Auth, membership
@@ -119,8 +134,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.self.Store(&self)
 	gs := grpc.NewServer(
 		grpc.Creds(peerCreds{}),
-		grpc.UnaryInterceptor(s.unaryGate),
-		grpc.StreamInterceptor(s.streamGate),
+		grpc.ChainUnaryInterceptor(s.grpcProm.UnaryServerInterceptor(), s.unaryGate),
+		grpc.ChainStreamInterceptor(s.grpcProm.StreamServerInterceptor(), s.streamGate),
 		grpc.UnknownServiceHandler(func(any, grpc.ServerStream) error {
 			return status.Error(codes.PermissionDenied, "endpointd: this etcd service is not served on the agent's socket")
 		}),
@@ -133,6 +148,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	pb.RegisterAuthServer(gs, &authServer{s: s})
 	v3lockpb.RegisterLockServer(gs, &lockServer{s: s})
 	v3electionpb.RegisterElectionServer(gs, &electionServer{s: s})
+	s.grpcProm.InitializeMetrics(gs) // every served method at 0 from the start
 
 	errc := make(chan error, 1)
 	go func() { errc <- gs.Serve(ln) }()

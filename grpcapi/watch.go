@@ -150,7 +150,11 @@ func (ws *watchStream) create(cr *pb.WatchCreateRequest) {
 		ws.emit(&pb.WatchResponse{WatchId: id, Created: true, Canceled: true, CancelReason: status.Convert(err).Message()})
 		return
 	}
-	go ws.run(ctx, id, cr, pm)
+	ws.s.watches.Add(1)
+	go func() {
+		defer ws.s.watches.Add(-1)
+		ws.run(ctx, id, cr, pm)
+	}()
 }
 
 func (ws *watchStream) drop(id int64) {

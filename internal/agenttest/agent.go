@@ -38,6 +38,8 @@ type Options struct {
 	// LogLevel is what reaches the test's log (Logs gets everything);
 	// default info.
 	LogLevel slog.Level
+	// GRPC serves etcd's gRPC API on GRPCSock too.
+	GRPC bool
 }
 
 // Agent is an agent running in-process for a test, on real files and a
@@ -49,6 +51,8 @@ type Agent struct {
 	CfgPath string
 	EpsPath string
 	Sock    string
+	// GRPCSock is the gRPC socket's path (Options.GRPC).
+	GRPCSock string
 	// Client asks the socket without retrying, so every failure is seen.
 	Client *client.Client
 	// HTTP is a plain HTTP client of the socket.
@@ -82,13 +86,18 @@ func Start(t testing.TB, o Options) *Agent {
 	if o.EtcdExtra != "" {
 		etcdExtra = ", " + o.EtcdExtra
 	}
+	grpcPath := ""
+	if o.GRPC {
+		a.GRPCSock = filepath.Join(dir, "run", "etcd.sock")
+		grpcPath = ", grpc_path: " + a.GRPCSock
+	}
 	cfgYAML := fmt.Sprintf(`endpoints_file: %s
 min_cluster_size: 2
-socket: {path: %s}
+socket: {path: %s%s}
 etcd: {request_timeout: %s, dial_timeout: 2s%s}
 backoff: {initial: 50ms, max: 1s}
 watch: {debounce: 50ms, resync_interval: 1s}
-%s`, a.EpsPath, a.Sock, o.RequestTimeout, etcdExtra, o.Extra)
+%s`, a.EpsPath, a.Sock, grpcPath, o.RequestTimeout, etcdExtra, o.Extra)
 	if err := os.WriteFile(a.CfgPath, []byte(cfgYAML), 0o644); err != nil {
 		t.Fatal(err)
 	}
