@@ -1,6 +1,7 @@
 package api
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"strconv"
 	"unicode/utf8"
@@ -133,5 +134,20 @@ func AppendString(b []byte, s []byte) []byte {
 		i++
 	}
 	b = append(b, s[start:]...)
+	return append(b, '"')
+}
+
+// AppendBytesField appends `"name":"…"` or `"name_base64":"…"`: API.md's rule
+// for keys and values of any bytes — a valid UTF-8 string as it is, else
+// base64 under the _base64 name.
+func AppendBytesField(b []byte, name string, v []byte) []byte {
+	b = append(b, '"')
+	b = append(b, name...)
+	if utf8.Valid(v) {
+		b = append(b, `":`...)
+		return AppendString(b, v)
+	}
+	b = append(b, `_base64":"`...)
+	b = base64.StdEncoding.AppendEncode(b, v)
 	return append(b, '"')
 }

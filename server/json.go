@@ -1,9 +1,7 @@
 package server
 
 import (
-	"encoding/base64"
 	"strconv"
-	"unicode/utf8"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
@@ -14,19 +12,6 @@ import (
 // request's path, and API.md's rule — a valid UTF-8 byte string is a JSON
 // string, anything else is base64 under a _base64 name — is simpler to keep
 // exactly in code than in struct tags.
-
-// appendBytesField appends `"name":"…"` or `"name_base64":"…"`.
-func appendBytesField(b []byte, name string, v []byte) []byte {
-	b = append(b, '"')
-	b = append(b, name...)
-	if utf8.Valid(v) {
-		b = append(b, `":`...)
-		return api.AppendString(b, v)
-	}
-	b = append(b, `_base64":"`...)
-	b = base64.StdEncoding.AppendEncode(b, v)
-	return append(b, '"')
-}
 
 func appendIntField(b []byte, name string, v int64) []byte {
 	b = append(b, '"')
@@ -44,10 +29,10 @@ func appendKV(b []byte, kv *mvccpb.KeyValue, withValue bool) []byte {
 
 // appendKVFields appends a key-value's fields, without braces.
 func appendKVFields(b []byte, kv *mvccpb.KeyValue, withValue bool) []byte {
-	b = appendBytesField(b, "key", kv.Key)
+	b = api.AppendBytesField(b, "key", kv.Key)
 	if withValue {
 		b = append(b, ',')
-		b = appendBytesField(b, "value", kv.Value)
+		b = api.AppendBytesField(b, "value", kv.Value)
 	}
 	b = append(b, ',')
 	b = appendIntField(b, "create_revision", kv.CreateRevision)
@@ -63,7 +48,7 @@ func appendKVFields(b []byte, kv *mvccpb.KeyValue, withValue bool) []byte {
 func appendEvent(b []byte, ev *mvccpb.Event) []byte {
 	if ev.Type == mvccpb.Event_DELETE {
 		b = append(b, `{"type":"`+api.LineDelete+`",`...)
-		b = appendBytesField(b, "key", ev.Kv.Key)
+		b = api.AppendBytesField(b, "key", ev.Kv.Key)
 		b = append(b, ',')
 		b = appendIntField(b, "mod_revision", ev.Kv.ModRevision)
 		return append(b, "}\n"...)

@@ -205,9 +205,9 @@ func appendLeader(b []byte, typ string, l etcd.Leader) []byte {
 		b = append(b, typ...)
 		b = append(b, `",`...)
 	}
-	b = appendBytesField(b, "key", []byte(l.Key))
+	b = api.AppendBytesField(b, "key", []byte(l.Key))
 	b = append(b, ',')
-	b = appendBytesField(b, "value", l.Value)
+	b = api.AppendBytesField(b, "value", l.Value)
 	b = append(b, ',')
 	b = appendIntField(b, "revision", l.Revision)
 	return append(b, '}')
@@ -231,7 +231,7 @@ func (s *Server) hold(w http.ResponseWriter, r *http.Request, h *etcd.Hold, typ 
 	}()
 	sw := startStream(w)
 	first := []byte(`{"type":"` + typ + `",`)
-	first = appendBytesField(first, "key", []byte(h.Key))
+	first = api.AppendBytesField(first, "key", []byte(h.Key))
 	first = append(first, ',')
 	first = appendIntField(first, "revision", h.Revision)
 	if !sw.line(append(first, '}')) {

@@ -1,16 +1,18 @@
 package main
 
 import (
+	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"udp_iaasd/api"
@@ -208,7 +210,7 @@ func kvLs(flags *flag.FlagSet) kvRun {
 			if *asJSON {
 				printJSONLine(std.out, "", kv)
 			} else {
-				fmt.Fprintf(std.out, "%s\n", kv.Key)
+				fmt.Fprintln(std.out, listedKey(kv.Key))
 			}
 		}
 		if res.More {
@@ -244,27 +246,36 @@ func kvWatch(flags *flag.FlagSet) kvRun {
 	}
 }
 
-// printJSONLine prints a key-value (or an event, with typ) as the API does:
-// strings when UTF-8, base64 otherwise.
+// printJSONLine prints a key-value (or an event, with typ) as the HTTP
+// API's listings and watch streams do, fields in the same order: strings
+// when UTF-8, base64 otherwise (api.AppendBytesField).
 func printJSONLine(w io.Writer, typ string, kv client.KV) {
-	m := map[string]any{"mod_revision": kv.ModRevision}
+	b := []byte{'{'}
 	if typ != "" {
-		m["type"] = typ
+		b = append(b, `"type":`...)
+		b = api.AppendString(b, []byte(typ))
+		b = append(b, ',')
 	}
-	putBytes := func(name string, b []byte) {
-		if utf8.Valid(b) {
-			m[name] = string(b)
-		} else {
-			m[name+"_base64"] = b // encoding/json writes []byte as base64
-		}
+	b = api.AppendBytesField(b, "key", kv.Key)
+	if typ == api.LineDelete {
+		b = fmt.Appendf(b, `,"mod_revision":%d}`, kv.ModRevision)
+	} else {
+		b = append(b, ',')
+		b = api.AppendBytesField(b, "value", kv.Value)
+		b = fmt.Appendf(b, `,"create_revision":%d,"mod_revision":%d,"version":%d,"lease":%d}`,
+			kv.CreateRevision, kv.ModRevision, kv.Version, kv.Lease)
 	}
-	putBytes("key", kv.Key)
-	if typ != api.LineDelete {
-		putBytes("value", kv.Value)
-		m["create_revision"], m["version"], m["lease"] = kv.CreateRevision, kv.Version, kv.Lease
+	w.Write(append(b, '\n'))
+}
+
+// listedKey is a key as kv ls prints it, one a line: as it is, or quoted
+// (Go syntax) when it would not read back as one line of itself — a newline
+// or other control character, bytes that are not UTF-8, or a leading quote.
+func listedKey(key []byte) string {
+	if utf8.Valid(key) && !bytes.ContainsFunc(key, unicode.IsControl) && !bytes.HasPrefix(key, []byte(`"`)) {
+		return string(key)
 	}
-	b, _ := json.Marshal(m)
-	fmt.Fprintf(w, "%s\n", b)
+	return strconv.Quote(string(key))
 }
 
 func countTrue(bs ...bool) int {

@@ -253,9 +253,11 @@ func TestKVCommands(t *testing.T) {
 		{args: []string{"kv", "put", "cli/k", "again", "-if-absent"}, code: 1, stderrHas: "precondition_failed"},
 		{args: []string{"kv", "put", "-if-exists", "cli/k", "again"}, code: 0, stdoutHas: "revision "},
 		{args: []string{"kv", "put", "cli/k", "x", "-if-revision", "1"}, code: 1, stderrHas: "precondition_failed"},
-		{args: []string{"kv", "ls", "cli/"}, code: 0, stdout: "cli/bin\ncli/k\n"},
+		{args: []string{"kv", "put", "cli/two\nlines", "v"}, code: 0, stdoutHas: "revision "},
+		// One key a line: a key that would read as two is quoted.
+		{args: []string{"kv", "ls", "cli/"}, code: 0, stdout: "cli/bin\ncli/k\n\"cli/two\\nlines\"\n"},
 		{args: []string{"kv", "ls", "cli/", "-json"}, code: 0, stdoutHas: `"value_base64":"ZnJvbQBzdGRpbv8="`},
-		{args: []string{"kv", "del", "cli/", "-prefix"}, code: 0, stdoutHas: "deleted 2"},
+		{args: []string{"kv", "del", "cli/", "-prefix"}, code: 0, stdoutHas: "deleted 3"},
 		{args: []string{"kv", "del", "cli/k"}, code: 0, stdoutHas: "deleted 0"},
 		{stdin: `{"compare":[{"key":"cli/t","target":"version","op":"=","value":0}],"success":[{"put":{"key":"cli/t","value":"1"}},{"put":{"key":"cli/u","value":"1"}}]}`,
 			args: []string{"kv", "txn"}, code: 0, stdoutHas: `"succeeded":true`},
@@ -303,8 +305,9 @@ func TestKVCommands(t *testing.T) {
 		t.Fatalf("kv watch exit %d after interrupt", c)
 	}
 	lines := strings.Split(strings.TrimSpace(wout.String()), "\n")
-	if len(lines) != 3 || !strings.Contains(lines[0], `"value":"1"`) || !strings.Contains(lines[1], `"value":"2"`) ||
-		!strings.Contains(lines[2], `"type":"DELETE"`) {
+	// The fields in the HTTP stream's order.
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], `{"type":"PUT","key":"cli/w","value":"1","create_revision":`) ||
+		!strings.Contains(lines[1], `"value":"2"`) || !strings.HasPrefix(lines[2], `{"type":"DELETE","key":"cli/w","mod_revision":`) {
 		t.Fatalf("kv watch printed:\n%s", wout.String())
 	}
 }
