@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"strings"
@@ -124,7 +125,14 @@ func New(opts Options) (*Agent, error) {
 	}
 	a.metrics = newMetrics(a.reg, a.etcd, opts.Version, a.cfg.Load)
 	if len(cfg.Cache.Prefixes) > 0 {
-		a.cache = cache.New(a.etcd, cfg.Cache.Prefixes, cfg.Cache.MaxStaleness, a.log)
+		a.cache = cache.New(a.etcd, cache.Options{
+			Prefixes:        cfg.Cache.Prefixes,
+			MaxStaleness:    cfg.Cache.MaxStaleness,
+			Dir:             cfg.Cache.Dir,
+			PersistInterval: cfg.Cache.PersistInterval,
+			Registerer:      a.reg,
+			Logger:          a.log,
+		})
 	}
 	settings, err := accessSettings(cfg)
 	if err != nil {
@@ -156,6 +164,7 @@ func serverLimits(cfg *config.Config) server.Limits {
 		MaxValueBytes: cfg.Limits.MaxValueBytes,
 		MaxTxnBytes:   cfg.Limits.MaxTxnBytes,
 		MaxWatches:    cfg.Limits.MaxWatches,
+		StaleIfError:  cfg.Cache.StaleIfError,
 	}
 }
 
@@ -243,6 +252,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		cancel()
 	}
 	if a.cache != nil {
+		// The persisted copies are in place before a socket answers.
+		a.cache.Load()
 		run.start("the read cache", func(ctx context.Context) error { a.cache.Run(ctx); return nil })
 	}
 	sockets := run.start("the sockets", func(ctx context.Context) error { return a.serve(ctx, ln, gln) })
@@ -552,7 +563,19 @@ func (a *Agent) Status() api.Status {
 			CheckedAt:  rfc3339(h.CheckedAt),
 			Members:    members,
 		},
+		Cache: cacheStatus(a.cache),
 	}
+}
+
+// cacheStatus is /v1/status's view of the cached prefixes.
+func cacheStatus(c *cache.Cache) []api.CacheStatus {
+	var out []api.CacheStatus
+	for _, p := range c.Status() {
+		out = append(out, api.CacheStatus{Prefix: p.Prefix, Present: p.Present, Revision: p.Revision, Keys: p.Keys,
+			AgeSeconds: math.Round(p.Age.Seconds()*1000) / 1000, Confirmed: p.Confirmed,
+			PersistedRevision: p.PersistedRevision, PersistedAt: rfc3339(p.PersistedAt)})
+	}
+	return out
 }
 
 // statusLine is a one-line summary for systemd's STATUS=.

@@ -15,8 +15,11 @@ import (
 // a real agent exports, so that neither can drift from /metrics unseen.
 func TestDeployNamesExportedMetrics(t *testing.T) {
 	cluster := etcdtest.New(t, 2)
-	h := agenttest.Start(t, agenttest.Options{Endpoints: cluster.Endpoints()})
+	// A cached prefix, so that the cache's metrics are exported too.
+	h := agenttest.Start(t, agenttest.Options{Endpoints: cluster.Endpoints(),
+		Extra: "cache: {prefixes: [cfg/], dir: " + t.TempDir() + "}\n"})
 	h.Eventually("ready", func() bool { return h.Status().Ready })
+	h.Eventually("the cache listed", func() bool { st := h.Status(); return len(st.Cache) == 1 && st.Cache[0].Confirmed })
 	resp, err := h.HTTP.Get("http://localhost/metrics")
 	if err != nil {
 		t.Fatal(err)

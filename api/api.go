@@ -104,6 +104,27 @@ type Status struct {
 	Endpoints []string     `json:"endpoints"`
 	Config    ConfigStatus `json:"config"`
 	Etcd      EtcdStatus   `json:"etcd"`
+	// Cache lists the cached prefixes (cache.prefixes), sorted; omitted
+	// when none are configured.
+	Cache []CacheStatus `json:"cache,omitempty"`
+}
+
+// CacheStatus is one cached prefix's copy.
+type CacheStatus struct {
+	Prefix string `json:"prefix"`
+	// Present: the agent has a copy (listed, resumed, or loaded from disk);
+	// the fields below describe it only then.
+	Present  bool  `json:"present"`
+	Revision int64 `json:"revision"`
+	Keys     int   `json:"keys"`
+	// AgeSeconds: since the copy was last confirmed current by its watch.
+	AgeSeconds float64 `json:"age_seconds"`
+	// Confirmed: its watch has caught up with etcd.
+	Confirmed bool `json:"confirmed"`
+	// PersistedRevision and PersistedAt (RFC 3339): the last copy written
+	// to cache.dir (or loaded from it); 0 and "" when none.
+	PersistedRevision int64  `json:"persisted_revision"`
+	PersistedAt       string `json:"persisted_at"`
 }
 
 // ConfigStatus describes the endpoints file as last applied and read.

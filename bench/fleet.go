@@ -117,7 +117,7 @@ func runFleet(o fleetOptions) int {
 		events = f.events()
 	}
 	f.stopAgents()
-	if err := measureAgents("endpointd, cache.prefixes [fleet/]", "cache: {prefixes: [fleet/]}\n"); err != nil {
+	if err := measureAgents("endpointd, cache.prefixes [fleet/]", "cache: {prefixes: [fleet/], dir: \"\"}\n"); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 1
 	}

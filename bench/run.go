@@ -345,7 +345,7 @@ func setup(proxyProcs int) (*env, error) {
 	cfg := filepath.Join(dir, "config.yaml")
 	// cache.prefixes covers the keys, as the side-by-side run asks:
 	// serializable gets are then answered from the agent's watched copy.
-	os.WriteFile(cfg, []byte("endpoints_file: endpoints.yaml\nsocket: {path: "+e.sock+", grpc_path: "+e.grpcSock+"}\ncache: {prefixes: [bench/]}\n"), 0o644)
+	os.WriteFile(cfg, []byte("endpoints_file: endpoints.yaml\nsocket: {path: "+e.sock+", grpc_path: "+e.grpcSock+"}\ncache: {prefixes: [bench/], dir: "+filepath.Join(e.dir, "cache")+"}\n"), 0o644)
 	e.agent = exec.Command(os.Args[0], "-role", "agent", "-config", cfg)
 	e.agent.Stderr = os.Stderr
 	if err := agentproc.Start(e.agent, time.Minute); err != nil {

@@ -21,7 +21,7 @@ func start(t *testing.T, cluster *etcdtest.Cluster, prefixes ...string) (*Cache,
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := New(ec, prefixes, testStaleness, etcdtest.Logger(t))
+	c := New(ec, Options{Prefixes: prefixes, MaxStaleness: testStaleness, Logger: etcdtest.Logger(t)})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { c.Run(ctx); close(done) }()
@@ -42,7 +42,7 @@ func TestFollowsWritersElsewhere(t *testing.T) {
 	c, _ := start(t, cluster, "app/", "app/nested/")
 	etcdtest.Eventually(t, 10*time.Second, "synced", c.Synced)
 
-	kvs, count, more, _, ok := c.List("app/", 3)
+	kvs, count, more, _, ok := c.List("app/", 3, Fresh)
 	if !ok || len(kvs) != 3 || count != 5 || !more || string(kvs[0].Key) != "app/0" {
 		t.Fatalf("List = %d kvs, count %d, more %v, ok %v", len(kvs), count, more, ok)
 	}
@@ -54,37 +54,37 @@ func TestFollowsWritersElsewhere(t *testing.T) {
 		}
 		want := resp.Header.Revision
 		etcdtest.Eventually(t, 10*time.Second, "the write to show", func() bool {
-			kv, rev, ok := c.Get(fmt.Sprintf("app/%d", i%7))
-			if ok && rev < lastRev {
-				t.Fatalf("revision went back from %d to %d", lastRev, rev)
+			kv, info, ok := c.Get(fmt.Sprintf("app/%d", i%7), Fresh)
+			if ok && info.Rev < lastRev {
+				t.Fatalf("revision went back from %d to %d", lastRev, info.Rev)
 			}
 			if ok {
-				lastRev = rev
+				lastRev = info.Rev
 			}
-			return ok && kv != nil && string(kv.Value) == fmt.Sprint(i) && kv.ModRevision == want && rev >= want
+			return ok && kv != nil && string(kv.Value) == fmt.Sprint(i) && kv.ModRevision == want && info.Rev >= want
 		})
 	}
 	resp, _ := direct.Delete(ctx, "app/3")
 	etcdtest.Eventually(t, 10*time.Second, "the delete to show", func() bool {
-		kv, rev, ok := c.Get("app/3")
-		return ok && kv == nil && rev >= resp.Header.Revision
+		kv, info, ok := c.Get("app/3", Fresh)
+		return ok && kv == nil && info.Rev >= resp.Header.Revision
 	})
 	// Keys outside every prefix are not answered.
-	if _, _, ok := c.Get("other/x"); ok {
+	if _, _, ok := c.Get("other/x", Fresh); ok {
 		t.Fatal("a key outside the cached prefixes was answered")
 	}
 	// Writes outside the prefix still advance its revision (progress).
 	resp2, _ := direct.Put(ctx, "elsewhere", "x")
 	etcdtest.Eventually(t, 10*time.Second, "progress past an unrelated write", func() bool {
-		_, rev, ok := c.Get("app/0")
-		return ok && rev >= resp2.Header.Revision
+		_, info, ok := c.Get("app/0", Fresh)
+		return ok && info.Rev >= resp2.Header.Revision
 	})
 	// Every cached value equals etcd's at the cache's revision.
-	_, rev, _ := c.Get("app/0")
-	got, _, _, _, _ := c.List("app/", 0)
-	want, err := direct.Get(ctx, "app/", clientv3.WithPrefix(), clientv3.WithRev(rev))
+	_, info, _ := c.Get("app/0", Fresh)
+	got, _, _, _, _ := c.List("app/", 0, Fresh)
+	want, err := direct.Get(ctx, "app/", clientv3.WithPrefix(), clientv3.WithRev(info.Rev))
 	if err != nil || len(want.Kvs) != len(got) {
-		t.Fatalf("etcd at %d has %d keys, cache %d (%v)", rev, len(want.Kvs), len(got), err)
+		t.Fatalf("etcd at %d has %d keys, cache %d (%v)", info.Rev, len(want.Kvs), len(got), err)
 	}
 	for i := range got {
 		if string(got[i].Key) != string(want.Kvs[i].Key) || string(got[i].Value) != string(want.Kvs[i].Value) ||
@@ -102,7 +102,7 @@ func TestReadYourWrites(t *testing.T) {
 	c, direct := start(t, cluster, "app/")
 	etcdtest.Eventually(t, 10*time.Second, "synced", c.Synced)
 	c.Wrote("app/k", 1<<40) // a revision the store has not reached
-	if _, _, ok := c.Get("app/k"); ok {
+	if _, _, ok := c.Get("app/k", Fresh); ok {
 		t.Fatal("answered before catching up with this agent's own write")
 	}
 	resp, _ := direct.Put(context.Background(), "app/k", "v")
@@ -110,7 +110,7 @@ func TestReadYourWrites(t *testing.T) {
 	etcdtest.Eventually(t, 10*time.Second, "second cache synced", c2.Synced)
 	c2.Wrote("app/k", resp.Header.Revision)
 	etcdtest.Eventually(t, 10*time.Second, "caught up", func() bool {
-		kv, _, ok := c2.Get("app/k")
+		kv, _, ok := c2.Get("app/k", Fresh)
 		return ok && kv != nil && string(kv.Value) == "v"
 	})
 }
@@ -121,13 +121,13 @@ func TestStopsAnsweringWhenEtcdIsAway(t *testing.T) {
 	cluster := etcdtest.New(t, 1)
 	c, _ := start(t, cluster, "app/")
 	etcdtest.Eventually(t, 10*time.Second, "synced", c.Synced)
-	etcdtest.Eventually(t, 10*time.Second, "answering", func() bool { _, _, ok := c.Get("app/x"); return ok })
+	etcdtest.Eventually(t, 10*time.Second, "answering", func() bool { _, _, ok := c.Get("app/x", Fresh); return ok })
 	cluster.StopAll()
-	etcdtest.Eventually(t, 10*time.Second, "no longer answering", func() bool { _, _, ok := c.Get("app/x"); return !ok })
+	etcdtest.Eventually(t, 10*time.Second, "no longer answering", func() bool { _, _, ok := c.Get("app/x", Fresh); return !ok })
 	if err := cluster.RestartAll(); err != nil {
 		t.Fatal(err)
 	}
-	etcdtest.Eventually(t, 10*time.Second, "answering again", func() bool { _, _, ok := c.Get("app/x"); return ok })
+	etcdtest.Eventually(t, 10*time.Second, "answering again", func() bool { _, _, ok := c.Get("app/x", Fresh); return ok })
 }
 
 // Freshness is confirmed on demand. A prefix nobody reads costs etcd no
@@ -168,12 +168,12 @@ func TestProgressIsDemandDriven(t *testing.T) {
 	}
 
 	// A read of the stale copy is not answered from it, and asks.
-	if _, _, ok := c.Get("quiet/k"); ok {
+	if _, _, ok := c.Get("quiet/k", Fresh); ok {
 		t.Fatal("a copy silent for longer than maxStaleness answered")
 	}
 	etcdtest.Eventually(t, 10*time.Second, "an answer from the quiet copy after one read asked for progress", func() bool {
-		kv, rev, ok := c.Get("quiet/k")
-		return ok && string(kv.Value) == "v" && rev >= put.Header.Revision
+		kv, info, ok := c.Get("quiet/k", Fresh)
+		return ok && string(kv.Value) == "v" && info.Rev >= put.Header.Revision
 	})
 	if member.ProgressRequests() == before {
 		t.Fatal("the copy answers again, but no progress request reached etcd")
@@ -185,7 +185,7 @@ func TestProgressIsDemandDriven(t *testing.T) {
 	start := time.Now()
 	var reads int
 	for time.Since(start) < 6*testStaleness {
-		c.Get("quiet/k")
+		c.Get("quiet/k", Fresh)
 		reads++
 	}
 	elapsed := time.Since(start)

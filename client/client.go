@@ -275,6 +275,28 @@ type KV struct {
 	ModRevision    int64
 	Version        int64
 	Lease          int64
+	// Revision is the store revision the answer was read at (Get only).
+	Revision int64
+	// Freshness says whether the agent answered from its copy (Get only).
+	Freshness
+}
+
+// Freshness describes an answer the agent gave from its copy of a cached
+// prefix (X-Endpointd-Cache, Age, X-Endpointd-Stale).
+type Freshness struct {
+	// FromCache: answered from the agent's copy, not by etcd.
+	FromCache bool
+	// Age: since the copy was last confirmed current (whole seconds).
+	Age time.Duration
+	// Stale: the copy was not confirmed within the agent's
+	// cache.max_staleness (etcd away, or the copy still catching up).
+	Stale bool
+}
+
+func freshness(h http.Header) Freshness {
+	age, _ := strconv.ParseInt(h.Get("Age"), 10, 64)
+	return Freshness{FromCache: h.Get("X-Endpointd-Cache") == "hit", Age: time.Duration(age) * time.Second,
+		Stale: h.Get("X-Endpointd-Stale") == "true"}
 }
 
 // GetOption, ListOption, PutOption, DeleteOption and WatchOption shape a
@@ -303,6 +325,27 @@ func AtRevision(rev int64) Option {
 
 // Serializable reads from the member without a quorum round trip.
 func Serializable() Option { return func(r *reqOpts) { r.q.Set("serializable", "") } }
+
+// Stale answers a read of a cached prefix from the agent's copy at once,
+// whatever its age and whether or not etcd is reachable; see the answer's
+// Freshness. Outside the cached prefixes it reads as Serializable.
+func Stale() Option { return func(r *reqOpts) { r.q.Set("stale", "") } }
+
+// StaleIfError reads as usual, but when etcd cannot answer, answers from
+// the agent's copy of a cached prefix if it was confirmed at most maxAge
+// ago (Cache-Control: stale-if-error, whole seconds).
+func StaleIfError(maxAge time.Duration) Option {
+	return func(r *reqOpts) {
+		r.h.Add("Cache-Control", "stale-if-error="+strconv.FormatInt(int64(maxAge/time.Second), 10))
+	}
+}
+
+// MinRevision refuses (503, ErrUnavailable) an answer older than store
+// revision rev, from etcd or from the copy: a reader that must never go
+// back passes the highest revision it has seen.
+func MinRevision(rev int64) Option {
+	return func(r *reqOpts) { r.q.Set("min_revision", strconv.FormatInt(rev, 10)) }
+}
 
 // Limit lists at most n keys.
 func Limit(n int64) Option { return func(r *reqOpts) { r.q.Set("limit", strconv.FormatInt(n, 10)) } }
@@ -351,7 +394,8 @@ func (c *Client) Get(ctx context.Context, key string, opts ...Option) (*KV, erro
 	h := resp.Header
 	num := func(name string) int64 { n, _ := strconv.ParseInt(h.Get(name), 10, 64); return n }
 	return &KV{Key: []byte(key), Value: value, CreateRevision: num("X-Etcd-Create-Revision"),
-		ModRevision: num("X-Etcd-Mod-Revision"), Version: num("X-Etcd-Version"), Lease: num("X-Etcd-Lease")}, nil
+		ModRevision: num("X-Etcd-Mod-Revision"), Version: num("X-Etcd-Version"), Lease: num("X-Etcd-Lease"),
+		Revision: num("X-Etcd-Revision"), Freshness: freshness(h)}, nil
 }
 
 // ListResult is a prefix listing.
@@ -360,6 +404,7 @@ type ListResult struct {
 	Count    int64 // keys under the prefix in the store
 	More     bool  // the listing was cut by Limit
 	KVs      []KV
+	Freshness
 }
 
 // List reads every key under prefix, sorted by key.
@@ -380,7 +425,8 @@ func (c *Client) List(ctx context.Context, prefix string, opts ...Option) (*List
 	if err := json.NewDecoder(resp.Body).Decode(&raw); err != nil {
 		return nil, fmt.Errorf("client: decode listing: %w", err)
 	}
-	out := &ListResult{Revision: raw.Revision, Count: raw.Count, More: raw.More, KVs: make([]KV, len(raw.KVs))}
+	out := &ListResult{Revision: raw.Revision, Count: raw.Count, More: raw.More, KVs: make([]KV, len(raw.KVs)),
+		Freshness: freshness(resp.Header)}
 	for i, r := range raw.KVs {
 		kv, err := r.decode()
 		if err != nil {

@@ -134,6 +134,14 @@ type Cache struct {
 	// MaxStaleness is how long a cached prefix may go without word from its
 	// watch (events or a progress notification) and still answer.
 	MaxStaleness time.Duration
+	// Dir is where each prefix's copy persists across restarts; "" keeps
+	// the copies in memory only.
+	Dir string
+	// PersistInterval is how often at most a changed copy is written.
+	PersistInterval time.Duration
+	// StaleIfError is the stale-if-error of reads of cached prefixes that
+	// do not ask for one; 0 answers nothing stale unless asked.
+	StaleIfError time.Duration
 }
 
 // Limits protect the agent from misbehaving local clients.
@@ -200,7 +208,7 @@ func Default() *Config {
 		},
 		Backoff: backoff.DefaultPolicy(),
 		Watch:   Watch{Debounce: 100 * time.Millisecond, ResyncInterval: 30 * time.Second},
-		Cache:   Cache{MaxStaleness: time.Second},
+		Cache:   Cache{MaxStaleness: time.Second, Dir: "/var/lib/endpointd/cache", PersistInterval: time.Second},
 		Limits: Limits{
 			MaxKeyBytes:       4096,
 			MaxValueBytes:     1 << 20,
@@ -315,8 +323,11 @@ func (c *Config) fields() map[string]field {
 			"resync_interval": duration(&c.Watch.ResyncInterval),
 		}),
 		"cache": section(map[string]field{
-			"prefixes":      stringList(&c.Cache.Prefixes),
-			"max_staleness": duration(&c.Cache.MaxStaleness),
+			"prefixes":         stringList(&c.Cache.Prefixes),
+			"max_staleness":    duration(&c.Cache.MaxStaleness),
+			"dir":              str(&c.Cache.Dir),
+			"persist_interval": duration(&c.Cache.PersistInterval),
+			"stale_if_error":   duration(&c.Cache.StaleIfError),
 		}),
 		"limits": section(map[string]field{
 			"max_key_bytes":       integer(&c.Limits.MaxKeyBytes),
@@ -385,6 +396,11 @@ func (c *Config) Validate() error {
 	v.notNegative("watch.debounce", c.Watch.Debounce)
 	v.positive("watch.resync_interval", c.Watch.ResyncInterval)
 	v.positive("cache.max_staleness", c.Cache.MaxStaleness)
+	v.positive("cache.persist_interval", c.Cache.PersistInterval)
+	v.notNegative("cache.stale_if_error", c.Cache.StaleIfError)
+	if c.Cache.Dir != "" && !filepath.IsAbs(c.Cache.Dir) {
+		v.bad("cache.dir", "%q is relative; give an absolute directory, or \"\" to keep copies in memory only", c.Cache.Dir)
+	}
 	for _, p := range c.Cache.Prefixes {
 		if p == "" {
 			v.bad("cache.prefixes", "an empty prefix would cache the whole keyspace; list real prefixes")
@@ -608,7 +624,10 @@ var restartOnly = []struct {
 	{"etcd.rebalance_spread", func(l, r *Config) { l.Etcd.RebalanceSpread = r.Etcd.RebalanceSpread }},
 	{"etcd.tls", func(l, r *Config) { l.Etcd.TLS = r.Etcd.TLS }},
 	{"backoff", func(l, r *Config) { l.Backoff = r.Backoff }},
-	{"cache", func(l, r *Config) { l.Cache = r.Cache }},
+	{"cache.prefixes", func(l, r *Config) { l.Cache.Prefixes = r.Cache.Prefixes }},
+	{"cache.max_staleness", func(l, r *Config) { l.Cache.MaxStaleness = r.Cache.MaxStaleness }},
+	{"cache.dir", func(l, r *Config) { l.Cache.Dir = r.Cache.Dir }},
+	{"cache.persist_interval", func(l, r *Config) { l.Cache.PersistInterval = r.Cache.PersistInterval }},
 	{"log.format", func(l, r *Config) { l.Log.Format = r.Log.Format }},
 	{"limits.max_header_bytes", func(l, r *Config) { l.Limits.MaxHeaderBytes = r.Limits.MaxHeaderBytes }},
 	{"limits.read_header_timeout", func(l, r *Config) { l.Limits.ReadHeaderTimeout = r.Limits.ReadHeaderTimeout }},

@@ -196,7 +196,7 @@ func TestDiff(t *testing.T) {
 		}},
 		{"restart-only: socket.path, backoff.max, cache.prefixes", func(c *Config) {
 			c.Socket.Path, c.Backoff.Max, c.Cache.Prefixes = "/elsewhere.sock", time.Minute, []string{"app/"}
-		}, []string{"socket.path", "backoff", "cache"}, func(l *Config) bool {
+		}, []string{"socket.path", "backoff", "cache.prefixes"}, func(l *Config) bool {
 			d := Default()
 			return l.Socket.Path == d.Socket.Path && l.Backoff == d.Backoff && len(l.Cache.Prefixes) == 0
 		}},

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"udp_iaasd/access"
+	"udp_iaasd/cache"
 )
 
 // KV: every key range of a request is checked, then the request goes to
@@ -52,20 +53,20 @@ func (s *Server) fromCache(r *pb.RangeRequest) *pb.RangeResponse {
 	resp := &pb.RangeResponse{Header: &pb.ResponseHeader{}}
 	switch {
 	case len(r.RangeEnd) == 0:
-		kv, rev, ok := s.cache.Get(key)
+		kv, info, ok := s.cache.Get(key, cache.Fresh)
 		if !ok {
 			return nil
 		}
-		resp.Header.Revision = rev
+		resp.Header.Revision = info.Rev
 		if kv != nil {
 			resp.Kvs, resp.Count = []*mvccpb.KeyValue{kv}, 1
 		}
 	case key != "" && string(r.RangeEnd) == access.PrefixEnd(key):
-		kvs, count, more, rev, ok := s.cache.List(key, r.Limit)
+		kvs, count, more, info, ok := s.cache.List(key, r.Limit, cache.Fresh)
 		if !ok {
 			return nil
 		}
-		resp.Header.Revision, resp.Kvs, resp.Count, resp.More = rev, kvs, count, more
+		resp.Header.Revision, resp.Kvs, resp.Count, resp.More = info.Rev, kvs, count, more
 	default:
 		return nil
 	}

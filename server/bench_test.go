@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -69,7 +68,7 @@ func benchmarkGet(b *testing.B, path string, cached bool, policy *access.Policy)
 	ctx, cancel := context.WithCancel(context.Background())
 	var c *cache.Cache
 	if cached {
-		c = cache.New(ec, []string{"bench/"}, config.Default().Cache.MaxStaleness, slog.New(slog.DiscardHandler))
+		c = cache.New(ec, cache.Options{Prefixes: []string{"bench/"}, MaxStaleness: config.Default().Cache.MaxStaleness})
 		go c.Run(ctx)
 	}
 	srv := New(Options{Etcd: ec, Registry: prometheus.NewRegistry(), Cache: c,
@@ -171,7 +170,7 @@ func BenchmarkRequest(b *testing.B) {
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	c := cache.New(ec, []string{"bench/"}, config.Default().Cache.MaxStaleness, slog.New(slog.DiscardHandler))
+	c := cache.New(ec, cache.Options{Prefixes: []string{"bench/"}, MaxStaleness: config.Default().Cache.MaxStaleness})
 	go c.Run(ctx)
 	srv := New(Options{Etcd: ec, Registry: prometheus.NewRegistry(), Cache: c,
 		Limits: Limits{MaxKeyBytes: 4096, MaxValueBytes: 1 << 20, MaxWatches: 16},

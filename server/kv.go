@@ -2,17 +2,21 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
 	"udp_iaasd/access"
 	"udp_iaasd/api"
+	"udp_iaasd/cache"
 	"udp_iaasd/etcd"
 )
 
@@ -185,7 +189,8 @@ func (s *Server) withTimeout(r *http.Request) (context.Context, context.CancelFu
 }
 
 func (s *Server) getKV(w http.ResponseWriter, r *http.Request, rawKey string) error {
-	p, key, prefix, err := s.keyRequest(r, rawKey, access.Read, "prefix", "limit", "keys_only", "rev", "serializable")
+	p, key, prefix, err := s.keyRequest(r, rawKey, access.Read,
+		"prefix", "limit", "keys_only", "rev", "serializable", "stale", "min_revision")
 	if err != nil {
 		return err
 	}
@@ -208,8 +213,31 @@ func (s *Server) getKV(w http.ResponseWriter, r *http.Request, rawKey string) er
 	if err != nil {
 		return err
 	}
+	stale, err := p.flag("stale")
+	if err != nil {
+		return err
+	}
+	minRev, _, err := p.positive("min_revision")
+	if err != nil {
+		return err
+	}
+	if stale && rev != 0 {
+		return badRequest("stale answers from the agent's copy, which keeps no history: use either stale or rev")
+	}
+	staleIfError, err := s.staleIfError(r)
+	if err != nil {
+		return err
+	}
+	q := cacheRead{key: key, prefix: prefix, limit: limit, keysOnly: keysOnly, minRev: minRev}
+	covered := rev == 0 && s.cache.Covers(key)
+	if stale {
+		if covered {
+			return s.fromCopy(w, r, q, -1, "stale")
+		}
+		serializable = true // outside the cached prefixes: as serializable
+	}
 
-	if serializable && rev == 0 && s.cache != nil && s.fromCache(w, r, key, prefix, limit, keysOnly) {
+	if serializable && covered && s.fromCache(w, r, q) {
 		return nil
 	}
 	ctx, cancel := s.withTimeout(r)
@@ -217,7 +245,16 @@ func (s *Server) getKV(w http.ResponseWriter, r *http.Request, rawKey string) er
 	res, err := s.etcd.Read(ctx, key, etcd.ReadOptions{Prefix: prefix, Limit: limit, KeysOnly: keysOnly,
 		Revision: rev, Serializable: serializable})
 	if err != nil {
-		return s.readError(r, err, rev)
+		ae := s.readError(r, err, rev)
+		if covered && staleIfError > 0 && unanswerable(ae) {
+			if s.fromCopy(w, r, q, staleIfError, "stale_if_error") == nil {
+				return nil
+			}
+		}
+		return ae
+	}
+	if res.Revision < minRev {
+		return olderThan("etcd's answer", res.Revision, minRev)
 	}
 	if prefix {
 		writeListing(w, res.Revision, res.Count, res.More, res.KVs, keysOnly)
@@ -230,26 +267,138 @@ func (s *Server) getKV(w http.ResponseWriter, r *http.Request, rawKey string) er
 	return writeValue(w, r, key, res.Revision, kv)
 }
 
-// fromCache answers a serializable read from the cache, if it can; it
-// reports whether it did.
-func (s *Server) fromCache(w http.ResponseWriter, r *http.Request, key string, prefix bool, limit int64, keysOnly bool) bool {
-	if prefix {
-		kvs, count, more, rev, ok := s.cache.List(key, limit)
-		if ok {
-			w.Header()["X-Endpointd-Cache"] = cacheHit
-			writeListing(w, rev, count, more, kvs, keysOnly)
-		}
-		return ok
-	}
-	kv, rev, ok := s.cache.Get(key)
-	if ok {
-		w.Header()["X-Endpointd-Cache"] = cacheHit
-		if err := writeValue(w, r, key, rev, kv); err != nil {
-			writeError(w, api.Error{Code: api.CodeNotFound, Error: err.Error()})
-		}
-	}
-	return ok
+// cacheRead is a read the cache may answer.
+type cacheRead struct {
+	key      string
+	prefix   bool
+	limit    int64
+	keysOnly bool
+	minRev   int64
 }
+
+// fromCache answers a serializable read from a confirmed, recent copy, if
+// it can; it reports whether it did.
+func (s *Server) fromCache(w http.ResponseWriter, r *http.Request, q cacheRead) bool {
+	if q.prefix {
+		kvs, count, more, info, ok := s.cache.List(q.key, q.limit, cache.Fresh)
+		if ok && info.Rev >= q.minRev {
+			copyHeaders(w, info)
+			writeListing(w, info.Rev, count, more, kvs, q.keysOnly)
+		}
+		return ok && info.Rev >= q.minRev
+	}
+	kv, info, ok := s.cache.Get(q.key, cache.Fresh)
+	if !ok || info.Rev < q.minRev {
+		return false
+	}
+	copyHeaders(w, info)
+	if err := writeValue(w, r, q.key, info.Rev, kv); err != nil {
+		writeError(w, api.Error{Code: api.CodeNotFound, Error: err.Error()})
+	}
+	return true
+}
+
+// fromCopy answers a read from whatever copy there is, if it is at most
+// maxAge old (< 0: any age) and at min_revision or later; reason is the
+// metric's. It returns the error to answer instead: 503 when there is no
+// copy, or none young or recent enough.
+func (s *Server) fromCopy(w http.ResponseWriter, r *http.Request, q cacheRead, maxAge time.Duration, reason string) error {
+	var (
+		kvs         []*mvccpb.KeyValue
+		kv          *mvccpb.KeyValue
+		count       int64
+		more, ok    bool
+		info        cache.Info
+		unavailable = apiErr(api.CodeUnavailable, "the agent has no copy of this cached prefix yet (never listed, "+
+			"discarded, or being listed again); retry when etcd answers")
+	)
+	if q.prefix {
+		kvs, count, more, info, ok = s.cache.List(q.key, q.limit, cache.Any)
+	} else {
+		kv, info, ok = s.cache.Get(q.key, cache.Any)
+	}
+	switch {
+	case !ok:
+		return unavailable
+	case maxAge >= 0 && info.Age > maxAge:
+		return apiErr(api.CodeUnavailable, fmt.Sprintf("etcd cannot answer, and the agent's copy was last confirmed %ds ago, "+
+			"more than stale-if-error allows (%ds)", int64(info.Age/time.Second), int64(maxAge/time.Second)))
+	case info.Rev < q.minRev:
+		return olderThan("the agent's copy", info.Rev, q.minRev)
+	}
+	s.cache.CountStale(reason)
+	copyHeaders(w, info)
+	if q.prefix {
+		writeListing(w, info.Rev, count, more, kvs, q.keysOnly)
+		return nil
+	}
+	if err := writeValue(w, r, q.key, info.Rev, kv); err != nil {
+		writeError(w, api.Error{Code: api.CodeNotFound, Error: err.Error()})
+	}
+	return nil
+}
+
+// olderThan is the 503 of a read whose answer would be older than the
+// min_revision it asked for.
+func olderThan(what string, rev, minRev int64) *apiError {
+	return apiErr(api.CodeUnavailable, fmt.Sprintf("%s is at revision %d, older than min_revision %d", what, rev, minRev))
+}
+
+// unanswerable reports whether a read's error means etcd could not answer
+// (503 or 504): the errors stale-if-error stands in for.
+func unanswerable(err error) bool {
+	var ae *apiError
+	return errors.As(err, &ae) && (ae.body.Code == api.CodeUnavailable || ae.body.Code == api.CodeTimeout)
+}
+
+// staleIfError reads Cache-Control's stale-if-error (RFC 5861), or the
+// configured default when the request sends none. Other directives are
+// ignored; a malformed value is 400.
+func (s *Server) staleIfError(r *http.Request) (time.Duration, error) {
+	for _, line := range r.Header["Cache-Control"] {
+		for d := range strings.SplitSeq(line, ",") {
+			name, value, has := strings.Cut(strings.TrimSpace(d), "=")
+			if !strings.EqualFold(strings.TrimSpace(name), "stale-if-error") {
+				continue
+			}
+			value = strings.Trim(strings.TrimSpace(value), `"`)
+			n, err := strconv.ParseInt(value, 10, 64)
+			if !has || err != nil || n < 0 {
+				return 0, badRequest(fmt.Sprintf("Cache-Control: stale-if-error wants whole seconds (stale-if-error=60), got %q", d))
+			}
+			return time.Duration(min(n, int64(math.MaxInt64/time.Second))) * time.Second, nil
+		}
+	}
+	return s.limits.Load().StaleIfError, nil
+}
+
+// copyHeaders says an answer came from the agent's copy, and how old it is.
+func copyHeaders(w http.ResponseWriter, info cache.Info) {
+	h := w.Header()
+	h["X-Endpointd-Cache"] = cacheHit
+	secs := int64(info.Age / time.Second)
+	if secs < int64(len(ageValues)) {
+		h["Age"] = ageValues[secs]
+	} else {
+		h["Age"] = []string{strconv.FormatInt(secs, 10)}
+	}
+	if info.Stale {
+		h["X-Endpointd-Stale"] = staleTrue
+	}
+}
+
+// ageValues are Age's values for copies under a minute old, made once (a
+// fresh copy is a second old or less; each response shares the slice, whose
+// capacity of 1 makes an Add copy it).
+var ageValues = func() [][]string {
+	v := make([][]string, 60)
+	for i := range v {
+		v[i] = []string{strconv.Itoa(i)}
+	}
+	return v
+}()
+
+var staleTrue = []string{"true"}
 
 // writeListing writes a prefix listing (API.md) read at revision rev.
 func writeListing(w http.ResponseWriter, rev, count int64, more bool, kvs []*mvccpb.KeyValue, keysOnly bool) {

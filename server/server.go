@@ -40,6 +40,9 @@ type Limits struct {
 	MaxValueBytes int
 	MaxWatches    int
 	MaxTxnBytes   int
+	// StaleIfError is the stale-if-error of reads of cached prefixes that
+	// send none (cache.stale_if_error); 0: nothing stale unless asked.
+	StaleIfError time.Duration
 }
 
 // DefaultMaxTxnBytes is limits.max_txn_bytes's default (CONFIG.md).

@@ -116,13 +116,44 @@ func kvTxn(*flag.FlagSet) kvRun {
 	}
 }
 
-func kvGet(*flag.FlagSet) kvRun {
+// readFlags are the flags of get and ls that choose how fresh an answer
+// must be (API.md "Reading while etcd is away").
+func readFlags(flags *flag.FlagSet) func() []client.Option {
+	stale := flags.Bool("stale", false, "answer from the agent's copy of a cached prefix at once, whatever its age")
+	ifError := flags.Duration("stale-if-error", 0, "if etcd cannot answer, answer from the agent's copy when it was confirmed at most `D` ago (e.g. 10m)")
+	minRev := flags.Int64("min-revision", 0, "refuse an answer older than store revision `N`")
+	return func() []client.Option {
+		var opts []client.Option
+		if *stale {
+			opts = append(opts, client.Stale())
+		}
+		if *ifError > 0 {
+			opts = append(opts, client.StaleIfError(*ifError))
+		}
+		if *minRev > 0 {
+			opts = append(opts, client.MinRevision(*minRev))
+		}
+		return opts
+	}
+}
+
+// noteStale tells stderr that an answer came from a copy that is not known
+// to be current, so that a person does not take it for etcd's.
+func noteStale(w io.Writer, f client.Freshness) {
+	if f.FromCache && f.Stale {
+		fmt.Fprintf(w, "(stale: from the agent's copy, last confirmed current %s ago)\n", f.Age)
+	}
+}
+
+func kvGet(flags *flag.FlagSet) kvRun {
+	readOpts := readFlags(flags)
 	return func(ctx context.Context, c *client.Client, pos []string, std kvIO) int {
-		kv, err := c.Get(ctx, pos[0])
+		kv, err := c.Get(ctx, pos[0], readOpts()...)
 		if err != nil {
 			return kvFail(std.errOut, err)
 		}
 		std.out.Write(kv.Value)
+		noteStale(std.errOut, kv.Freshness)
 		return exitOK
 	}
 }
@@ -190,12 +221,13 @@ func kvDel(flags *flag.FlagSet) kvRun {
 func kvLs(flags *flag.FlagSet) kvRun {
 	limit := flags.Int64("limit", 0, "list at most `N` keys")
 	asJSON := flags.Bool("json", false, "print keys, values and revisions as JSON lines")
+	readOpts := readFlags(flags)
 	return func(ctx context.Context, c *client.Client, pos []string, std kvIO) int {
 		p := ""
 		if len(pos) == 1 {
 			p = pos[0]
 		}
-		var opts []client.Option
+		opts := readOpts()
 		if *limit > 0 {
 			opts = append(opts, client.Limit(*limit))
 		}
@@ -216,6 +248,7 @@ func kvLs(flags *flag.FlagSet) kvRun {
 		if res.More {
 			fmt.Fprintf(std.errOut, "(%d of %d keys shown)\n", len(res.KVs), res.Count)
 		}
+		noteStale(std.errOut, res.Freshness)
 		return exitOK
 	}
 }

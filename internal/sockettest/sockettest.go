@@ -74,7 +74,7 @@ func Start(o Options) (*Agent, error) {
 	}
 	var c *cache.Cache
 	if len(o.CachePrefixes) > 0 {
-		c = cache.New(ec, o.CachePrefixes, time.Second, o.Logger)
+		c = cache.New(ec, cache.Options{Prefixes: o.CachePrefixes, MaxStaleness: time.Second, Logger: o.Logger})
 		wg.Go(func() { c.Run(ctx) })
 		if err := awaitSynced(ctx, c, 10*time.Second); err != nil {
 			a.Stop()

@@ -31,8 +31,9 @@ _endpointd() {
 	"kv get")
 		case $prev in
 		-config|-socket) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+		-min-revision|-stale-if-error) return ;;
 		esac
-		COMPREPLY=($(compgen -W '-config -socket' -- "$cur"))
+		COMPREPLY=($(compgen -W '-config -min-revision -socket -stale -stale-if-error' -- "$cur"))
 		;;
 	"kv put")
 		case $prev in
@@ -51,9 +52,9 @@ _endpointd() {
 	"kv ls")
 		case $prev in
 		-config|-socket) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-		-limit) return ;;
+		-limit|-min-revision|-stale-if-error) return ;;
 		esac
-		COMPREPLY=($(compgen -W '-config -json -limit -socket' -- "$cur"))
+		COMPREPLY=($(compgen -W '-config -json -limit -min-revision -socket -stale -stale-if-error' -- "$cur"))
 		;;
 	"kv watch")
 		case $prev in
