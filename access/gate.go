@@ -24,6 +24,8 @@ type Settings struct {
 	Policy *Policy
 	// Audit logs every allowed write with the peer and the rule (log.audit).
 	Audit bool
+
+	limited bool // some rule sets a budget (Set works it out)
 }
 
 // Gate is the agent's one access decision with its audit, for every surface
@@ -31,8 +33,10 @@ type Settings struct {
 // this peer may use them (Admit) and these keys (Authorize, Permit). The
 // agent owns it and hands it to the sockets; a reload replaces its Settings.
 type Gate struct {
-	log    *slog.Logger
-	denied *prometheus.CounterVec
+	log       *slog.Logger
+	denied    *prometheus.CounterVec
+	throttled *prometheus.CounterVec
+	now       func() time.Time
 
 	// settings is swapped whole by Set, and only then is changed closed and
 	// replaced: a check that read the old settings has its channel closed
@@ -41,7 +45,9 @@ type Gate struct {
 	settings atomic.Pointer[Settings]
 	changed  atomic.Pointer[chan struct{}]
 
-	denials denialLog
+	denials   denialLog
+	throttles denialLog
+	budgets   budgets
 }
 
 // NewGate builds the gate with its first settings, registering its metric
@@ -52,16 +58,21 @@ func NewGate(s Settings, reg prometheus.Registerer, log *slog.Logger) *Gate {
 	}
 	g := &Gate{
 		log: log,
+		now: time.Now,
 		denied: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "endpointd_access_denied_total",
 			Help: "Requests refused by the access rules, by operation (\"any\": the peer matches no rule).",
 		}, []string{"op"}),
+		throttled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "endpointd_throttled_total",
+			Help: "Requests and streams refused by a budget (429), by the rule whose limit refused them and why (rate, streams, etcd_budget).",
+		}, []string{"rule", "reason"}),
 	}
 	for _, op := range []string{"read", "write", "any"} {
 		g.denied.WithLabelValues(op) // present at 0 from the start
 	}
 	if reg != nil {
-		reg.MustRegister(g.denied)
+		reg.MustRegister(g.denied, g.throttled)
 	}
 	g.Set(s)
 	return g
@@ -70,6 +81,19 @@ func NewGate(s Settings, reg prometheus.Registerer, log *slog.Logger) *Gate {
 // Set replaces the settings (a reload). New requests are decided by them at
 // once; every open stream's Permit re-checks its keys.
 func (g *Gate) Set(s Settings) {
+	s.limited = s.Policy.limited()
+	if s.Policy != nil {
+		// Each limit's series is there at 0 from the start, so that rates
+		// and alerts over it have a baseline.
+		for _, r := range s.Policy.rules {
+			if r.Rate > 0 {
+				g.throttled.WithLabelValues(r.Name, "rate")
+			}
+			if r.MaxStreams > 0 {
+				g.throttled.WithLabelValues(r.Name, "streams")
+			}
+		}
+	}
 	g.settings.Store(&s)
 	next := make(chan struct{})
 	if old := g.changed.Swap(&next); old != nil {

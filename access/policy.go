@@ -50,7 +50,16 @@ type Rule struct {
 	Prefixes []string
 	Read     bool
 	Write    bool
+	// Rate (requests per second), Burst and MaxStreams limit each peer the
+	// rule matches, each distinct (uid, unit) on its own (budget.go); 0 is
+	// no limit.
+	Rate       int
+	Burst      int
+	MaxStreams int
 }
+
+// limited: the rule sets a budget.
+func (r *Rule) limited() bool { return r.Rate > 0 || r.MaxStreams > 0 }
 
 // Policy is an immutable set of rules. The nil or empty Policy allows
 // everything (no access: section).

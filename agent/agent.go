@@ -123,6 +123,7 @@ func New(opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	a.etcd.SetRequestBudget(cfg.Etcd.MaxRequestsPerSecond)
 	a.metrics = newMetrics(a.reg, a.etcd, opts.Version, a.cfg.Load)
 	if len(cfg.Cache.Prefixes) > 0 {
 		a.cache = cache.New(a.etcd, cache.Options{
@@ -515,6 +516,7 @@ func (a *Agent) reloadConfig() (restartWatcher bool) {
 	}
 	a.cfg.Store(live)
 	a.etcd.SetRequestTimeout(live.Etcd.RequestTimeout)
+	a.etcd.SetRequestBudget(live.Etcd.MaxRequestsPerSecond)
 	// The password file is read again on every reload (a rotation); the
 	// client is rebuilt only if the credentials changed.
 	a.etcd.SetCredentials(live.Etcd.Username, ecfg.Password)

@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"regexp"
@@ -17,7 +18,8 @@ func TestDeployNamesExportedMetrics(t *testing.T) {
 	cluster := etcdtest.New(t, 2)
 	// A cached prefix, so that the cache's metrics are exported too.
 	h := agenttest.Start(t, agenttest.Options{Endpoints: cluster.Endpoints(),
-		Extra: "cache: {prefixes: [cfg/], dir: " + t.TempDir() + "}\n"})
+		Extra: "cache: {prefixes: [cfg/], dir: " + t.TempDir() + "}\n" +
+			fmt.Sprintf("access:\n  - {name: all, uids: [%d], prefixes: [\"\"], allow: [read, write], rate: 1000}\n", os.Getuid())})
 	h.Eventually("ready", func() bool { return h.Status().Ready })
 	h.Eventually("the cache listed", func() bool { st := h.Status(); return len(st.Cache) == 1 && st.Cache[0].Confirmed })
 	resp, err := h.HTTP.Get("http://localhost/metrics")

@@ -23,6 +23,10 @@ const (
 	// CodeLocked (version 1.1): a lock's wait ran out; the body names the
 	// holder's key and revision.
 	CodeLocked = "locked"
+	// CodeTooManyRequests (version 1.2): over a budget (the peer's rate or
+	// max_streams, or the host's budget toward etcd); Retry-After says
+	// when to try again. Nothing was sent to etcd.
+	CodeTooManyRequests = "too_many_requests"
 )
 
 // HTTPStatus is the HTTP status API.md gives an error code; an unknown code
@@ -49,6 +53,8 @@ func HTTPStatus(code string) int {
 		return http.StatusGatewayTimeout
 	case CodeLocked:
 		return http.StatusConflict
+	case CodeTooManyRequests:
+		return http.StatusTooManyRequests
 	}
 	return http.StatusInternalServerError
 }
@@ -77,6 +83,8 @@ func CodeForStatus(status int) string {
 		return CodeTimeout
 	case http.StatusConflict:
 		return CodeLocked
+	case http.StatusTooManyRequests:
+		return CodeTooManyRequests
 	}
 	return CodeInternal
 }

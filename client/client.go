@@ -112,7 +112,9 @@ func checkRetry(ctx context.Context, resp *http.Response, err error) (bool, erro
 		idempotent, _ := ctx.Value(idempotentKey{}).(bool)
 		return idempotent, nil
 	}
-	return resp.StatusCode == http.StatusServiceUnavailable, nil
+	// 503: not sent to etcd; 429: over a budget, not sent either. Both say
+	// when to come back (Retry-After, which retryDelay follows).
+	return resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests, nil
 }
 
 // notSent reports errors that mean the request never reached the agent.

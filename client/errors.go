@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"time"
 
 	"udp_iaasd/api"
 )
@@ -29,6 +30,11 @@ var (
 	// ErrLocked: a lock's wait ran out (or a try found it held); the
 	// *Error's HolderKey and HolderRevision name the holder.
 	ErrLocked = errors.New("client: locked")
+	// ErrTooManyRequests: over a budget (the caller's rate or stream limit,
+	// or the host's budget toward etcd); nothing was sent to etcd. The
+	// *Error's RetryAfter says when to try again. The client retries it
+	// like ErrUnavailable, within RetryMax.
+	ErrTooManyRequests = errors.New("client: too many requests")
 )
 
 var codes = map[string]error{
@@ -43,6 +49,7 @@ var codes = map[string]error{
 	api.CodeTimeout:            ErrTimeout,
 	api.CodeInternal:           ErrInternal,
 	api.CodeLocked:             ErrLocked,
+	api.CodeTooManyRequests:    ErrTooManyRequests,
 }
 
 // Error is an error answer from the agent.
@@ -57,6 +64,9 @@ type Error struct {
 	// HolderKey and HolderRevision are set for locked.
 	HolderKey      string
 	HolderRevision int64
+	// RetryAfter is the agent's Retry-After (too_many_requests,
+	// unavailable); 0 when it sent none.
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {
@@ -73,9 +83,10 @@ func decodeError(resp *http.Response) error {
 		// Not our JSON: a proxy, or net/http itself refusing the request.
 		body.Error, body.Code = fmt.Sprintf("unexpected answer %q", raw), api.CodeForStatus(resp.StatusCode)
 	}
+	retry, _ := retryAfter(resp)
 	return &Error{Status: resp.StatusCode, Code: body.Code, Message: body.Error,
 		CurrentModRevision: body.CurrentModRevision, CompactRevision: body.CompactRevision,
-		HolderKey: body.Key, HolderRevision: body.Revision}
+		HolderKey: body.Key, HolderRevision: body.Revision, RetryAfter: retry}
 }
 
 func base64Decode(s string) ([]byte, error) { return base64.StdEncoding.DecodeString(s) }

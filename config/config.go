@@ -12,6 +12,7 @@
 package config
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -102,9 +103,12 @@ type Etcd struct {
 	// RebalanceSpread re-places watch streams after a member returns
 	// (etcd.Config.RebalanceSpread); 0 leaves them where they are.
 	RebalanceSpread time.Duration
-	Username        string
-	PasswordFile    string
-	TLS             TLS
+	// MaxRequestsPerSecond is the host budget toward etcd (unary requests
+	// sent for peers, fair between them); 0 is no limit.
+	MaxRequestsPerSecond int
+	Username             string
+	PasswordFile         string
+	TLS                  TLS
 }
 
 // TLS names the files of the client's TLS setup.
@@ -187,6 +191,12 @@ type AccessRule struct {
 	Units    []string
 	Prefixes []string
 	Allow    []string
+	// Rate (requests per second), Burst (default Rate) and MaxStreams are
+	// the budget of each peer — each distinct (uid, unit) — the rule
+	// matches; 0 is no limit (API.md "Budgets").
+	Rate       int
+	Burst      int
+	MaxStreams int
 }
 
 // Default returns the settings CONFIG.md documents as defaults.
@@ -294,17 +304,18 @@ func (c *Config) fields() map[string]field {
 			"allowed_gids": intList(&c.Socket.AllowedGIDs),
 		}),
 		"etcd": section(map[string]field{
-			"dial_timeout":          duration(&c.Etcd.DialTimeout),
-			"request_timeout":       duration(&c.Etcd.RequestTimeout),
-			"keepalive_time":        duration(&c.Etcd.KeepaliveTime),
-			"keepalive_timeout":     duration(&c.Etcd.KeepaliveTimeout),
-			"probe_timeout":         duration(&c.Etcd.ProbeTimeout),
-			"suspect_after":         duration(&c.Etcd.SuspectAfter),
-			"status_probe_interval": duration(&c.Etcd.StatusProbeInterval),
-			"connect_spread":        duration(&c.Etcd.ConnectSpread),
-			"rebalance_spread":      duration(&c.Etcd.RebalanceSpread),
-			"username":              str(&c.Etcd.Username),
-			"password_file":         str(&c.Etcd.PasswordFile),
+			"dial_timeout":            duration(&c.Etcd.DialTimeout),
+			"request_timeout":         duration(&c.Etcd.RequestTimeout),
+			"max_requests_per_second": integer(&c.Etcd.MaxRequestsPerSecond),
+			"keepalive_time":          duration(&c.Etcd.KeepaliveTime),
+			"keepalive_timeout":       duration(&c.Etcd.KeepaliveTimeout),
+			"probe_timeout":           duration(&c.Etcd.ProbeTimeout),
+			"suspect_after":           duration(&c.Etcd.SuspectAfter),
+			"status_probe_interval":   duration(&c.Etcd.StatusProbeInterval),
+			"connect_spread":          duration(&c.Etcd.ConnectSpread),
+			"rebalance_spread":        duration(&c.Etcd.RebalanceSpread),
+			"username":                str(&c.Etcd.Username),
+			"password_file":           str(&c.Etcd.PasswordFile),
 			"tls": section(map[string]field{
 				"ca_file":     str(&c.Etcd.TLS.CAFile),
 				"cert_file":   str(&c.Etcd.TLS.CertFile),
@@ -368,14 +379,17 @@ func (c *Config) fields() map[string]field {
 					})
 				}
 				d.mapping(it, p, map[string]field{
-					"name":     at(str(&r.Name)),
-					"uids":     list(intList(&r.UIDs)),
-					"users":    list(stringList(&r.Users)),
-					"gids":     list(intList(&r.GIDs)),
-					"groups":   list(stringList(&r.Groups)),
-					"units":    list(stringList(&r.Units)),
-					"prefixes": list(stringList(&r.Prefixes)),
-					"allow":    list(stringList(&r.Allow)),
+					"name":        at(str(&r.Name)),
+					"uids":        list(intList(&r.UIDs)),
+					"users":       list(stringList(&r.Users)),
+					"gids":        list(intList(&r.GIDs)),
+					"groups":      list(stringList(&r.Groups)),
+					"units":       list(stringList(&r.Units)),
+					"prefixes":    list(stringList(&r.Prefixes)),
+					"allow":       list(stringList(&r.Allow)),
+					"rate":        at(integer(&r.Rate)),
+					"burst":       at(integer(&r.Burst)),
+					"max_streams": at(integer(&r.MaxStreams)),
 				})
 			}
 		}),
@@ -499,6 +513,9 @@ func (v *checks) etcd(e Etcd) {
 	v.positive("etcd.status_probe_interval", e.StatusProbeInterval)
 	v.notNegative("etcd.connect_spread", e.ConnectSpread)
 	v.notNegative("etcd.rebalance_spread", e.RebalanceSpread)
+	if e.MaxRequestsPerSecond < 0 {
+		v.bad("etcd.max_requests_per_second", "%d is negative; give requests per second, or 0 for no limit", e.MaxRequestsPerSecond)
+	}
 	if (e.Username == "") != (e.PasswordFile == "") {
 		v.bad("etcd.username", "username and password_file go together: set both or neither")
 	}
@@ -699,6 +716,17 @@ func (v *checks) access(rules []AccessRule) {
 		if len(r.Allow) == 0 {
 			v.bad(p, "rule %q allows nothing: give allow: [read], [write] or [read, write]", r.Name)
 		}
+		switch {
+		case r.Rate < 0:
+			v.bad(p+".rate", "rate %d is negative; give requests per second, or 0 for no limit", r.Rate)
+		case r.Burst < 0 || (r.Rate > 0 && r.Burst == 0 && v.c.pos[p+".burst"] != nil):
+			v.bad(p+".burst", "burst %d is below 1; give at least 1 (it defaults to rate)", r.Burst)
+		case r.Burst > 0 && r.Rate == 0:
+			v.bad(p+".burst", "burst without a rate limits nothing; give rate too")
+		}
+		if r.MaxStreams < 0 {
+			v.bad(p+".max_streams", "max_streams %d is negative; give a count, or 0 for no limit", r.MaxStreams)
+		}
 		for j, a := range r.Allow {
 			if a != "read" && a != "write" {
 				v.bad(fmt.Sprintf("%s.allow[%d]", p, j), "%q is not read or write", a)
@@ -769,7 +797,8 @@ func (c *Config) AccessPolicy() (*access.Policy, error) {
 	rules := make([]access.Rule, 0, len(c.Access))
 	for _, r := range c.Access {
 		ar := access.Rule{Name: r.Name, Units: r.Units, Prefixes: r.Prefixes,
-			Read: slices.Contains(r.Allow, "read"), Write: slices.Contains(r.Allow, "write")}
+			Read: slices.Contains(r.Allow, "read"), Write: slices.Contains(r.Allow, "write"),
+			Rate: r.Rate, Burst: cmp.Or(r.Burst, r.Rate), MaxStreams: r.MaxStreams}
 		for _, id := range r.UIDs {
 			ar.UIDs = append(ar.UIDs, uint32(id))
 		}

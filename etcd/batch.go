@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -80,6 +81,18 @@ type pending[Q, R any] struct {
 	res   R
 	err   error
 	alone bool
+	sent  atomic.Bool // its batch got its host-budget token
+}
+
+// forget takes p out of the queue, if it is still there (its caller gave
+// up: it is not sent). b.mu held.
+func (b *batcher[Q, R]) forget(p *pending[Q, R]) {
+	for i, x := range b.queue {
+		if x == p {
+			b.queue = append(b.queue[:i], b.queue[i+1:]...)
+			return
+		}
+	}
 }
 
 // do answers q: at once, alone, while there is room and nothing waits;
@@ -105,10 +118,19 @@ func (b *batcher[Q, R]) do(ctx context.Context, q Q) (R, error) {
 	select {
 	case <-p.done:
 	case <-ctx.Done():
-		// The batch may still be sent; its answer for p is dropped. (A
-		// write's outcome is then unknown, which is what a context error
-		// says of a write.)
+		// Still queued: it is taken out and never sent. Otherwise its batch
+		// may still be sent; its answer for p is dropped. (A write's
+		// outcome is then unknown, which is what a context error says of a
+		// write.)
 		var zero R
+		b.mu.Lock()
+		b.forget(p)
+		b.mu.Unlock()
+		if !p.sent.Load() && errors.Is(ctx.Err(), context.DeadlineExceeded) && b.c.budget.enabled() {
+			// It waited for the host budget (in the queue, or in a batch
+			// waiting for its token) past its deadline: never sent.
+			return zero, &BudgetError{RetryAfter: b.c.requestTimeout()}
+		}
 		return zero, ctx.Err()
 	}
 	if p.alone {
@@ -201,10 +223,18 @@ func (b *batcher[Q, R]) sendOne(batch []*pending[Q, R]) {
 		ops[i] = b.op(p.q)
 	}
 	var resp *clientv3.TxnResponse
-	err := b.c.unary(ctx, func(ctx context.Context, cli *clientv3.Client) (err error) {
-		resp, err = cli.Txn(ctx).Then(ops...).Commit()
-		return err
-	})
+	// The batch is one request to the host budget; its requests count as
+	// sent once it has its token (do tells the others apart).
+	err := b.c.takeBudget(ctx)
+	if err == nil {
+		for _, p := range batch {
+			p.sent.Store(true)
+		}
+		err = b.c.onLive(ctx, func(ctx context.Context, cli *clientv3.Client) (err error) {
+			resp, err = cli.Txn(ctx).Then(ops...).Commit()
+			return err
+		})
+	}
 	if errors.Is(err, rpctypes.ErrTooManyOps) {
 		// The cluster runs with a --max-txn-ops below maxBatchOps: halve
 		// the batches until they fit; these requests go alone.

@@ -184,6 +184,7 @@ type EtcdClient struct {
 
 	minSize    int          // fewest endpoints UpdateEndpoints and RemoveEndpoint accept; read-only after New
 	reqTimeout atomic.Int64 // RequestTimeout in nanoseconds; SetRequestTimeout changes it
+	budget     fairBudget   // the host budget toward etcd (budget.go); off until SetRequestBudget
 
 	mu        sync.RWMutex
 	gen       *generation     // the live client (the seed's `client`) with its in-flight count; nil until one is built
@@ -353,6 +354,9 @@ func (c *EtcdClient) Delete(ctx context.Context, key string) error {
 func (c *EtcdClient) do(ctx context.Context, fn func(ctx context.Context, cli *clientv3.Client) error) error {
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
+	if err := c.takeBudget(ctx); err != nil {
+		return err
+	}
 	return c.onLive(ctx, fn)
 }
 
@@ -363,6 +367,9 @@ func (c *EtcdClient) do(ctx context.Context, fn func(ctx context.Context, cli *c
 func (c *EtcdClient) unary(ctx context.Context, fn func(ctx context.Context, cli *clientv3.Client) error) error {
 	if _, ok := ctx.Deadline(); !ok {
 		return c.do(ctx, fn)
+	}
+	if err := c.takeBudget(ctx); err != nil {
+		return err
 	}
 	return c.onLive(ctx, fn)
 }
@@ -637,6 +644,7 @@ func (c *EtcdClient) Close() error {
 	c.gen = nil
 	c.mu.Unlock()
 
+	c.budget.close()
 	c.health.stop()
 	c.streams.stop()
 	c.sessions.closing.Wait() // their leases are revoked on g's client

@@ -46,6 +46,9 @@ const (
 	// with more operations than --max-txn-ops, or writing a key twice).
 	// Nothing was applied.
 	KindInvalid
+	// KindThrottled: the host budget (SetRequestBudget) could not send the
+	// request before its deadline (a *BudgetError). Not sent.
+	KindThrottled
 )
 
 // KindOf classifies err (nil: KindOther; check err first). etcd's errors
@@ -53,6 +56,8 @@ const (
 // gRPC status a raw call returns.
 func KindOf(err error) Kind {
 	switch {
+	case errors.As(err, new(*BudgetError)):
+		return KindThrottled
 	case errors.Is(err, ErrNoEndpoints):
 		return KindNoEndpoints
 	case errors.Is(err, ErrClosed):

@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -195,14 +196,57 @@ func (s *Server) unaryGate(ctx context.Context, req any, info *grpc.UnaryServerI
 	if err := s.admit(ctx, info.FullMethod); err != nil {
 		return nil, err
 	}
-	return h(ctx, req)
+	p, _ := peerOf(ctx)
+	if err := s.gate.Spend(p); err != nil {
+		return nil, exhausted(err)
+	}
+	return h(etcd.WithPeerKey(ctx, peerKey(p)), req)
 }
 
+// streamGate admits a stream, spends one request of the peer's rate on it
+// and takes one of its max_streams until it ends (API.md "Budgets").
 func (s *Server) streamGate(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 	if err := s.admit(ss.Context(), info.FullMethod); err != nil {
 		return err
 	}
+	p, _ := peerOf(ss.Context())
+	if err := s.gate.Spend(p); err != nil {
+		return exhausted(err)
+	}
+	release, err := s.gate.OpenStream(p)
+	if err != nil {
+		return exhausted(err)
+	}
+	defer release()
 	return h(srv, ss)
+}
+
+// peerKey is the peer in the host budget's fair queue, as over HTTP.
+func peerKey(p access.Peer) string { return strconv.FormatUint(uint64(p.UID), 10) + "/" + p.Unit }
+
+// exhausted is a refusal by a budget as ResourceExhausted, where HTTP says
+// 429; the message says when to retry.
+func exhausted(err error) error {
+	return status.Error(codes.ResourceExhausted, "endpointd: "+err.Error())
+}
+
+// takeBudget spends the host budget on a call forwarded to etcd; a request
+// it cannot send before its deadline is ResourceExhausted, counted under the
+// peer's rule.
+func (s *Server) takeBudget(ctx context.Context) error {
+	if _, ok := ctx.Deadline(); !ok {
+		// The wait counts against etcd.request_timeout, as over HTTP.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.ec.RequestTimeout())
+		defer cancel()
+	}
+	err := s.ec.TakeRequestBudget(ctx)
+	var be *etcd.BudgetError
+	if errors.As(err, &be) {
+		p, _ := peerOf(ctx)
+		return exhausted(s.gate.RefusedByEtcdBudget(p, be.RetryAfter))
+	}
+	return toStatus(err)
 }
 
 // check asks the one access decision for [key, end) and turns a refusal

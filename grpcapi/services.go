@@ -153,6 +153,10 @@ var callOpts = []grpc.CallOption{grpc.MaxCallRecvMsgSize(math.MaxInt32)}
 // forward sends a checked request to the cluster on the live connection
 // and returns etcd's answer as it is.
 func forward[Resp any](ctx context.Context, s *Server, call func(*grpc.ClientConn, context.Context) (Resp, error)) (Resp, error) {
+	if err := s.takeBudget(ctx); err != nil {
+		var zero Resp
+		return zero, err
+	}
 	conn, uctx, err := s.upstream(ctx)
 	if err != nil {
 		var zero Resp

@@ -4,9 +4,11 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"strconv"
 
 	"udp_iaasd/access"
 	"udp_iaasd/api"
+	"udp_iaasd/etcd"
 )
 
 // Access control (API.md "Access control"). Who the peer is was read once,
@@ -30,7 +32,20 @@ func connContext(ctx context.Context, c net.Conn) context.Context {
 	if err != nil {
 		p = access.Peer{}
 	}
+	// The host budget's fair queue tells peers apart by (uid, unit), as
+	// the per-peer budgets do; put once per connection, so a request costs
+	// no allocation for it.
+	ctx = etcd.WithPeerKey(ctx, strconv.FormatUint(uint64(p.UID), 10)+"/"+p.Unit)
 	return context.WithValue(context.WithValue(ctx, peerKey{}, p), connKey{}, c)
+}
+
+// openStream takes one of the peer's max_streams for a stream that stays
+// open (a watch, a held lock or campaign, an observation); release it when
+// the stream ends. Past the limit: 429.
+func (s *Server) openStream(r *http.Request) (release func(), err error) {
+	peer, _ := peerFrom(r.Context())
+	release, err = s.gate.OpenStream(peer)
+	return release, throttled(err)
 }
 
 // connKey holds the connection a request came on (Server.started).

@@ -3,16 +3,22 @@ package server
 import (
 	"errors"
 	"net/http"
+	"strconv"
 
+	"udp_iaasd/access"
 	"udp_iaasd/api"
 	"udp_iaasd/etcd"
 )
 
 // apiError is an error answer, ready to be written: its body's code gives
 // its HTTP status (api.HTTPStatus).
-type apiError struct{ body api.Error }
+type apiError struct {
+	body api.Error
+	// retryAfter is Retry-After's seconds for too_many_requests (≥ 1).
+	retryAfter int64
+}
 
-func apiErr(code, msg string) *apiError { return &apiError{api.Error{Code: code, Error: msg}} }
+func apiErr(code, msg string) *apiError { return &apiError{body: api.Error{Code: code, Error: msg}} }
 
 func (e *apiError) Error() string { return e.body.Error }
 
@@ -27,10 +33,24 @@ func (s *Server) writeAPIError(w http.ResponseWriter, r *http.Request, err error
 			return // the client went away; there is no one to answer
 		}
 	}
-	if ae.body.Code == api.CodeUnavailable {
+	switch ae.body.Code {
+	case api.CodeUnavailable:
 		w.Header().Set("Retry-After", "1")
+	case api.CodeTooManyRequests:
+		w.Header().Set("Retry-After", strconv.FormatInt(max(1, ae.retryAfter), 10))
 	}
 	writeError(w, ae.body)
+}
+
+// throttled is a refusal by a budget (*access.Throttled) as 429
+// too_many_requests with its Retry-After; other errors pass as they are.
+func throttled(err error) error {
+	var t *access.Throttled
+	if !errors.As(err, &t) {
+		return err
+	}
+	return &apiError{body: api.Error{Code: api.CodeTooManyRequests, Error: t.Error()},
+		retryAfter: access.RetryAfterSeconds(t.RetryAfter)}
 }
 
 // classify maps an error from etcd to API.md's codes (etcd.KindOf says what
@@ -41,6 +61,13 @@ func (s *Server) classify(r *http.Request, err error) *apiError {
 		return nil // the client went away; there is no one to answer
 	}
 	switch etcd.KindOf(err) {
+	case etcd.KindThrottled:
+		// The host budget could not send it before its deadline; the gate
+		// counts and logs it under the peer's rule.
+		var be *etcd.BudgetError
+		errors.As(err, &be)
+		peer, _ := peerFrom(r.Context())
+		return throttled(s.gate.RefusedByEtcdBudget(peer, be.RetryAfter)).(*apiError)
 	case etcd.KindNoEndpoints:
 		return apiErr(api.CodeUnavailable, "no valid endpoint set is applied yet; see /v1/status")
 	case etcd.KindClosed:

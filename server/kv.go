@@ -614,7 +614,7 @@ func writeRevision(w http.ResponseWriter, rev, deleted int64, etag bool) {
 }
 
 func preconditionFailed(key string, current int64) error {
-	return &apiError{api.Error{Code: api.CodePreconditionFailed, CurrentModRevision: current,
+	return &apiError{body: api.Error{Code: api.CodePreconditionFailed, CurrentModRevision: current,
 		Error: fmt.Sprintf("the condition on key %q did not hold (current mod_revision %d)", key, current)}}
 }
 

@@ -90,6 +90,11 @@ func (s *Server) lock(w http.ResponseWriter, r *http.Request, rawName string) er
 	if err != nil {
 		return err
 	}
+	release, err := s.openStream(r)
+	if err != nil {
+		return err
+	}
+	defer release()
 	ctx := r.Context()
 	lock := s.etcd.Lock
 	switch {
@@ -114,7 +119,7 @@ func (s *Server) lockError(r *http.Request, err error) error {
 	var le *etcd.LockedError
 	switch {
 	case errors.As(err, &le):
-		return &apiError{api.Error{Code: api.CodeLocked, Key: le.Key, Revision: le.Revision,
+		return &apiError{body: api.Error{Code: api.CodeLocked, Key: le.Key, Revision: le.Revision,
 			Error: fmt.Sprintf("the lock is held by %s (revision %d)", le.Key, le.Revision)}}
 	case errors.Is(err, etcd.ErrLocked):
 		return apiErr(api.CodeLocked, "the lock is held by another holder")
@@ -142,6 +147,11 @@ func (s *Server) campaign(w http.ResponseWriter, r *http.Request, rawName string
 	if err != nil {
 		return err
 	}
+	release, err := s.openStream(r)
+	if err != nil {
+		return err
+	}
+	defer release()
 	value, err := s.readValue(w, r)
 	if err != nil {
 		return err
@@ -181,6 +191,11 @@ func (s *Server) leader(w http.ResponseWriter, r *http.Request, rawName string) 
 		if err != nil {
 			return err
 		}
+		release, err := s.openStream(r)
+		if err != nil {
+			return err
+		}
+		defer release()
 		return s.observe(w, r, name, hb, pm)
 	}
 	ctx, cancel := s.withTimeout(r)

@@ -203,6 +203,12 @@ func (s *Server) serveHTTP(rw http.ResponseWriter, r *http.Request) {
 	}
 
 	path := rawPath(r)
+	if budgeted(path) {
+		if err := s.gate.Spend(peer); err != nil {
+			s.writeAPIError(w, r, throttled(err))
+			return
+		}
+	}
 	switch {
 	case strings.HasPrefix(path, kvPrefix):
 		s.serveKV(w, r, path[len(kvPrefix):])
@@ -243,6 +249,13 @@ func (s *Server) serveHTTP(rw http.ResponseWriter, r *http.Request) {
 	default:
 		writeError(w, api.Error{Code: api.CodeNotFound, Error: fmt.Sprintf("no such path %q", path)})
 	}
+}
+
+// budgeted: requests on path spend the peer's rate (API.md "What rate
+// counts"); the agent's own paths never do.
+func budgeted(path string) bool {
+	return strings.HasPrefix(path, kvPrefix) || strings.HasPrefix(path, watchPrefix) || path == "/v1/txn" ||
+		strings.HasPrefix(path, lockPrefix) || strings.HasPrefix(path, electionPrefix)
 }
 
 // rawPath is the request's path exactly as the client sent it, still

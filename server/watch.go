@@ -35,6 +35,11 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, rawKey string) er
 	if err != nil {
 		return err
 	}
+	release, err := s.openStream(r)
+	if err != nil {
+		return err
+	}
+	defer release()
 	startRev, _, err := p.positive("rev")
 	if err != nil {
 		return err

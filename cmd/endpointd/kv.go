@@ -327,7 +327,7 @@ func kvFail(stderr io.Writer, err error) int {
 	switch {
 	case errors.Is(err, client.ErrNotFound), errors.Is(err, client.ErrPreconditionFailed):
 		return exitFailure
-	case errors.Is(err, client.ErrUnavailable), errors.Is(err, client.ErrTimeout):
+	case errors.Is(err, client.ErrUnavailable), errors.Is(err, client.ErrTimeout), errors.Is(err, client.ErrTooManyRequests):
 		return exitUnavailable
 	case errors.Is(err, client.ErrInvalidArgument), errors.Is(err, client.ErrTooLarge):
 		return exitUsage
@@ -338,6 +338,11 @@ func kvFail(stderr io.Writer, err error) int {
 // printErr prints a client command's error, with what to try when the
 // agent could not be reached at all.
 func printErr(stderr io.Writer, err error) {
+	var ae *client.Error
+	if errors.As(err, &ae) && errors.Is(err, client.ErrTooManyRequests) {
+		fmt.Fprintf(stderr, "endpointd: rate limited, retry in %ds (%s)\n", int64(max(ae.RetryAfter, time.Second)/time.Second), ae.Message)
+		return
+	}
 	fmt.Fprintln(stderr, err)
 	var ue *client.UnreachableError
 	if errors.As(err, &ue) {

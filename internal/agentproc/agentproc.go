@@ -27,7 +27,8 @@ import (
 )
 
 // Main is the child: the agent on the config at cfgPath, with `endpointd
-// run`'s runtime settings (agent.TuneRuntime), until SIGTERM or SIGINT. It
+// run`'s runtime settings (agent.TuneRuntime), until SIGTERM or SIGINT;
+// SIGHUP reloads. It
 // tells the parent READY=1 once the agent can answer (a set applied and
 // etcd reached), not merely once it serves. It returns the exit status.
 func Main(cfgPath, version string) int {
@@ -37,7 +38,7 @@ func Main(cfgPath, version string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 78
 	}
-	a, err := agent.New(agent.Options{Config: cfg, Version: version,
+	a, err := agent.New(agent.Options{Config: cfg, ConfigPath: cfgPath, Version: version,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Notify: func(state string) {
 			if state != "READY=1" { // said below, once it can answer
@@ -51,6 +52,20 @@ func Main(cfgPath, version string) int {
 	defer a.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// SIGHUP reloads config.yaml, as under `endpointd run`.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-hup:
+				a.Reload()
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	runErr := make(chan error, 1)
 	go func() { runErr <- a.Run(ctx) }()
 	if a.WaitReady(ctx) == nil {
