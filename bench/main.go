@@ -63,6 +63,11 @@ func main() {
 		os.Exit(runWatcher(*endpoints))
 	case "floor":
 		os.Exit(runFloor(*listen))
+	case "trickle":
+		os.Exit(runTrickle(*listen, o.cell))
+	}
+	if budgetsMode {
+		os.Exit(runBudgets(o.cell*5, o.rounds))
 	}
 	if fo.n > 0 {
 		os.Exit(runFleet(fo))
