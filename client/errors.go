@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"time"
 
 	"udp_iaasd/api"
@@ -67,6 +68,9 @@ type Error struct {
 	// RetryAfter is the agent's Retry-After (too_many_requests,
 	// unavailable); 0 when it sent none.
 	RetryAfter time.Duration
+	// Revision is the store revision the answer was read at, when it says
+	// (X-Etcd-Revision: a not_found read does).
+	Revision int64
 }
 
 func (e *Error) Error() string {
@@ -84,9 +88,10 @@ func decodeError(resp *http.Response) error {
 		body.Error, body.Code = fmt.Sprintf("unexpected answer %q", raw), api.CodeForStatus(resp.StatusCode)
 	}
 	retry, _ := retryAfter(resp)
+	rev, _ := strconv.ParseInt(resp.Header.Get("X-Etcd-Revision"), 10, 64)
 	return &Error{Status: resp.StatusCode, Code: body.Code, Message: body.Error,
 		CurrentModRevision: body.CurrentModRevision, CompactRevision: body.CompactRevision,
-		HolderKey: body.Key, HolderRevision: body.Revision, RetryAfter: retry}
+		HolderKey: body.Key, HolderRevision: body.Revision, RetryAfter: retry, Revision: rev}
 }
 
 func base64Decode(s string) ([]byte, error) { return base64.StdEncoding.DecodeString(s) }

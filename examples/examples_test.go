@@ -17,7 +17,8 @@ func TestExamplesAreValid(t *testing.T) {
 	def := config.Default()
 	def.EndpointsFile = cfg.EndpointsFile
 	if cfg.MinClusterSize != def.MinClusterSize || cfg.Etcd != def.Etcd || cfg.Backoff != def.Backoff ||
-		cfg.Watch != def.Watch || cfg.Cache.MaxStaleness != def.Cache.MaxStaleness || cfg.Limits != def.Limits || cfg.Log != def.Log || cfg.Socket.Path != def.Socket.Path ||
+		cfg.Watch != def.Watch || cfg.Cache.MaxStaleness != def.Cache.MaxStaleness ||
+		cfg.Cache.Dir != def.Cache.Dir || cfg.Cache.PersistInterval != def.Cache.PersistInterval || cfg.Cache.StaleIfError != def.Cache.StaleIfError || cfg.Limits != def.Limits || cfg.Log != def.Log || cfg.Socket.Path != def.Socket.Path ||
 		cfg.Socket.Mode != def.Socket.Mode {
 		t.Fatalf("examples/config.yaml no longer shows the defaults:\n%+v\n%+v", cfg, def)
 	}

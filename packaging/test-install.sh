@@ -26,7 +26,7 @@ getent passwd endpointd | grep -q ':/usr/sbin/nologin$' || fail "no endpointd us
 getent group endpointd >/dev/null || fail "no endpointd group"
 for f in /usr/bin/endpointd \
   /usr/lib/systemd/system/endpointd.service /usr/lib/systemd/system/endpointd.socket \
-  /usr/lib/systemd/system/endpointd-grpc.socket \
+  /usr/lib/systemd/system/endpointd-grpc.socket /usr/lib/systemd/system/endpointd-render@.service \
   /usr/lib/sysusers.d/endpointd.conf /usr/lib/tmpfiles.d/endpointd.conf \
   /etc/endpointd/config.yaml /usr/share/man/man1/endpointd.1.gz \
   /usr/share/bash-completion/completions/endpointd /usr/share/zsh/vendor-completions/_endpointd \

@@ -44,6 +44,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return cmdHold(ctx, true, rest, stdout, stderr)
 	case "dev":
 		return cmdDev(ctx, rest, stdout, stderr)
+	case "render":
+		return cmdRender(ctx, rest, stdout, stderr)
 	case "completion":
 		return cmdCompletion(rest, stdout, stderr)
 	case "man":
@@ -83,6 +85,7 @@ var commands = []command{
 	{"lock", "NAME -- CMD [ARGS...]", "run CMD while holding the lock NAME", func(fs *flag.FlagSet) { holdFlags(fs, false) }},
 	{"elect", "NAME VALUE -- CMD [ARGS...] | -observe NAME", "run CMD while leader of the election NAME; or follow its leader", func(fs *flag.FlagSet) { holdFlags(fs, true) }},
 	{"status", "", "show the agent's status", func(fs *flag.FlagSet) { statusFlags(fs) }},
+	{"render", "", "keep files rendered from etcd through the agent; reload their services", func(fs *flag.FlagSet) { renderFlags(fs) }},
 	{"dev", "", "a demo: etcd in-process, the agent, lines to try (not in -tags nodev builds)", func(fs *flag.FlagSet) { devFlags(fs) }},
 	{"completion", "bash|zsh", "print the shell completion script", nil},
 	{"man", "", "print the man page (roff)", nil},

@@ -373,3 +373,84 @@ func TestPrintStatus(t *testing.T) {
 		t.Errorf("a member that did not answer shows a latency:\n%s", out)
 	}
 }
+
+// render refuses a render file or template that does not load with exit 78
+// and the position, and its flags with usage errors.
+func TestRenderExitCodes(t *testing.T) {
+	dir := t.TempDir()
+	tmpl := filepath.Join(dir, "t.tmpl")
+	os.WriteFile(tmpl, []byte("{{if}}\n"), 0o644)
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("templates:\n  - {source: "+tmpl+", destination: /tmp/x}\n"), 0o644)
+	unknown := filepath.Join(dir, "unknown.yaml")
+	os.WriteFile(unknown, []byte("templats: []\n"), 0o644)
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"render", "-config", bad}, exitConfig, tmpl + ":1: missing value for if"},
+		{[]string{"render", "-config", unknown}, exitConfig, `unknown.yaml:1:1: unknown key "templats"`},
+		{[]string{"render", "-config", filepath.Join(dir, "absent.yaml")}, exitConfig, "no such file"},
+		{[]string{"render", "-once", "-dry-run", "-config", bad}, exitUsage, "exclude each other"},
+		{[]string{"render", "extra"}, exitUsage, "unexpected arguments"},
+	} {
+		code, _, stderr := invoke(t, "", tc.args...)
+		if code != tc.code || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%v: exit %d, stderr %q; want %d and %q", tc.args, code, stderr, tc.code, tc.want)
+		}
+	}
+}
+
+// `endpointd render` under systemd's protocol, through a real agent: READY
+// after the first round with STATUS=; SIGHUP with a broken render file
+// keeps the running templates; SIGHUP with a good one applies it; SIGTERM
+// exits 0.
+func TestRenderLifecycle(t *testing.T) {
+	cluster := etcdtest.New(t, 1)
+	a := runAgent(t, cluster, nil)
+	if code, _, _ := invoke(t, "", "kv", "put", "-socket", a.sock, "r/k", "v1"); code != 0 {
+		t.Fatal("put")
+	}
+	dir := t.TempDir()
+	tmpl := filepath.Join(dir, "t.tmpl")
+	os.WriteFile(tmpl, []byte("k={{key \"r/k\"}}\n"), 0o644)
+	dest := filepath.Join(dir, "out.conf")
+	cfg := filepath.Join(dir, "render.yaml")
+	good := fmt.Sprintf("socket: %s\nstate_dir: %s\ntemplates:\n  - {source: %s, destination: %s}\n", a.sock, filepath.Join(dir, "state"), tmpl, dest)
+	os.WriteFile(cfg, []byte(good), 0o644)
+	stderr := &syncbuf.Buffer{}
+	code := make(chan int, 1)
+	go func() {
+		code <- run(context.Background(), []string{"render", "-config", cfg}, strings.NewReader(""), &bytes.Buffer{}, stderr)
+	}()
+	a.await(t, "STATUS=1 of 1 templates current")
+	a.await(t, "READY=1")
+	read := func() string { b, _ := os.ReadFile(dest); return string(b) }
+	if read() != "k=v1\n" {
+		t.Fatalf("rendered %q", read())
+	}
+
+	os.WriteFile(cfg, []byte(good+"  - {source: relative.tmpl, destination: "+dest+"}\n"), 0o644)
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	etcdtest.Eventually(t, 10*time.Second, "the broken file rejected", func() bool {
+		return strings.Contains(stderr.String(), "keeping the running templates")
+	})
+	invoke(t, "", "kv", "put", "-socket", a.sock, "r/k", "v2")
+	etcdtest.Eventually(t, 10*time.Second, "the running template to go on", func() bool { return read() == "k=v2\n" })
+
+	os.WriteFile(tmpl, []byte("key is {{key \"r/k\"}}\n"), 0o644)
+	os.WriteFile(cfg, []byte(good), 0o644)
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	etcdtest.Eventually(t, 10*time.Second, "the new template applied", func() bool { return read() == "key is v2\n" })
+
+	a.stop(t) // SIGTERM: the agent and the renderer in this process alike
+	select {
+	case c := <-code:
+		if c != exitOK {
+			t.Fatalf("render exit %d:\n%s", c, stderr)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("render did not stop on SIGTERM")
+	}
+}

@@ -3,7 +3,7 @@ _endpointd() {
 	local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]} cmd=${COMP_WORDS[1]} first=2 i
 	COMPREPLY=()
 	if [[ $COMP_CWORD -eq 1 ]]; then
-		COMPREPLY=($(compgen -W 'run validate kv lock elect status dev completion man version' -- "$cur"))
+		COMPREPLY=($(compgen -W 'run validate kv lock elect status render dev completion man version' -- "$cur"))
 		return
 	fi
 	if [[ $cmd == kv ]]; then
@@ -100,6 +100,12 @@ _endpointd() {
 		-config|-socket) COMPREPLY=($(compgen -f -- "$cur")); return ;;
 		esac
 		COMPREPLY=($(compgen -W '-config -json -socket' -- "$cur"))
+		;;
+	"render")
+		case $prev in
+		-config|-socket) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+		esac
+		COMPREPLY=($(compgen -W '-config -dry-run -once -socket' -- "$cur"))
 		;;
 	"dev")
 		case $prev in
