@@ -65,6 +65,11 @@ func main() {
 		os.Exit(runFloor(*listen))
 	case "trickle":
 		os.Exit(runTrickle(*listen, o.cell))
+	case "render":
+		os.Exit(runRenderChild(*cfgPath))
+	}
+	if renderMode {
+		os.Exit(runRenderBench(o.cell * 5))
 	}
 	if budgetsMode {
 		os.Exit(runBudgets(o.cell*5, o.rounds))
