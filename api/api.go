@@ -29,6 +29,10 @@ const (
 	CodeTooManyRequests = "too_many_requests"
 )
 
+// Codes lists every error code, in the order of their HTTP statuses.
+var Codes = []string{CodeInvalidArgument, CodeForbidden, CodeNotFound, CodeMethodNotAllowed, CodeLocked, CodeGone,
+	CodePreconditionFailed, CodeTooLarge, CodeTooManyRequests, CodeInternal, CodeUnavailable, CodeTimeout}
+
 // HTTPStatus is the HTTP status API.md gives an error code; an unknown code
 // is 500.
 func HTTPStatus(code string) int {

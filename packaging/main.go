@@ -77,6 +77,8 @@ func build(out, arch, signKey string, log io.Writer) error {
 	for src, dst := range map[string]string{
 		"packaging/endpointd.1": "endpointd.1.gz",
 		"README.md":             "README.md.gz",
+		"docs/api.md":           "api.md.gz",
+		"docs/render.md":        "render.md.gz",
 	} {
 		if err := gzipFile(src, filepath.Join(stage, dst)); err != nil {
 			return err

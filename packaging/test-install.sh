@@ -31,6 +31,7 @@ for f in /usr/bin/endpointd \
   /etc/endpointd/config.yaml /usr/share/man/man1/endpointd.1.gz \
   /usr/share/bash-completion/completions/endpointd /usr/share/zsh/vendor-completions/_endpointd \
   /usr/share/doc/endpointd/copyright /usr/share/doc/endpointd/changelog.Debian.gz \
+  /usr/share/doc/endpointd/api.md.gz /usr/share/doc/endpointd/render.md.gz \
   /usr/share/doc/endpointd/examples/endpoints.yaml; do
   [ -f "$f" ] || fail "$f is missing"
 done
