@@ -56,9 +56,21 @@ func TestPackageContents(t *testing.T) {
 			}
 		}
 	}
-	// The units the package ships are the repository's.
+	// The units the package ships are the repository's: every one of them.
 	units, _ := filepath.Glob("systemd/*.s*")
-	if len(units) != 3 {
-		t.Errorf("systemd/ holds %d units, the package ships 3: %v", len(units), units)
+	if len(units) < 4 {
+		t.Errorf("systemd/ holds only %d units: %v", len(units), units)
+	}
+	for _, format := range []string{"deb", "rpm"} {
+		info, _ := cfg.Get(format)
+		shipped := map[string]bool{}
+		for _, c := range info.Contents {
+			shipped[c.Destination] = true
+		}
+		for _, u := range units {
+			if dst := "/usr/lib/systemd/system/" + filepath.Base(u); !shipped[dst] {
+				t.Errorf("%s: %s is not shipped as %s", format, u, dst)
+			}
+		}
 	}
 }
