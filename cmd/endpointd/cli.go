@@ -87,7 +87,7 @@ var commands = []command{
 	{"status", "", "show the agent's status", func(fs *flag.FlagSet) { statusFlags(fs) }},
 	{"render", "", "keep files rendered from etcd through the agent; reload their services", func(fs *flag.FlagSet) { renderFlags(fs) }},
 	{"dev", "", "a demo: etcd in-process, the agent, lines to try (not in -tags nodev builds)", func(fs *flag.FlagSet) { devFlags(fs) }},
-	{"completion", "bash|zsh", "print the shell completion script", nil},
+	{"completion", "bash|zsh", "print the shell completion script (fish is not supported)", nil},
 	{"man", "", "print the man page (roff)", nil},
 	{"version", "", "print the version", nil},
 }
@@ -153,10 +153,35 @@ func fullVersion() string {
 	return v
 }
 
+// commandUsage prints one command's usage the same way for every command:
+// its synopsis, what it does, and each flag with its description. name is
+// as in commands ("kv put").
+func commandUsage(w io.Writer, name string) {
+	for _, c := range commands {
+		if c.name != name {
+			continue
+		}
+		fmt.Fprintf(w, "usage: endpointd %s %s\n\n%s.\n", c.name, c.synopsis(), c.summary)
+		fs := c.flagSet()
+		n := 0
+		fs.VisitAll(func(*flag.Flag) { n++ })
+		if n > 0 {
+			fmt.Fprint(w, "\nflags:\n")
+			fs.SetOutput(w)
+			fs.PrintDefaults()
+		}
+		fmt.Fprint(w, "\nexit codes: 0 ok, 1 failure, 2 usage, 3 agent or etcd unavailable, 78 unusable config (\"endpointd man\" says which command uses which).\n")
+		return
+	}
+	usage(w)
+}
+
 // parseFlags parses a subcommand's flags, printing errors and usage to
-// stderr. It returns the exit code to use when parsing did not succeed.
+// stderr; -h prints the command's usage and is exit 0. It returns the exit
+// code to use when parsing did not succeed.
 func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) (int, bool) {
 	fs.SetOutput(stderr)
+	fs.Usage = func() { commandUsage(fs.Output(), strings.TrimPrefix(fs.Name(), "endpointd ")) }
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK, false

@@ -14,6 +14,10 @@ import (
 // code writes, so a flag cannot be added without them following.
 
 func cmdMan(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 1 && isHelp(args[0]) {
+		fmt.Fprintln(stdout, "usage: endpointd man   (then: endpointd man | man -l -)")
+		return exitOK
+	}
 	if len(args) != 0 {
 		fmt.Fprintln(stderr, "usage: endpointd man   (then: endpointd man | man -l -)")
 		return exitUsage
@@ -33,10 +37,24 @@ func cmdCompletion(args []string, stdout, stderr io.Writer) int {
 			return exitOK
 		}
 	}
-	fmt.Fprintln(stderr, "usage: endpointd completion bash|zsh\n"+
-		"  bash: source <(endpointd completion bash)\n"+
-		"  zsh:  endpointd completion zsh > \"${fpath[1]}/_endpointd\"")
+	const help = "usage: endpointd completion bash|zsh\n" +
+		"  bash: source <(endpointd completion bash)\n" +
+		"  zsh:  endpointd completion zsh > \"${fpath[1]}/_endpointd\""
+	switch {
+	case len(args) == 1 && isHelp(args[0]):
+		fmt.Fprintln(stdout, help)
+		return exitOK
+	case len(args) == 1:
+		fmt.Fprintf(stderr, "endpointd completion: %q is not supported; bash and zsh are\n%s\n", args[0], help)
+	default:
+		fmt.Fprintln(stderr, help)
+	}
 	return exitUsage
+}
+
+// isHelp: arg asks for help.
+func isHelp(arg string) bool {
+	return arg == "-h" || arg == "-help" || arg == "--help" || arg == "help"
 }
 
 // roff escapes s for a man page line: backslashes, minus signs (which a

@@ -23,7 +23,7 @@ import (
 const kvUsage = `usage:
   endpointd kv get KEY                      print KEY's value, byte for byte
   endpointd kv put KEY [VALUE]              write VALUE (or stdin) to KEY
-         [-ttl SECONDS] [-if-revision N | -if-absent | -if-exists]
+         [-ttl D] [-if-revision N | -if-absent | -if-exists]
   endpointd kv del KEY [-prefix] [-if-revision N]
   endpointd kv ls [PREFIX] [-limit N] [-json]
   endpointd kv watch KEY [-prefix] [-rev N] one JSON event per line until interrupted
@@ -41,13 +41,17 @@ func cmdKV(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		return exitUsage
 	}
 	sub, args := args[0], args[1:]
+	if isHelp(sub) {
+		fmt.Fprint(stdout, kvUsage)
+		return exitOK
+	}
 	cmd, ok := kvCommands[sub]
 	if !ok {
 		fmt.Fprintf(stderr, "endpointd kv: unknown subcommand %q\n%s", sub, kvUsage)
 		return exitUsage
 	}
 	flags := flag.NewFlagSet("endpointd kv "+sub, flag.ContinueOnError)
-	flags.Usage = func() { fmt.Fprint(flags.Output(), kvUsage) }
+	flags.Usage = func() { commandUsage(flags.Output(), "kv "+sub) }
 	at := defineAgentFlags(flags)
 	run := cmd.setup(flags)
 	pos, code, ok := parseInterleaved(flags, args, stderr)
@@ -116,6 +120,30 @@ func kvTxn(*flag.FlagSet) kvRun {
 	}
 }
 
+// ttlFlag is a TTL given as a Go duration (30s, 1h) or as whole seconds
+// (30); 0 is none. kv put takes what lock and elect take and what the HTTP
+// API's ttl=SECONDS takes. etcd leases are whole seconds: a fraction is
+// refused rather than rounded.
+type ttlFlag time.Duration
+
+func (t *ttlFlag) String() string { return time.Duration(*t).String() }
+
+func (t *ttlFlag) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		n, nerr := strconv.ParseInt(s, 10, 64)
+		if nerr != nil {
+			return fmt.Errorf("want a duration such as 30s or whole seconds, got %q", s)
+		}
+		d = time.Duration(n) * time.Second
+	}
+	if d < 0 || d%time.Second != 0 {
+		return fmt.Errorf("want whole seconds (an etcd lease's unit; 0 for no TTL), got %s", d)
+	}
+	*t = ttlFlag(d)
+	return nil
+}
+
 // readFlags are the flags of get and ls that choose how fresh an answer
 // must be (API.md "Reading while etcd is away").
 func readFlags(flags *flag.FlagSet) func() []client.Option {
@@ -159,7 +187,8 @@ func kvGet(flags *flag.FlagSet) kvRun {
 }
 
 func kvPut(flags *flag.FlagSet) kvRun {
-	ttl := flags.Int64("ttl", 0, "`seconds` until the key expires")
+	var ttl ttlFlag
+	flags.Var(&ttl, "ttl", "`D` until the key expires: a duration such as 30s or 1h, or whole seconds")
 	ifRevision := flags.Int64("if-revision", 0, "write only if the key's mod_revision is `N`")
 	ifAbsent := flags.Bool("if-absent", false, "write only if the key does not exist")
 	ifExists := flags.Bool("if-exists", false, "write only if the key exists")
@@ -175,8 +204,8 @@ func kvPut(flags *flag.FlagSet) kvRun {
 			}
 		}
 		var opts []client.Option
-		if *ttl > 0 {
-			opts = append(opts, client.TTL(time.Duration(*ttl)*time.Second))
+		if ttl > 0 {
+			opts = append(opts, client.TTL(time.Duration(ttl)))
 		}
 		switch {
 		case countTrue(*ifRevision > 0, *ifAbsent, *ifExists) > 1:

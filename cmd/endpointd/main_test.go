@@ -454,3 +454,38 @@ func TestRenderLifecycle(t *testing.T) {
 		t.Fatal("render did not stop on SIGTERM")
 	}
 }
+
+// Every command answers -h the same way — its synopsis, what it does, its
+// flags with their descriptions — and exits 0; extra arguments and an
+// unsupported shell are usage errors that say so.
+func TestEveryCommandHelp(t *testing.T) {
+	for _, c := range commands {
+		if c.name == "version" {
+			continue
+		}
+		args := append(strings.Fields(c.name), "-h")
+		code, stdout, stderr := invoke(t, "", args...)
+		out := stdout + stderr
+		if code != exitOK || !strings.Contains(out, "usage: endpointd "+strings.Fields(c.name)[0]) {
+			t.Errorf("%v: exit %d\n%s", args, code, out)
+		}
+		if c.flags != nil && !strings.Contains(out, "flags:") && c.name != "completion" && c.name != "man" {
+			t.Errorf("%v does not describe its flags:\n%s", args, out)
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"kv", "-h"}, exitOK, "endpointd kv put"},
+		{[]string{"status", "extra"}, exitUsage, `unexpected arguments ["extra"]`},
+		{[]string{"completion", "fish"}, exitUsage, `"fish" is not supported`},
+		{[]string{"kv", "put", "-ttl", "1.5s", "k", "v"}, exitUsage, "want whole seconds"},
+	} {
+		code, stdout, stderr := invoke(t, "", tc.args...)
+		if code != tc.code || !strings.Contains(stdout+stderr, tc.want) {
+			t.Errorf("%v: exit %d, %q; want %d and %q", tc.args, code, stdout+stderr, tc.code, tc.want)
+		}
+	}
+}

@@ -25,6 +25,10 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if code, ok := parseFlags(flags, args, stderr); !ok {
 		return code
 	}
+	if flags.NArg() > 0 {
+		fmt.Fprintf(stderr, "endpointd status: unexpected arguments %q\n", flags.Args())
+		return exitUsage
+	}
 	c, code, ok := at.clientFor(flags, client.Options{RetryMax: -1}, stderr)
 	if !ok {
 		return code

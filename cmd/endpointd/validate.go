@@ -21,10 +21,6 @@ func validateFlags(fs *flag.FlagSet) (configPath *string) {
 func cmdValidate(args []string, stdout, stderr io.Writer) int {
 	flags := flag.NewFlagSet("endpointd validate", flag.ContinueOnError)
 	configPath := validateFlags(flags)
-	flags.Usage = func() {
-		fmt.Fprintln(flags.Output(), "usage: endpointd validate [-config PATH] [ENDPOINTS_FILE]")
-		flags.PrintDefaults()
-	}
 	if code, ok := parseFlags(flags, args, stderr); !ok {
 		return code
 	}
