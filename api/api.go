@@ -106,6 +106,9 @@ type Error struct {
 	// revision.
 	Key      string `json:"key,omitempty"`
 	Revision int64  `json:"revision,omitempty"`
+	// Holder comes with locked when the holder said who it is (a holder
+	// through endpointd: its uid, unit, pid and host).
+	Holder string `json:"holder,omitempty"`
 }
 
 // Status is GET /v1/status (API.md "Agent endpoints"); the fields API.md

@@ -57,6 +57,10 @@ func (e Error) AppendJSON(b []byte, lineType string) []byte {
 		b = append(b, `,"key":`...)
 		b = appendText(b, e.Key)
 		b = appendInt(b, "revision", e.Revision)
+		if e.Holder != "" {
+			b = append(b, `,"holder":`...)
+			b = appendText(b, e.Holder)
+		}
 	}
 	return append(b, '}')
 }

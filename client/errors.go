@@ -62,9 +62,11 @@ type Error struct {
 	CurrentModRevision int64
 	// CompactRevision is set for gone.
 	CompactRevision int64
-	// HolderKey and HolderRevision are set for locked.
+	// HolderKey and HolderRevision are set for locked; Holder too when
+	// the holder said who it is (uid, unit, pid and host).
 	HolderKey      string
 	HolderRevision int64
+	Holder         string
 	// RetryAfter is the agent's Retry-After (too_many_requests,
 	// unavailable); 0 when it sent none.
 	RetryAfter time.Duration
@@ -91,7 +93,7 @@ func decodeError(resp *http.Response) error {
 	rev, _ := strconv.ParseInt(resp.Header.Get("X-Etcd-Revision"), 10, 64)
 	return &Error{Status: resp.StatusCode, Code: body.Code, Message: body.Error,
 		CurrentModRevision: body.CurrentModRevision, CompactRevision: body.CompactRevision,
-		HolderKey: body.Key, HolderRevision: body.Revision, RetryAfter: retry, Revision: rev}
+		HolderKey: body.Key, HolderRevision: body.Revision, Holder: body.Holder, RetryAfter: retry, Revision: rev}
 }
 
 func base64Decode(s string) ([]byte, error) { return base64.StdEncoding.DecodeString(s) }

@@ -34,13 +34,19 @@ import (
 // names it.
 var ErrLocked = errors.New("etcd: locked by another holder")
 
-// LockedError is ErrLocked with the current holder's key and revision.
+// LockedError is ErrLocked with the current holder's key and revision, and
+// the identity it wrote as its key's value ("" for a holder that wrote none,
+// such as etcdctl lock).
 type LockedError struct {
 	Key      string
 	Revision int64
+	Holder   string
 }
 
 func (e *LockedError) Error() string {
+	if e.Holder != "" {
+		return fmt.Sprintf("etcd: locked by %s (key %s, revision %d)", e.Holder, e.Key, e.Revision)
+	}
 	return fmt.Sprintf("etcd: locked by %s (revision %d)", e.Key, e.Revision)
 }
 
@@ -81,17 +87,20 @@ func (h *Hold) Release(ctx context.Context) error {
 
 // Lock takes the lock name with a lease of ttl seconds, waiting for it
 // until ctx ends (then the wait is given up, its key deleted, and a
-// *LockedError names the holder when there is one).
-func (c *EtcdClient) Lock(ctx context.Context, name string, ttl int64) (*Hold, error) {
-	return c.lock(ctx, name, ttl, false)
+// *LockedError names the holder when there is one). identity, when set, is
+// written as the holder's key's value once the lock is held, so that those
+// who find it held can say who holds it; the key's create revision — the
+// fencing token, and concurrency.Mutex's order — does not change.
+func (c *EtcdClient) Lock(ctx context.Context, name string, ttl int64, identity string) (*Hold, error) {
+	return c.lock(ctx, name, ttl, false, identity)
 }
 
 // TryLock is Lock without the wait: a held lock is a *LockedError at once.
-func (c *EtcdClient) TryLock(ctx context.Context, name string, ttl int64) (*Hold, error) {
-	return c.lock(ctx, name, ttl, true)
+func (c *EtcdClient) TryLock(ctx context.Context, name string, ttl int64, identity string) (*Hold, error) {
+	return c.lock(ctx, name, ttl, true, identity)
 }
 
-func (c *EtcdClient) lock(ctx context.Context, name string, ttl int64, try bool) (*Hold, error) {
+func (c *EtcdClient) lock(ctx context.Context, name string, ttl int64, try bool, identity string) (*Hold, error) {
 	s, err := c.sessions.get(ctx, c, name, ttl)
 	if err != nil {
 		return nil, err
@@ -109,7 +118,7 @@ func (c *EtcdClient) lock(ctx context.Context, name string, ttl int64, try bool)
 		}
 		return nil, err
 	}
-	rev, err := createRevision(ctx, s.cli, m.Key())
+	rev, err := holdKey(ctx, s.cli, m.Key(), identity)
 	if err != nil {
 		rctx, cancel := c.bound(context.WithoutCancel(ctx))
 		m.Unlock(rctx)
@@ -136,18 +145,30 @@ func (c *EtcdClient) holder(cli *clientv3.Client, pfx string, cause error) error
 		}
 		return cause
 	}
-	return &LockedError{Key: string(resp.Kvs[0].Key), Revision: resp.Kvs[0].CreateRevision}
+	return &LockedError{Key: string(resp.Kvs[0].Key), Revision: resp.Kvs[0].CreateRevision, Holder: string(resp.Kvs[0].Value)}
 }
 
-func createRevision(ctx context.Context, cli *clientv3.Client, key string) (int64, error) {
-	resp, err := cli.Get(ctx, key)
+// holdKey writes identity into a held lock's key (keeping its lease) and
+// returns the key's create revision, in one transaction; without an
+// identity it only reads it. A key that is gone means the session expired.
+func holdKey(ctx context.Context, cli *clientv3.Client, key, identity string) (int64, error) {
+	var ops []clientv3.Op
+	if identity != "" {
+		ops = append(ops, clientv3.OpPut(key, identity, clientv3.WithIgnoreLease()))
+	}
+	resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), ">", 0)).
+		Then(append(ops, clientv3.OpGet(key))...).Commit()
 	if err != nil {
 		return 0, err
 	}
-	if len(resp.Kvs) == 0 {
+	if !resp.Succeeded {
 		return 0, concurrency.ErrSessionExpired
 	}
-	return resp.Kvs[0].CreateRevision, nil
+	kvs := resp.Responses[len(resp.Responses)-1].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return 0, concurrency.ErrSessionExpired
+	}
+	return kvs[0].CreateRevision, nil
 }
 
 // Campaign runs for leader of the election name with value, waiting until

@@ -45,7 +45,7 @@ func TestLockMutualExclusion(t *testing.T) {
 		for w := range 3 {
 			wg.Go(func() {
 				for i := range 4 {
-					h, err := c.Lock(ctx, "mx", 10)
+					h, err := c.Lock(ctx, "mx", 10, "")
 					if err != nil {
 						t.Errorf("client %d worker %d: %v", ci, w, err)
 						return
@@ -109,17 +109,18 @@ func TestLockTryAndWait(t *testing.T) {
 	cl := etcdtest.New(t, 1)
 	c := newTestClient(t, Config{Endpoints: cl.Endpoints()})
 	ctx := ctxT(t, 30*time.Second)
-	h, err := c.Lock(ctx, "tw", 10)
+	h, err := c.Lock(ctx, "tw", 10, "uid 7 pid 1 on test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = c.TryLock(ctx, "tw", 10)
+	_, err = c.TryLock(ctx, "tw", 10, "")
 	var le *LockedError
-	if !errors.As(err, &le) || le.Key != h.Key || le.Revision != h.Revision || !errors.Is(err, ErrLocked) {
-		t.Fatalf("try on a held lock: %v, want the holder %s/%d", err, h.Key, h.Revision)
+	if !errors.As(err, &le) || le.Key != h.Key || le.Revision != h.Revision || !errors.Is(err, ErrLocked) ||
+		le.Holder != "uid 7 pid 1 on test" {
+		t.Fatalf("try on a held lock: %v, want the holder %s/%d, uid 7 pid 1 on test", err, h.Key, h.Revision)
 	}
 	wctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
-	_, err = c.Lock(wctx, "tw", 10)
+	_, err = c.Lock(wctx, "tw", 10, "")
 	cancel()
 	if !errors.As(err, &le) || le.Key != h.Key {
 		t.Fatalf("a wait that ran out: %v", err)
@@ -129,7 +130,7 @@ func TestLockTryAndWait(t *testing.T) {
 		t.Fatalf("keys under tw/: %v %v", r.KVs, err)
 	}
 	h.Release(ctx)
-	h2, err := c.TryLock(ctx, "tw", 10)
+	h2, err := c.TryLock(ctx, "tw", 10, "")
 	if err != nil || h2.Revision <= h.Revision {
 		t.Fatalf("after release: %v %v", h2, err)
 	}
@@ -144,7 +145,7 @@ func TestLockSessionsShared(t *testing.T) {
 	ctx := ctxT(t, 120*time.Second)
 	var held []*Hold
 	for i := range 1000 {
-		h, err := c.Lock(ctx, fmt.Sprintf("many/%d", i), 10)
+		h, err := c.Lock(ctx, fmt.Sprintf("many/%d", i), 10, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -156,7 +157,7 @@ func TestLockSessionsShared(t *testing.T) {
 	// A second contender for a held name gets a lease of its own (on the
 	// same lease it would be the holder itself).
 	wctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
-	_, err := c.Lock(wctx, "many/0", 10)
+	_, err := c.Lock(wctx, "many/0", 10, "")
 	cancel()
 	if !errors.Is(err, ErrLocked) {
 		t.Fatalf("second contender: %v", err)
@@ -173,7 +174,7 @@ func TestLockLost(t *testing.T) {
 	cl := etcdtest.New(t, 1)
 	c := newTestClient(t, Config{Endpoints: cl.Endpoints()})
 	ctx := ctxT(t, 30*time.Second)
-	h, err := c.Lock(ctx, "lost", 5)
+	h, err := c.Lock(ctx, "lost", 5, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +186,7 @@ func TestLockLost(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("a hold whose lease was revoked is not Lost")
 	}
-	h2, err := c.TryLock(ctx, "lost", 5)
+	h2, err := c.TryLock(ctx, "lost", 5, "")
 	if err != nil {
 		t.Fatalf("after the loss: %v", err)
 	}

@@ -200,7 +200,7 @@ func TestEtcdctlInterop(t *testing.T) {
 	a := startAgent(t, cl.Endpoints(), nil)
 	direct := []string{"--endpoints", strings.Join(cl.Endpoints(), ",")}
 	ctx := ctxT(t, 60*time.Second)
-	h, err := a.ec.Lock(ctx, "mix", 10)
+	h, err := a.ec.Lock(ctx, "mix", 10, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"time"
 
 	"udp_iaasd/access"
@@ -105,7 +106,7 @@ func (s *Server) lock(w http.ResponseWriter, r *http.Request, rawName string) er
 		ctx, cancel = context.WithTimeout(ctx, hp.wait)
 		defer cancel()
 	}
-	h, err := lock(ctx, hp.name, hp.ttl)
+	h, err := lock(ctx, hp.name, hp.ttl, holderIdentity(r))
 	if err != nil {
 		return s.lockError(r, err)
 	}
@@ -113,14 +114,33 @@ func (s *Server) lock(w http.ResponseWriter, r *http.Request, rawName string) er
 	return nil
 }
 
+// holderIdentity is what a lock holder through this agent writes as its
+// key's value: who it is, for those who find the lock held.
+func holderIdentity(r *http.Request) string {
+	peer, _ := peerFrom(r.Context())
+	return fmt.Sprintf("%s pid %d on %s", peer, peer.PID, hostname)
+}
+
+// hostname names this host in lock holders' identities.
+var hostname = func() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return "an unnamed host"
+	}
+	return h
+}()
+
 // lockError answers a lock that was not taken: 409 locked naming the
 // holder when the wait ran out or a try found it held.
 func (s *Server) lockError(r *http.Request, err error) error {
 	var le *etcd.LockedError
 	switch {
+	case errors.As(err, &le) && le.Holder != "":
+		return &apiError{body: api.Error{Code: api.CodeLocked, Key: le.Key, Revision: le.Revision, Holder: le.Holder,
+			Error: fmt.Sprintf("the lock is held by %s (key %s, revision %d)", le.Holder, le.Key, le.Revision)}}
 	case errors.As(err, &le):
 		return &apiError{body: api.Error{Code: api.CodeLocked, Key: le.Key, Revision: le.Revision,
-			Error: fmt.Sprintf("the lock is held by %s (revision %d)", le.Key, le.Revision)}}
+			Error: fmt.Sprintf("the lock is held by %s (revision %d; a holder that did not say who it is, such as etcdctl lock)", le.Key, le.Revision)}}
 	case errors.Is(err, etcd.ErrLocked):
 		return apiErr(api.CodeLocked, "the lock is held by another holder")
 	}

@@ -57,10 +57,17 @@ func TestLockHoldAndRelease(t *testing.T) {
 		var body struct {
 			Key      string
 			Revision int64
+			Holder   string
 		}
 		json.Unmarshal(r.body, &body)
 		if body.Key != locked["key"] || body.Revision != rev {
 			t.Fatalf("%s: 409 body %s, want the holder %v", q, r.body, locked)
+		}
+		// The holder said who it is: this test's process, on this host.
+		host, _ := os.Hostname()
+		if want := fmt.Sprintf("uid %d", os.Getuid()); !strings.HasPrefix(body.Holder, want) ||
+			!strings.Contains(body.Holder, fmt.Sprintf("pid %d on %s", os.Getpid(), host)) {
+			t.Fatalf("%s: 409 holder %q, want %s … pid %d on %s; body %s", q, body.Holder, want, os.Getpid(), host, r.body)
 		}
 	}
 

@@ -104,7 +104,7 @@ func parseHold(election bool, args []string, stderr io.Writer) (*holdCommand, in
 	}
 	flags := flag.NewFlagSet("endpointd "+hc.verb, flag.ContinueOnError)
 	flags.SetOutput(stderr)
-	flags.Usage = func() { fmt.Fprint(stderr, lockUsage) }
+	flags.Usage = func() { commandUsage(stderr, hc.verb) }
 	o := holdFlags(flags, election)
 	if err := flags.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -186,6 +186,9 @@ func (hc *holdCommand) acquire(ctx context.Context, c *client.Client, sigs <-cha
 	}
 	var e *client.Error
 	switch {
+	case errors.Is(err, client.ErrLocked) && errors.As(err, &e) && e.Holder != "":
+		fmt.Fprintf(stderr, "endpointd lock: %s is held by %s (key %s, revision %d); not running the command\n",
+			hc.name, e.Holder, e.HolderKey, e.HolderRevision)
 	case errors.Is(err, client.ErrLocked) && errors.As(err, &e):
 		fmt.Fprintf(stderr, "endpointd lock: %s is held by %s (revision %d); not running the command\n", hc.name, e.HolderKey, e.HolderRevision)
 		return nil, exitFailure
