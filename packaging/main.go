@@ -16,6 +16,7 @@ package main
 import (
 	"bytes"
 	"compress/gzip"
+	"debug/elf"
 	"flag"
 	"fmt"
 	"io"
@@ -24,6 +25,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -63,17 +65,37 @@ func build(out, arch, signKey string, log io.Writer) error {
 	}
 	defer os.RemoveAll(stage)
 
-	// The agent alone: no etcd server, no test kit. cgo stays at Go's
-	// default so that the binary uses the system's resolver and NSS (user
-	// and group names in access rules come from NSS, LDAP included), as a
-	// distribution's own Go packages do; it then depends on libc.
+	// The agent alone: no etcd server, no test kit. Built with cgo on every
+	// architecture, so that the binary uses the system's resolver and NSS
+	// (user and group names in access rules come from NSS, LDAP included),
+	// as a distribution's own Go packages do: an access rule naming an LDAP
+	// user must mean the same on amd64 and arm64. Go turns cgo off when it
+	// cross-compiles, so a cross build names its C compiler, and one that
+	// is not there is an error, never a quietly different binary.
+	env := append(os.Environ(), "GOOS=linux", "GOARCH="+arch, "CGO_ENABLED=1")
+	if arch != runtime.GOARCH && os.Getenv("CC") == "" {
+		cc, ok := crossCC[arch]
+		if !ok {
+			return fmt.Errorf("no C cross-compiler known for %s: set CC", arch)
+		}
+		if _, err := exec.LookPath(cc); err != nil {
+			return fmt.Errorf("building for %s needs cgo and %s (Debian: apt-get install gcc-%s): %w", arch, cc, strings.TrimSuffix(cc, "-gcc"), err)
+		}
+		env = append(env, "CC="+cc)
+	}
+	bin := filepath.Join(stage, "endpointd")
 	goBuild := exec.Command("go", "build", "-tags", "nodev", "-trimpath", "-buildmode=pie",
-		"-ldflags", "-s -w -X main.version=v"+version, "-o", filepath.Join(stage, "endpointd"), "./cmd/endpointd")
-	goBuild.Env = append(os.Environ(), "GOOS=linux", "GOARCH="+arch)
+		"-ldflags", "-s -w -X main.version=v"+version, "-o", bin, "./cmd/endpointd")
+	goBuild.Env = env
 	goBuild.Stdout, goBuild.Stderr = log, os.Stderr
 	if err := goBuild.Run(); err != nil {
 		return fmt.Errorf("go build: %w", err)
 	}
+	glibc, err := glibcNeeded(bin)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(log, "endpointd for %s: dynamically linked, needs glibc %s\n", arch, glibc)
 	for src, dst := range map[string]string{
 		"packaging/endpointd.1": "endpointd.1.gz",
 		"README.md":             "README.md.gz",
@@ -100,6 +122,16 @@ func build(out, arch, signKey string, log io.Writer) error {
 		}
 		info = nfpm.WithDefaults(info)
 		info.MTime = mtime
+		// The C library the binary was linked against, at the version its
+		// symbols need, not any.
+		for i, d := range info.Depends {
+			switch d {
+			case "libc6":
+				info.Depends[i] = "libc6 (>= " + glibc + ")"
+			case "glibc":
+				info.Depends[i] = "glibc >= " + glibc
+			}
+		}
 		if signKey != "" {
 			// Only the rpm: rpm checks a package's own signature on
 			// install; Debian signs the repository (Release), and a
@@ -123,6 +155,55 @@ func build(out, arch, signKey string, log io.Writer) error {
 		fmt.Fprintln(log, target)
 	}
 	return nil
+}
+
+// crossCC is the C compiler Debian's cross toolchains name for an arch.
+var crossCC = map[string]string{"arm64": "aarch64-linux-gnu-gcc", "amd64": "x86_64-linux-gnu-gcc"}
+
+// glibcNeeded checks that bin is dynamically linked against glibc (a cgo
+// build) and returns the highest GLIBC_ symbol version it imports: what the
+// packages must depend on.
+func glibcNeeded(bin string) (string, error) {
+	f, err := elf.Open(bin)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	libs, err := f.ImportedLibraries()
+	if err != nil || !slices.Contains(libs, "libc.so.6") {
+		return "", fmt.Errorf("%s does not link libc.so.6 (%v, %v): built without cgo, it would not use NSS", bin, libs, err)
+	}
+	syms, err := f.DynamicSymbols()
+	if err != nil {
+		return "", err
+	}
+	best := []int{0}
+	for _, s := range syms {
+		v, ok := strings.CutPrefix(s.Version, "GLIBC_")
+		if !ok {
+			continue
+		}
+		var parts []int
+		for _, p := range strings.Split(v, ".") {
+			n, err := strconv.Atoi(p)
+			if err != nil {
+				parts = nil
+				break
+			}
+			parts = append(parts, n)
+		}
+		if parts != nil && slices.Compare(parts, best) > 0 {
+			best = parts
+		}
+	}
+	if best[0] == 0 {
+		return "", fmt.Errorf("%s imports no versioned glibc symbol", bin)
+	}
+	out := make([]string, len(best))
+	for i, n := range best {
+		out[i] = strconv.Itoa(n)
+	}
+	return strings.Join(out, "."), nil
 }
 
 func writePackage(pkg nfpm.Packager, info *nfpm.Info, target string) error {
