@@ -224,14 +224,14 @@ func TestOneRevisionAndAtomicWrites(t *testing.T) {
 			}
 		}
 	})
-	const changes = 300
+	const changes = 1000
 	ctx := context.Background()
 	for i := 1; i <= changes; i++ {
 		v := fmt.Sprint(i)
 		if _, err := r.direct.Txn(ctx).Then(clientv3.OpPut("pair/a", v), clientv3.OpPut("pair/b", v)).Commit(); err != nil {
 			t.Fatal(err)
 		}
-		if i%50 == 0 {
+		if i%100 == 0 {
 			r.eventually("render caught up", func() bool { return strings.HasPrefix(read(dest), "a="+v+"\n") })
 		}
 	}
@@ -259,6 +259,8 @@ func TestErrorsAreLocal(t *testing.T) {
 	failReloadT := r.file("failreload.tmpl", "v {{keyOr \"svc/v\" \"1\"}}\n", 0o644)
 	check := r.file("check.sh", "#!/bin/sh\necho checking \"$1\"\n! grep -q bad \"$1\"\n", 0o755)
 	hang := r.file("hang.sh", "#!/bin/sh\nsleep 30\n", 0o755)
+	notExec := r.file("notexec.sh", "#!/bin/sh\nexit 0\n", 0o644)
+	noexecT := r.file("noexec.tmpl", "n {{keyOr \"svc/n\" \"1\"}}\n", 0o644)
 	failing := r.file("fail.sh", "#!/bin/sh\necho reload broke >&2\nexit 3\n", 0o755)
 	d := func(n string) string { return filepath.Join(r.dir, n) }
 	os.WriteFile(d("check.conf"), []byte("previous\n"), 0o644)
@@ -273,8 +275,10 @@ templates:
   - {source: %s, destination: %s}
   - {source: %s, destination: %s}
   - {source: %s, destination: %s, reload: [%q]}
+  - {source: %s, destination: %s, check: [%q, "%%s"]}
 `, r.agent.Sock, d("state"), okT, d("ok.conf"), missingT, d("missing.conf"), checkT, d("check.conf"), check,
-		hangT, d("hang.conf"), hang, bigT, d("big.conf"), okT, d("nodir/x.conf"), failReloadT, d("failreload.conf"), failing)))
+		hangT, d("hang.conf"), hang, bigT, d("big.conf"), okT, d("nodir/x.conf"), failReloadT, d("failreload.conf"), failing,
+		noexecT, d("noexec.conf"), notExec)))
 
 	r.eventually("the good template written", func() bool { return read(d("ok.conf")) == "port 80\n" })
 	r.eventually("the check passed", func() bool { return read(d("check.conf")) == "mode good\n" })
@@ -285,10 +289,11 @@ templates:
 		"the output passed 16 MiB",
 		"nodir does not exist",
 		"reload broke",
+		"notexec.sh: permission denied",
 	} {
 		r.eventually("the error "+want, func() bool { return strings.Contains(r.logs.String(), want) })
 	}
-	for _, f := range []string{"missing.conf", "big.conf"} {
+	for _, f := range []string{"missing.conf", "big.conf", "noexec.conf"} {
 		if _, err := os.Stat(d(f)); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s exists after a failed render", f)
 		}

@@ -417,7 +417,12 @@ func TestRenderLifecycle(t *testing.T) {
 	os.WriteFile(tmpl, []byte("k={{key \"r/k\"}}\n"), 0o644)
 	dest := filepath.Join(dir, "out.conf")
 	cfg := filepath.Join(dir, "render.yaml")
-	good := fmt.Sprintf("socket: %s\nstate_dir: %s\ntemplates:\n  - {source: %s, destination: %s}\n", a.sock, filepath.Join(dir, "state"), tmpl, dest)
+	runs := filepath.Join(dir, "reloads")
+	reload := filepath.Join(dir, "reload.sh")
+	os.WriteFile(reload, []byte("#!/bin/sh\necho run >> "+runs+"\n"), 0o755)
+	reloads := func() int { b, _ := os.ReadFile(runs); return strings.Count(string(b), "\n") }
+	good := fmt.Sprintf("socket: %s\nstate_dir: %s\ntemplates:\n  - {source: %s, destination: %s, reload: [%s]}\n",
+		a.sock, filepath.Join(dir, "state"), tmpl, dest, reload)
 	os.WriteFile(cfg, []byte(good), 0o644)
 	stderr := &syncbuf.Buffer{}
 	code := make(chan int, 1)
@@ -438,11 +443,28 @@ func TestRenderLifecycle(t *testing.T) {
 	})
 	invoke(t, "", "kv", "put", "-socket", a.sock, "r/k", "v2")
 	etcdtest.Eventually(t, 10*time.Second, "the running template to go on", func() bool { return read() == "k=v2\n" })
+	etcdtest.Eventually(t, 10*time.Second, "its reload", func() bool { return reloads() == 2 })
 
-	os.WriteFile(tmpl, []byte("key is {{key \"r/k\"}}\n"), 0o644)
+	// A SIGHUP with the same good file renders the same bytes: no reload.
 	os.WriteFile(cfg, []byte(good), 0o644)
 	syscall.Kill(os.Getpid(), syscall.SIGHUP)
-	etcdtest.Eventually(t, 10*time.Second, "the new template applied", func() bool { return read() == "key is v2\n" })
+	etcdtest.Eventually(t, 10*time.Second, "the reloaded set running", func() bool {
+		return strings.Count(stderr.String(), "render file reloaded") == 1
+	})
+	invoke(t, "", "kv", "put", "-socket", a.sock, "r/k", "v2") // a new revision, the same bytes
+	// Then a change that does render differently: once it is written, the
+	// one before it has been rendered too, and only this one reloads.
+	invoke(t, "", "kv", "put", "-socket", a.sock, "r/k", "v3")
+	etcdtest.Eventually(t, 10*time.Second, "v3 rendered", func() bool { return read() == "k=v3\n" })
+	etcdtest.Eventually(t, 10*time.Second, "its reload", func() bool { return reloads() >= 3 })
+	if n := reloads(); n != 3 {
+		t.Fatalf("a SIGHUP or an unchanged render ran the reload: %d runs, want 3", n)
+	}
+
+	os.WriteFile(tmpl, []byte("key is {{key \"r/k\"}}\n"), 0o644)
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	etcdtest.Eventually(t, 10*time.Second, "the new template applied", func() bool { return read() == "key is v3\n" })
+	etcdtest.Eventually(t, 10*time.Second, "one reload for its new content", func() bool { return reloads() == 4 })
 
 	a.stop(t) // SIGTERM: the agent and the renderer in this process alike
 	select {
