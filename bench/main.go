@@ -71,6 +71,9 @@ func main() {
 	if renderMode {
 		os.Exit(runRenderBench(o.cell * 5))
 	}
+	if persistMode {
+		os.Exit(runPersistBench(o.cell * 10))
+	}
 	if budgetsMode {
 		os.Exit(runBudgets(o.cell*5, o.rounds))
 	}
