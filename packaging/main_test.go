@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+	"gopkg.in/yaml.v3"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +15,22 @@ import (
 // The package description names only files that exist, and its maintainer
 // scripts parse. (.ci/run builds, lints, installs and purges the packages
 // themselves; this catches a renamed file without building anything.)
+// changelogDate is the top changelog entry's date, as YYYY-MM-DD.
+func changelogDate(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	var entries []struct {
+		Date string `yaml:"date"`
+	}
+	if err := yaml.Unmarshal(data, &entries); err != nil || len(entries) == 0 {
+		return "", fmt.Errorf("%s: %v", path, err)
+	}
+	d, _, _ := strings.Cut(entries[0].Date, "T")
+	return d, nil
+}
+
 func TestPackageContents(t *testing.T) {
 	t.Chdir("..")
 	version, release, err := changelogVersion("packaging/changelog.yml")
@@ -55,6 +73,18 @@ func TestPackageContents(t *testing.T) {
 				t.Errorf("sh -n %s: %v\n%s", s, err, out)
 			}
 		}
+	}
+	// The man page names the release the changelog's top entry is.
+	man, err := os.ReadFile("packaging/endpointd.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	date, err := changelogDate("packaging/changelog.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if th := strings.SplitN(string(man), "\n", 2)[0]; !strings.Contains(th, `"`+date+`"`) || !strings.Contains(th, "endpointd v"+version) {
+		t.Errorf("packaging/endpointd.1 starts %q; want the changelog's date %s and version v%s (cmd/endpointd: releaseDate, version)", th, date, version)
 	}
 	// The units the package ships are the repository's: every one of them.
 	units, _ := filepath.Glob("systemd/*.s*")

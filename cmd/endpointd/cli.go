@@ -22,6 +22,10 @@ const (
 // version is set at build time with -ldflags "-X main.version=…".
 var version = "v0.1.0"
 
+// releaseDate is the date of the release version names (the top entry of
+// packaging/changelog.yml; a packaging test holds the man page to both).
+const releaseDate = "2026-12-02"
+
 // run is the whole command line: main only hands it the process's streams.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 {

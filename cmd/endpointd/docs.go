@@ -80,7 +80,7 @@ func flagDefault(f *flag.Flag) string {
 
 func writeMan(w io.Writer) {
 	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
-	p(`.TH ENDPOINTD 1 "" "endpointd" "endpointd manual"`)
+	p(fmt.Sprintf(`.TH ENDPOINTD 1 "%s" "endpointd %s" "endpointd manual"`, releaseDate, version))
 	p(`.SH NAME`)
 	p(`endpointd \- keep this host's etcd endpoints current and serve local etcd access on a unix socket`)
 	p(`.SH SYNOPSIS`)

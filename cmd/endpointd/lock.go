@@ -95,6 +95,15 @@ type holdCommand struct {
 	wait     time.Duration // lock's -wait; < 0: no limit
 }
 
+// holderName names a lock's holder: who it said it is, and its key and
+// fencing token; a holder that said nothing (etcdctl lock) by its key.
+func holderName(e *client.Error) string {
+	if e.Holder != "" {
+		return fmt.Sprintf("%s (key %s, revision %d)", e.Holder, e.HolderKey, e.HolderRevision)
+	}
+	return fmt.Sprintf("%s (revision %d)", e.HolderKey, e.HolderRevision)
+}
+
 // parseHold parses the command line; nil and the exit code when there is
 // nothing to run (-h, or a usage error, already explained on stderr).
 func parseHold(election bool, args []string, stderr io.Writer) (*holdCommand, int) {
@@ -173,9 +182,21 @@ func (hc *holdCommand) acquire(ctx context.Context, c *client.Client, sigs <-cha
 		h   *client.Hold
 		err error
 	)
+	var e *client.Error
 	if hc.election {
 		h, err = c.Campaign(wctx, hc.name, []byte(hc.value), opts...)
 	} else {
+		if hc.wait != 0 {
+			// Try first, so that a person waiting knows for whom: a lock
+			// held elsewhere is named before the wait begins.
+			h, err = c.Lock(wctx, hc.name, append(opts, client.LockWait(0))...)
+			if err == nil {
+				return h, exitOK
+			}
+			if errors.Is(err, client.ErrLocked) && errors.As(err, &e) {
+				fmt.Fprintf(stderr, "endpointd lock: waiting for %s, held by %s\n", hc.name, holderName(e))
+			}
+		}
 		if hc.wait >= 0 {
 			opts = append(opts, client.LockWait(hc.wait))
 		}
@@ -184,13 +205,9 @@ func (hc *holdCommand) acquire(ctx context.Context, c *client.Client, sigs <-cha
 	if err == nil {
 		return h, exitOK
 	}
-	var e *client.Error
 	switch {
-	case errors.Is(err, client.ErrLocked) && errors.As(err, &e) && e.Holder != "":
-		fmt.Fprintf(stderr, "endpointd lock: %s is held by %s (key %s, revision %d); not running the command\n",
-			hc.name, e.Holder, e.HolderKey, e.HolderRevision)
 	case errors.Is(err, client.ErrLocked) && errors.As(err, &e):
-		fmt.Fprintf(stderr, "endpointd lock: %s is held by %s (revision %d); not running the command\n", hc.name, e.HolderKey, e.HolderRevision)
+		fmt.Fprintf(stderr, "endpointd lock: %s is held by %s; not running the command\n", hc.name, holderName(e))
 		return nil, exitFailure
 	case wctx.Err() != nil && ctx.Err() == nil:
 		fmt.Fprintf(stderr, "endpointd %s: interrupted while waiting; not running the command\n", hc.verb)

@@ -107,8 +107,13 @@ func TestLockCommandBehaviour(t *testing.T) {
 	for _, wait := range []string{"0", "300ms"} {
 		code, out := run("-wait", wait, "held", "--", "touch", filepath.Join(t.TempDir(), "ran"))
 		// The holder is named by who it is, then its key.
-		if code != 1 || !strings.Contains(out, fmt.Sprintf("is held by uid %d", os.Getuid())) || !strings.Contains(out, "(key "+h.Key) {
+		if code != 1 || !strings.Contains(out, fmt.Sprintf("is held by uid %d", os.Getuid())) || !strings.Contains(out, "(key "+h.Key) ||
+			strings.Count(out, "held by") != map[string]int{"0": 1, "300ms": 2}[wait] {
 			t.Fatalf("-wait %s on a held lock: %d %s", wait, code, out)
+		}
+		// A wait says first whom it waits for.
+		if wait != "0" && !strings.Contains(out, "waiting for held, held by uid") {
+			t.Fatalf("-wait %s does not say whom it waits for: %s", wait, out)
 		}
 	}
 	h.Release()
