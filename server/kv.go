@@ -555,7 +555,8 @@ func (s *Server) putKV(w http.ResponseWriter, r *http.Request, rawKey string) er
 	}
 	ttl, _, err := p.positive("ttl") // 0 without one
 	if err != nil {
-		return err
+		v, _ := p.get("ttl")
+		return badRequest(fmt.Sprintf("ttl is whole seconds, at least 1 (ttl=30 for thirty seconds; the CLI's -ttl also takes 30s), got %q", v))
 	}
 	cond, err := parseCondition(r)
 	if err != nil {

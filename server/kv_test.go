@@ -313,6 +313,10 @@ func TestTTL(t *testing.T) {
 	})
 	e.expect(e.do("GET", "/v1/kv/ttl/k", nil, nil), http.StatusNotFound, "not_found")
 	e.expect(e.do("PUT", "/v1/kv/ttl/k?ttl=0", nil, []byte("x")), http.StatusBadRequest, "invalid_argument")
+	// A duration is not seconds; the answer says what is.
+	if r := e.do("PUT", "/v1/kv/ttl/k?ttl=10s", nil, []byte("x")); r.status != http.StatusBadRequest || !strings.Contains(string(r.body), "whole seconds") {
+		t.Fatalf("ttl=10s: %d %s", r.status, r.body)
+	}
 }
 
 func TestConditionalWrites(t *testing.T) {
