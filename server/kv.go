@@ -304,13 +304,11 @@ func (s *Server) fromCache(w http.ResponseWriter, r *http.Request, q cacheRead) 
 // copy, or none young or recent enough.
 func (s *Server) fromCopy(w http.ResponseWriter, r *http.Request, q cacheRead, maxAge time.Duration, reason string) error {
 	var (
-		kvs         []*mvccpb.KeyValue
-		kv          *mvccpb.KeyValue
-		count       int64
-		more, ok    bool
-		info        cache.Info
-		unavailable = apiErr(api.CodeUnavailable, "the agent has no copy of this cached prefix yet (never listed, "+
-			"discarded, or being listed again); retry when etcd answers")
+		kvs      []*mvccpb.KeyValue
+		kv       *mvccpb.KeyValue
+		count    int64
+		more, ok bool
+		info     cache.Info
 	)
 	if q.prefix {
 		kvs, count, more, info, ok = s.cache.List(q.key, q.limit, cache.Any)
@@ -319,7 +317,8 @@ func (s *Server) fromCopy(w http.ResponseWriter, r *http.Request, q cacheRead, m
 	}
 	switch {
 	case !ok:
-		return unavailable
+		return apiErr(api.CodeUnavailable, "the agent has no copy of this cached prefix yet (never listed, "+
+			"discarded, or being listed again); retry when etcd answers")
 	case maxAge >= 0 && info.Age > maxAge:
 		return apiErr(api.CodeUnavailable, fmt.Sprintf("etcd cannot answer, and the agent's copy was last confirmed %ds ago, "+
 			"more than stale-if-error allows (%ds)", int64(info.Age/time.Second), int64(maxAge/time.Second)))
