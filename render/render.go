@@ -92,13 +92,6 @@ func Load(path string) (*Set, error) {
 // Config is the set's render file.
 func (s *Set) Config() *config.Render { return s.cfg }
 
-// result is one template's render, for -once, -dry-run and STATUS=.
-type result struct {
-	index   int
-	outcome outcome
-	err     error
-}
-
 // Once renders every template once — check and reload included, or, with
 // diff set, writing nothing and printing to diff a unified diff per
 // destination that would change. It returns how many failed.

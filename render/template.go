@@ -135,12 +135,11 @@ type snapshot struct {
 	c     *client.Client
 	stale time.Duration
 
-	rev     int64
-	keys    map[string]*client.KV // nil value: absent
-	lists   map[string][]Entry
-	deps    []dep
-	seen    map[dep]bool
-	fromOld bool // some answer came from the agent's copy
+	rev   int64
+	keys  map[string]*client.KV // nil value: absent
+	lists map[string][]Entry
+	deps  []dep
+	seen  map[dep]bool
 }
 
 var errMixed = errors.New("the agent's copy moved during the render; rendering again")
@@ -171,8 +170,7 @@ func (s *snapshot) opts() []client.Option {
 // revision. A read at that revision (?rev=) is at it by construction — etcd
 // reports its current revision in such an answer's header, not the one
 // read — so only stale reads, which cannot name a revision, are compared.
-func (s *snapshot) at(rev int64, fromCache bool) error {
-	s.fromOld = s.fromOld || fromCache
+func (s *snapshot) at(rev int64) error {
 	switch {
 	case s.rev == 0:
 		s.rev = rev
@@ -191,11 +189,11 @@ func (s *snapshot) get(key string) (*client.KV, error) {
 	var ae *client.Error
 	switch {
 	case err == nil:
-		if err := s.at(kv.Revision, kv.FromCache); err != nil {
+		if err := s.at(kv.Revision); err != nil {
 			return nil, err
 		}
 	case errors.Is(err, client.ErrNotFound) && errors.As(err, &ae):
-		if err := s.at(ae.Revision, false); err != nil {
+		if err := s.at(ae.Revision); err != nil {
 			return nil, err
 		}
 		kv = nil
@@ -215,7 +213,7 @@ func (s *snapshot) list(prefix string) ([]Entry, error) {
 	if err != nil {
 		return nil, &readError{key: prefix, err: err}
 	}
-	if err := s.at(res.Revision, res.FromCache); err != nil {
+	if err := s.at(res.Revision); err != nil {
 		return nil, err
 	}
 	out := make([]Entry, len(res.KVs))
@@ -236,7 +234,7 @@ type readError struct {
 func (e *readError) Error() string { return fmt.Sprintf("reading %q: %v", e.key, e.err) }
 func (e *readError) Unwrap() error { return e.err }
 
-// errMissing is a key the template needs that does not exist.
+// missingError is a key the template needs that does not exist.
 type missingError struct{ key string }
 
 func (e *missingError) Error() string {
