@@ -123,8 +123,9 @@ cache: {prefixes: [cfg/], dir: %s, persist_interval: 100ms, max_staleness: 500ms
 	})
 	t.Logf("after kill -9 and a restart inside the outage, the first stale answer came %v after the start", firstAnswer.Round(time.Millisecond))
 	// A plain read needs etcd: 503 once the new agent's first probe round
-	// has found every member refusing (until then a read may wait for its
-	// timeout, 504: etcd.connect_spread can defer the first connection).
+	// has found every member refusing. A read that arrives before that
+	// round ends, while gRPC is still connecting for the first time, is
+	// sent and waits for its timeout (504).
 	etcdtest.Eventually(t, 10*time.Second, "a plain listing refused with 503", func() bool {
 		code, _, _ := get("/v1/kv/cfg/?prefix")
 		return code == 503
