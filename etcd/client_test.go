@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -196,6 +197,8 @@ func TestWholeClusterOutage(t *testing.T) {
 		t.Fatalf("Put: %v", err)
 	}
 	etcdtest.Eventually(t, 5*time.Second, "connected", func() bool { return c.Health().Connected })
+	follower := followConnection(t, c)
+	etcdtest.Eventually(t, 5*time.Second, "a follower of ConnectionChanged to see connected", func() bool { return follower() })
 
 	cluster.StopAll()
 
@@ -220,6 +223,7 @@ func TestWholeClusterOutage(t *testing.T) {
 		t.Fatalf("Get without deadline = %v after %v", err, time.Since(start))
 	}
 	etcdtest.Eventually(t, 5*time.Second, "disconnected", func() bool { return !c.Health().Connected })
+	etcdtest.Eventually(t, 5*time.Second, "the follower to see disconnected", func() bool { return !follower() })
 	if err := c.Put(ctxT(t, time.Second), "k", "during"); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Put while disconnected = %v, want ErrUnavailable", err)
 	}
@@ -237,6 +241,7 @@ func TestWholeClusterOutage(t *testing.T) {
 		return c.Put(ctxT(t, time.Second), "k", "after") == nil
 	})
 	etcdtest.Eventually(t, 5*time.Second, "connected again", func() bool { return c.Health().Connected })
+	etcdtest.Eventually(t, 5*time.Second, "the follower to see connected again", func() bool { return follower() })
 	if h := c.Health(); h.Reconnects < 1 {
 		t.Fatalf("reconnects = %d after an outage, want >= 1", h.Reconnects)
 	}
@@ -595,4 +600,29 @@ func TestSetRequestTimeout(t *testing.T) {
 	if d, ok := ctx.Deadline(); !ok || time.Until(d) > 250*time.Millisecond {
 		t.Fatalf("deadline %v after SetRequestTimeout(250ms)", time.Until(d))
 	}
+}
+
+// followConnection follows c's connection the way ConnectionChanged says
+// to (take the channel, then read Health, then wait on it) and returns
+// what the follower last saw. A snapshot published after its channel is
+// closed leaves such a follower on the old value for good.
+func followConnection(t *testing.T, c *EtcdClient) func() bool {
+	t.Helper()
+	var seen atomic.Bool
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for {
+			changed := c.ConnectionChanged()
+			seen.Store(c.Health().Connected)
+			select {
+			case <-changed:
+			case <-done:
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() { close(done); <-stopped })
+	return seen.Load
 }

@@ -173,8 +173,16 @@ func (l *healthLoop) kick() {
 	}
 	l.epoch.Add(1)
 	l.down.Store(false)
-	prev := l.snap.Load()
-	l.snap.Store(&Health{Connected: prev.Connected, Reconnects: prev.Reconnects})
+	// Compare-and-swap: run may publish a change of Connected meanwhile,
+	// and a plain store of the value read before it would undo it
+	// without closing the channel.
+	for {
+		prev := l.snap.Load()
+		next := &Health{Connected: prev.Connected, Reconnects: prev.Reconnects}
+		if l.snap.CompareAndSwap(prev, next) {
+			break
+		}
+	}
 	select {
 	case l.kickc <- struct{}{}:
 	default:
@@ -440,10 +448,7 @@ func (l *healthLoop) store(h Health) {
 	case !connected && !l.everUp && h.LastError != "" && l.retry.Attempt() <= 1:
 		log.Warn("etcd not reachable yet", "error", h.LastError)
 	}
-	if connected != l.connected {
-		next := make(chan struct{})
-		close(*l.changed.Swap(&next))
-	}
+	changed := connected != l.connected
 	l.connected = connected
 	h.Connected = connected
 	h.Reconnects = l.reconnects
@@ -452,7 +457,15 @@ func (l *healthLoop) store(h Health) {
 		prev := l.snap.Load()
 		h.ClusterID, h.Leader, h.CheckedAt, h.Members = prev.ClusterID, prev.Leader, prev.CheckedAt, prev.Members
 	}
+	// Publish, then wake: a waiter takes the channel and then reads Health
+	// (see ConnectionChanged). Closing first would let it take the new
+	// channel and read the old snapshot, and wait for a change it has
+	// already missed.
 	l.snap.Store(&h)
+	if changed {
+		next := make(chan struct{})
+		close(*l.changed.Swap(&next))
+	}
 }
 
 // dialProbes dials one short-lived connection to each of eps for a probe
