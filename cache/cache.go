@@ -384,6 +384,19 @@ func (p *prefixCache) revision() int64 {
 // syncOnce lists the prefix when there is no copy to resume, then follows
 // its watch from the copy's revision until the watch fails.
 func (p *prefixCache) syncOnce(ctx context.Context) error {
+	// Only while the client is connected: a watch opened with every member
+	// away would wait silently under a copy that looks confirmed, and a
+	// disconnection that came before this point would never be seen below
+	// (the channel taken here is for the next change).
+	changed := p.ec.ConnectionChanged()
+	for !p.ec.Health().Connected {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+			changed = p.ec.ConnectionChanged()
+		}
+	}
 	p.mu.RLock()
 	present, from := p.present, p.rev+1
 	p.mu.RUnlock()
@@ -425,7 +438,6 @@ func (p *prefixCache) syncOnce(ctx context.Context) error {
 	// a connection under it. The copy is not confirmed meanwhile, so the
 	// watch is ended when the client loses etcd and resumed (its first
 	// progress confirming the copy again) when it is back.
-	changed := p.ec.ConnectionChanged()
 	for {
 		select {
 		case <-ctx.Done():
