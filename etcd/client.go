@@ -382,7 +382,7 @@ func (c *EtcdClient) onLive(ctx context.Context, fn func(ctx context.Context, cl
 		return err
 	}
 	defer g.inflight.Done()
-	if !c.reachable(g) {
+	if !c.reachable(ctx, g) {
 		return ErrUnavailable
 	}
 	return fn(ctx, g.cli)
@@ -450,15 +450,34 @@ func (c *EtcdClient) usableLocked() error {
 // member's connection has failed (gRPC's own state, so a returning cluster
 // is used the moment a connection is up again), nor while the latest probe
 // round found every member silent behind open connections.
-func (c *EtcdClient) reachable(g *generation) bool {
+//
+// While the connection is being made — the first attempt after the client
+// is built, or after it lost every member — it waits for that attempt's
+// outcome, bounded by ctx: clientv3's calls wait for a ready connection
+// until their deadline, so a request sent then to a cluster that refuses
+// every connection would cost its caller the whole timeout (a 504) instead
+// of ErrUnavailable as soon as gRPC knows (a 503). A ready connection, the
+// hot path, costs one state read. When ctx ends first the request is sent
+// and fails the way an expired request does.
+func (c *EtcdClient) reachable(ctx context.Context, g *generation) bool {
 	if c.health != nil && c.health.down.Load() {
 		return false
 	}
-	switch g.cli.ActiveConnection().GetState() {
-	case connectivity.TransientFailure, connectivity.Shutdown:
-		return false
+	conn := g.cli.ActiveConnection()
+	for {
+		st := conn.GetState()
+		switch st {
+		case connectivity.Ready:
+			return true
+		case connectivity.TransientFailure, connectivity.Shutdown:
+			return false
+		case connectivity.Idle:
+			conn.Connect() // what the request itself would do
+		}
+		if !conn.WaitForStateChange(ctx, st) {
+			return true
+		}
 	}
-	return true
 }
 
 // bound gives ctx the request timeout when it has no deadline of its own.
@@ -661,14 +680,15 @@ func (c *EtcdClient) Close() error {
 // follows. It does not pin the client: a client replaced by UpdateEndpoints
 // (plain ↔ TLS, new credentials) closes, and calls on its connection fail;
 // take Conn again for each call or stream. ErrUnavailable while no member
-// is reachable.
-func (c *EtcdClient) Conn() (*grpc.ClientConn, error) {
+// is reachable; while the connection is being made it waits, bounded by
+// ctx, to tell which (see reachable).
+func (c *EtcdClient) Conn(ctx context.Context) (*grpc.ClientConn, error) {
 	g, err := c.acquire()
 	if err != nil {
 		return nil, err
 	}
 	defer g.inflight.Done()
-	if !c.reachable(g) {
+	if !c.reachable(ctx, g) {
 		return nil, ErrUnavailable
 	}
 	return g.cli.ActiveConnection(), nil

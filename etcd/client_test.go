@@ -190,6 +190,24 @@ func TestOneMemberDown(t *testing.T) {
 	}
 }
 
+// A client built while every member refuses connections answers its first
+// request with ErrUnavailable once gRPC's first attempt fails, not with a
+// timeout: clientv3 would hold a request sent while that attempt is under
+// way until its deadline.
+func TestFirstRequestToRefusingCluster(t *testing.T) {
+	cluster := etcdtest.New(t, 3)
+	eps := cluster.Endpoints()
+	cluster.StopAll()
+	for i := range 3 {
+		c := newTestClient(t, Config{Endpoints: eps, MinClusterSize: 3, RequestTimeout: 30 * time.Second})
+		_, err := c.Get(ctxT(t, 30*time.Second), "k")
+		if !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("client %d: first Get with every member refusing = %v, want ErrUnavailable", i, err)
+		}
+		c.Close()
+	}
+}
+
 func TestWholeClusterOutage(t *testing.T) {
 	cluster := etcdtest.New(t, 3)
 	c := newTestClient(t, Config{Endpoints: cluster.Endpoints(), MinClusterSize: 3, RequestTimeout: 2 * time.Second})

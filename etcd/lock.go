@@ -308,7 +308,10 @@ func (p *sessionPool) get(ctx context.Context, c *EtcdClient, name string, ttl i
 	// closed) under the grant.
 	defer g.inflight.Done()
 	cli := g.cli
-	if !c.reachable(g) {
+	rctx, cancel := c.bound(ctx)
+	ok := c.reachable(rctx, g)
+	cancel()
+	if !ok {
 		return nil, ErrUnavailable
 	}
 	p.mu.Lock()

@@ -283,7 +283,7 @@ func denied(err error) error {
 // metadata (an auth token among them) is not passed on: the agent talks to
 // etcd with its own identity.
 func (s *Server) upstream(ctx context.Context) (*grpc.ClientConn, context.Context, error) {
-	conn, err := s.ec.Conn()
+	conn, err := s.ec.Conn(ctx)
 	if err != nil {
 		return nil, nil, toStatus(err)
 	}
