@@ -38,41 +38,40 @@ import (
 	"syscall"
 	"time"
 
-	"udp_iaasd/internal/agentproc"
 	"udp_iaasd/internal/etcdtest"
 )
 
 const nobody = 65534
 
 type budgetsEnv struct {
-	dir, sock, cfg string
-	self           string // this binary, copied where nobody may run it
-	cluster        *etcdtest.ProcCluster
-	agent          *exec.Cmd
-	hc             *http.Client
+	dir     string
+	self    string // this binary, copied where nobody may run it
+	cluster *etcdtest.ProcCluster
+	agent   *agentProc
+	hc      *http.Client
 }
 
-func (e *budgetsEnv) writeConfig(hostBudget int, flooder string) error {
-	cfg := fmt.Sprintf(`endpoints_file: endpoints.yaml
-socket: {path: %s, mode: "0666"}
-etcd: {max_requests_per_second: %d, request_timeout: 5s}
+// budgetsConfig is config.yaml's lines after the socket: the host's budget
+// and the two peers' rules, flooder adding fields to the flooder's.
+func budgetsConfig(hostBudget int, flooder string) string {
+	return fmt.Sprintf(`etcd: {max_requests_per_second: %d, request_timeout: 5s}
 access:
   - {name: flooder, uids: [0], prefixes: [""], allow: [read, write]%s}
   - {name: trickle, uids: [%d], prefixes: [""], allow: [read, write]}
-`, e.sock, hostBudget, flooder, nobody)
-	return os.WriteFile(e.cfg, []byte(cfg), 0o644)
+`, hostBudget, flooder, nobody)
 }
+
+// socketMode lets nobody reach the socket.
+const socketMode = `, mode: "0666"`
 
 // reload rewrites config.yaml and sends the agent SIGHUP. Nothing in
 // /v1/status says that config.yaml was read again, so it gives the agent a
 // second (a benchmark, not a test: the phases' figures show the new budget).
 func (e *budgetsEnv) reload(hostBudget int, flooder string) error {
-	if err := e.writeConfig(hostBudget, flooder); err != nil {
+	if err := e.agent.writeConfig(socketMode, budgetsConfig(hostBudget, flooder)); err != nil {
 		return err
 	}
-	if err := e.agent.Process.Signal(syscall.SIGHUP); err != nil {
-		return err
-	}
+	e.agent.signal(syscall.SIGHUP)
 	time.Sleep(time.Second)
 	return nil
 }
@@ -145,11 +144,7 @@ func setupBudgets() (*budgetsEnv, error) {
 		return nil, err
 	}
 	os.Chmod(dir, 0o755) // nobody reaches the socket through it
-	e := &budgetsEnv{dir: dir, sock: filepath.Join(dir, "endpointd.sock"), cfg: filepath.Join(dir, "config.yaml")}
-	e.hc = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", e.sock)
-	}}}
+	e := &budgetsEnv{dir: dir}
 	// go run builds into a directory only its user may enter.
 	e.self = filepath.Join(dir, "bench")
 	if bin, err := os.ReadFile(os.Args[0]); err != nil {
@@ -160,17 +155,13 @@ func setupBudgets() (*budgetsEnv, error) {
 	if e.cluster, err = etcdtest.StartProc(filepath.Join(dir, "etcd"), 3); err != nil {
 		return nil, err
 	}
-	if err := writeEndpoints(filepath.Join(dir, "endpoints.yaml"), e.cluster.Endpoints()); err != nil {
+	if e.agent, err = newAgentProc(dir, e.cluster.Endpoints(), socketMode, budgetsConfig(200, ""), os.Stderr); err != nil {
 		return nil, err
 	}
-	if err := e.writeConfig(200, ""); err != nil {
+	if err := e.agent.start(time.Minute); err != nil {
 		return nil, err
 	}
-	e.agent = exec.Command(os.Args[0], "-role", "agent", "-config", e.cfg)
-	e.agent.Stderr = os.Stderr
-	if err := agentproc.Start(e.agent, time.Minute); err != nil {
-		return nil, err
-	}
+	e.hc = e.agent.http.hc
 	req, _ := http.NewRequest(http.MethodPut, "http://endpointd/v1/kv/bench/k", strings.NewReader("0123456789abcdef"))
 	resp, err := e.hc.Do(req)
 	if err != nil {
@@ -181,10 +172,7 @@ func setupBudgets() (*budgetsEnv, error) {
 }
 
 func (e *budgetsEnv) close() {
-	if e.agent != nil && e.agent.Process != nil {
-		e.agent.Process.Signal(syscall.SIGTERM)
-		e.agent.Wait()
-	}
+	e.agent.stop()
 	if e.cluster != nil {
 		e.cluster.KillAll()
 	}
@@ -200,7 +188,7 @@ type trickleStats struct {
 
 // trickle runs the trickler child as nobody for d.
 func (e *budgetsEnv) trickle(d time.Duration) (*trickleStats, error) {
-	cmd := exec.Command(e.self, "-role", "trickle", "-listen", e.sock, "-cell", d.String())
+	cmd := exec.Command(e.self, "-role", "trickle", "-listen", e.agent.sock, "-cell", d.String())
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()

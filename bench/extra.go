@@ -32,10 +32,10 @@ func (e *env) reloadLatency(n int) {
 		}
 		content := fmt.Sprintf("# reload %d\n%s", i, config.EndpointsYAML(order))
 		want := sha([]byte(content))
-		tmp := e.epsPath + ".tmp"
+		tmp := e.agent.epsPath + ".tmp"
 		writeFile(tmp, content)
 		start := time.Now()
-		rename(tmp, e.epsPath)
+		rename(tmp, e.agent.epsPath)
 		for {
 			st, err := e.viaAgent.status()
 			if err == nil && st.Config.SHA256 == want {
@@ -129,7 +129,7 @@ func (e *env) watchFanOut(n int) {
 
 // httpWatch is one watcher on the agent's socket, on its own connection.
 func (e *env) httpWatch(ctx context.Context, prefix string, ready *sync.WaitGroup, record func([]byte)) {
-	conn, err := net.Dial("unix", e.sock)
+	conn, err := net.Dial("unix", e.agent.sock)
 	if err != nil {
 		ready.Done()
 		return

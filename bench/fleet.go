@@ -16,6 +16,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
@@ -37,7 +38,6 @@ import (
 	"go.uber.org/zap"
 
 	"udp_iaasd/config"
-	"udp_iaasd/internal/agentproc"
 	"udp_iaasd/internal/etcdtest"
 )
 
@@ -45,15 +45,6 @@ type fleetOptions struct {
 	n      int
 	window time.Duration
 	events bool
-}
-
-// agentProc is one agent of the fleet.
-type agentProc struct {
-	cmd     *exec.Cmd
-	logf    *os.File // the child's stderr, closed here once it is started
-	dir     string
-	epsPath string
-	http    *httpTarget
 }
 
 type fleet struct {
@@ -200,57 +191,28 @@ func (f *fleet) close() {
 func (f *fleet) startAgents(n int, extra string) error {
 	for i := range n {
 		dir := filepath.Join(f.dir, fmt.Sprintf("agent-%03d-%d", i, time.Now().UnixNano()))
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return err
-		}
-		a := &agentProc{dir: dir, epsPath: filepath.Join(dir, "endpoints.yaml")}
-		if err := writeEndpoints(a.epsPath, f.eps); err != nil {
-			return err
-		}
-		sock := filepath.Join(dir, "endpointd.sock")
-		cfg := filepath.Join(dir, "config.yaml")
-		if err := os.WriteFile(cfg, []byte("endpoints_file: endpoints.yaml\nsocket: {path: "+sock+"}\n"+extra), 0o644); err != nil {
-			return err
-		}
-		logf, err := os.Create(filepath.Join(dir, "agent.log"))
+		a, err := newAgentProc(dir, f.eps, "", extra, nil)
 		if err != nil {
 			return err
 		}
-		a.cmd = exec.Command(os.Args[0], "-role", "agent", "-config", cfg)
-		a.cmd.Stderr = logf
-		a.logf = logf
 		f.agents = append(f.agents, a)
 	}
 	// Started together, each ready when it says so (agentproc).
 	errs := make([]error, len(f.agents))
 	var wg sync.WaitGroup
 	for i, a := range f.agents {
-		wg.Go(func() {
-			errs[i] = agentproc.Start(a.cmd, 2*time.Minute)
-			a.logf.Close()
-		})
+		wg.Go(func() { errs[i] = a.start(2 * time.Minute) })
 	}
 	wg.Wait()
-	for i, a := range f.agents {
-		if errs[i] != nil {
-			log, _ := os.ReadFile(filepath.Join(a.dir, "agent.log"))
-			return fmt.Errorf("agent in %s: %v\n%s", a.dir, errs[i], log)
-		}
-		a.http = newHTTPTarget("endpointd", filepath.Join(a.dir, "endpointd.sock"), a.cmd.Process.Pid)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func (f *fleet) stopAgents() {
 	for _, a := range f.agents {
-		if a.cmd.Process != nil { // nil: it never started
-			a.cmd.Process.Signal(syscall.SIGTERM)
-		}
+		a.signal(syscall.SIGTERM)
 	}
 	for _, a := range f.agents {
-		if a.cmd.Process != nil {
-			a.cmd.Wait()
-		}
+		a.wait()
 	}
 	f.agents = nil
 }

@@ -13,16 +13,13 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"udp_iaasd/internal/agentproc"
 	"udp_iaasd/internal/etcdtest"
 )
 
@@ -72,30 +69,25 @@ func persistBench(window time.Duration) error {
 				return err
 			}
 		}
-		var agents []*exec.Cmd
+		var agents []*agentProc
 		for _, name := range []string{"persisted", "memory"} {
 			adir := filepath.Join(dir, fmt.Sprintf("%s-%d", name, keys))
-			os.MkdirAll(adir, 0o755)
-			if err := writeEndpoints(filepath.Join(adir, "endpoints.yaml"), cluster.Endpoints()); err != nil {
-				return err
-			}
 			cacheDir := `""`
 			if name == "persisted" {
 				cacheDir = filepath.Join(adir, "cache")
 			}
-			cfg := filepath.Join(adir, "config.yaml")
-			os.WriteFile(cfg, []byte(fmt.Sprintf("endpoints_file: endpoints.yaml\nsocket: {path: %s}\ncache: {prefixes: [%s], dir: %s}\n",
-				filepath.Join(adir, "endpointd.sock"), prefix, cacheDir)), 0o644)
-			a := exec.Command(os.Args[0], "-role", "agent", "-config", cfg)
-			a.Stderr = os.Stderr
-			if err := agentproc.Start(a, time.Minute); err != nil {
+			a, err := newAgentProc(adir, cluster.Endpoints(), "", fmt.Sprintf("cache: {prefixes: [%s], dir: %s}\n", prefix, cacheDir), os.Stderr)
+			if err != nil {
 				return err
 			}
-			defer func() { a.Process.Signal(syscall.SIGTERM); a.Wait() }()
+			if err := a.start(time.Minute); err != nil {
+				return err
+			}
+			defer a.stop()
 			agents = append(agents, a)
 		}
 		time.Sleep(3 * time.Second) // listed, first copy written, settled
-		cpu0 := []time.Duration{cpuTime(agents[0].Process.Pid), cpuTime(agents[1].Process.Pid)}
+		cpu0 := []time.Duration{cpuTime(agents[0].pid()), cpuTime(agents[1].pid())}
 		copyFile := filepath.Join(dir, fmt.Sprintf("persisted-%d", keys), "cache", prefix[:len(prefix)-1]+"%2F.copy")
 		writes, lastMod := 0, time.Time{}
 		tick := time.NewTicker(time.Second / rate)
@@ -113,8 +105,8 @@ func persistBench(window time.Duration) error {
 		}
 		tick.Stop()
 		elapsed := time.Since(start).Seconds()
-		p := float64((cpuTime(agents[0].Process.Pid) - cpu0[0]).Milliseconds()) / elapsed
-		m := float64((cpuTime(agents[1].Process.Pid) - cpu0[1]).Milliseconds()) / elapsed
+		p := float64((cpuTime(agents[0].pid()) - cpu0[0]).Milliseconds()) / elapsed
+		m := float64((cpuTime(agents[1].pid()) - cpu0[1]).Milliseconds()) / elapsed
 		fmt.Printf("| %d keys × 1 KiB | %.1f ms/s | %.1f ms/s | %.1f ms/s | %d in %.0fs |\n", keys, p, m, p-m, writes, elapsed)
 	}
 	return nil

@@ -20,7 +20,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -32,7 +31,6 @@ import (
 	"time"
 
 	"udp_iaasd/client"
-	"udp_iaasd/internal/agentproc"
 	"udp_iaasd/internal/etcdtest"
 	"udp_iaasd/render"
 )
@@ -82,23 +80,15 @@ func renderBench(cell time.Duration) error {
 		return err
 	}
 	defer cluster.KillAll()
-	sock := filepath.Join(dir, "endpointd.sock")
-	if err := writeEndpoints(filepath.Join(dir, "endpoints.yaml"), cluster.Endpoints()); err != nil {
+	agent, err := newAgentProc(dir, cluster.Endpoints(), "", "", os.Stderr)
+	if err != nil {
 		return err
 	}
-	cfg := filepath.Join(dir, "config.yaml")
-	os.WriteFile(cfg, []byte("endpoints_file: endpoints.yaml\nsocket: {path: "+sock+"}\n"), 0o644)
-	agentCmd := exec.Command(os.Args[0], "-role", "agent", "-config", cfg)
-	agentCmd.Stderr = os.Stderr
-	if err := agentproc.Start(agentCmd, time.Minute); err != nil {
+	if err := agent.start(time.Minute); err != nil {
 		return err
 	}
-	defer func() { agentCmd.Process.Signal(syscall.SIGTERM); agentCmd.Wait() }()
-
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", sock)
-	}}}
+	defer agent.stop()
+	sock, hc := agent.sock, agent.http.hc
 	put := func(key, value string) error {
 		req, _ := http.NewRequest(http.MethodPut, "http://endpointd/v1/kv/"+key, strings.NewReader(value))
 		resp, err := hc.Do(req)
@@ -172,7 +162,7 @@ func renderBench(cell time.Duration) error {
 
 	// Changes as fast as the renders keep up: the next change once every
 	// template has written the last one.
-	agentCPU0, renderCPU0, w0, start := cpuTime(agentCmd.Process.Pid), cpuTime(rcmd.Process.Pid), written.Load(), time.Now()
+	agentCPU0, renderCPU0, w0, start := cpuTime(agent.pid()), cpuTime(rcmd.Process.Pid), written.Load(), time.Now()
 	changes := 0
 	for time.Since(start) < cell {
 		changes++
@@ -188,7 +178,7 @@ func renderBench(cell time.Duration) error {
 	}
 	elapsed := time.Since(start)
 	renders := written.Load() - w0
-	agentCPU, renderCPU := cpuTime(agentCmd.Process.Pid)-agentCPU0, cpuTime(rcmd.Process.Pid)-renderCPU0
+	agentCPU, renderCPU := cpuTime(agent.pid())-agentCPU0, cpuTime(rcmd.Process.Pid)-renderCPU0
 	fmt.Printf("| changes | renders | renders/s | change to last file written | agent CPU per render | renderer CPU per render |\n")
 	fmt.Printf("|---:|---:|---:|---:|---:|---:|\n")
 	fmt.Printf("| %d | %d | %.0f | %.1f ms | %.0f µs | %.0f µs |\n", changes, renders, float64(renders)/elapsed.Seconds(),

@@ -25,7 +25,6 @@ import (
 
 	"udp_iaasd/agent"
 	"udp_iaasd/config"
-	"udp_iaasd/internal/agentproc"
 	"udp_iaasd/internal/etcdtest"
 )
 
@@ -53,10 +52,8 @@ type target interface {
 type env struct {
 	dir      string
 	cluster  *etcdtest.ProcCluster
-	agent    *exec.Cmd
+	agent    *agentProc
 	proxy    *exec.Cmd
-	sock     string
-	epsPath  string
 	proxyURL string
 	direct   *grpcTarget
 	viaProxy *grpcTarget
@@ -89,7 +86,7 @@ func run(o options) int {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 1
 	}
-	idle := memory(e.agent.Process.Pid)
+	idle := memory(e.agent.pid())
 	proxyIdle := memory(e.proxy.Process.Pid)
 
 	ops := []struct {
@@ -150,7 +147,7 @@ func run(o options) int {
 					}
 					res[t.name()].add(r)
 					if t == e.viaAgent && clients == 16 && op.name == "get (linearizable)" {
-						loaded = memory(e.agent.Process.Pid)
+						loaded = memory(e.agent.pid())
 					}
 				}
 			}
@@ -333,22 +330,18 @@ func setup(proxyProcs int) (*env, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &env{dir: dir, sock: filepath.Join(dir, "endpointd.sock"), grpcSock: filepath.Join(dir, "etcd.sock"),
-		epsPath: filepath.Join(dir, "endpoints.yaml")}
+	e := &env{dir: dir, grpcSock: filepath.Join(dir, "etcd.sock")}
 	if e.cluster, err = etcdtest.StartProc(filepath.Join(dir, "etcd"), 3); err != nil {
 		return nil, err
 	}
 	eps := e.cluster.Endpoints()
-	if err := writeEndpoints(e.epsPath, eps); err != nil {
+	// cache.prefixes covers the keys, as the side-by-side run asks:
+	// serializable gets are then answered from the agent's watched copy.
+	if e.agent, err = newAgentProc(dir, eps, ", grpc_path: "+e.grpcSock,
+		"cache: {prefixes: [bench/], dir: "+filepath.Join(dir, "cache")+"}\n", os.Stderr); err != nil {
 		return nil, err
 	}
-	cfg := filepath.Join(dir, "config.yaml")
-	// cache.prefixes covers the keys, as the side-by-side run asks:
-	// serializable gets are then answered from the agent's watched copy.
-	os.WriteFile(cfg, []byte("endpoints_file: endpoints.yaml\nsocket: {path: "+e.sock+", grpc_path: "+e.grpcSock+"}\ncache: {prefixes: [bench/], dir: "+filepath.Join(e.dir, "cache")+"}\n"), 0o644)
-	e.agent = exec.Command(os.Args[0], "-role", "agent", "-config", cfg)
-	e.agent.Stderr = os.Stderr
-	if err := agentproc.Start(e.agent, time.Minute); err != nil {
+	if err := e.agent.start(time.Minute); err != nil {
 		return nil, err
 	}
 	port, err := freePort()
@@ -370,7 +363,7 @@ func setup(proxyProcs int) (*env, error) {
 	if e.viaProxy, err = newGRPCTarget("grpc-proxy", []string{"http://" + e.proxyURL}, e.proxy.Process.Pid); err != nil {
 		return nil, err
 	}
-	e.viaAgent = newHTTPTarget("endpointd", e.sock, e.agent.Process.Pid)
+	e.viaAgent = e.agent.http
 	floorSock := filepath.Join(dir, "floor.sock")
 	e.floor = exec.Command(os.Args[0], "-role", "floor", "-listen", floorSock)
 	e.floor.Stderr = os.Stderr
@@ -378,7 +371,7 @@ func setup(proxyProcs int) (*env, error) {
 		return nil, err
 	}
 	e.viaFloor = newHTTPTarget("floor", floorSock, e.floor.Process.Pid)
-	if e.viaGRPC, err = newGRPCTarget("endpointd-grpc", []string{"unix://" + e.grpcSock}, e.agent.Process.Pid); err != nil {
+	if e.viaGRPC, err = newGRPCTarget("endpointd-grpc", []string{"unix://" + e.grpcSock}, e.agent.pid()); err != nil {
 		return nil, err
 	}
 	deadline := time.Now().Add(30 * time.Second)
@@ -412,7 +405,8 @@ func (e *env) agentRuntime() string {
 }
 
 func (e *env) close() {
-	for _, c := range []*exec.Cmd{e.agent, e.proxy, e.floor} {
+	e.agent.stop()
+	for _, c := range []*exec.Cmd{e.proxy, e.floor} {
 		if c != nil && c.Process != nil {
 			c.Process.Signal(syscall.SIGTERM)
 			c.Wait()
