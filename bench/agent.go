@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"udp_iaasd/internal/agentproc"
+	"udp_iaasd/internal/etcdtest"
 )
 
 // agentProc is an agent process of this binary (-role agent) in a
@@ -98,4 +99,18 @@ func (a *agentProc) wait() {
 	if a != nil && a.cmd.Process != nil {
 		a.cmd.Wait()
 	}
+}
+
+// benchCluster makes a temporary directory with three member processes in
+// it, for a mode whose agents it then starts there; done kills the members
+// and removes the directory.
+func benchCluster(name string) (dir string, cluster *etcdtest.ProcCluster, done func(), err error) {
+	if dir, err = os.MkdirTemp("", "endpointd-"+name+"-"); err != nil {
+		return "", nil, nil, err
+	}
+	if cluster, err = etcdtest.StartProc(filepath.Join(dir, "etcd"), 3); err != nil {
+		os.RemoveAll(dir)
+		return "", nil, nil, err
+	}
+	return dir, cluster, func() { cluster.KillAll(); os.RemoveAll(dir) }, nil
 }

@@ -244,26 +244,37 @@ func percentile(v []float64, p float64) float64 {
 	return s[min(len(s)-1, int(p*float64(len(s))))]
 }
 
+// answers counts the flooder's answers by kind.
+type answers struct{ ok, throttled, withRetryAfter atomic.Int64 }
+
+// flood reads bench/k once as the flooder and counts the answer in a.
+func (e *budgetsEnv) flood(a *answers) {
+	resp, err := e.hc.Get("http://endpointd/v1/kv/bench/k")
+	if err != nil {
+		return
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	switch resp.StatusCode {
+	case 200:
+		a.ok.Add(1)
+	case 429:
+		a.throttled.Add(1)
+		if resp.Header.Get("Retry-After") != "" {
+			a.withRetryAfter.Add(1)
+		}
+	}
+}
+
 // isolation: the flood beside the trickle.
 func (e *budgetsEnv) isolation(round int, d time.Duration) error {
-	var ok, throttled atomic.Int64
+	var a answers
 	ctx, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for range 32 {
 		wg.Go(func() {
 			for ctx.Err() == nil {
-				resp, err := e.hc.Get("http://endpointd/v1/kv/bench/k")
-				if err != nil {
-					continue
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				switch resp.StatusCode {
-				case 200:
-					ok.Add(1)
-				case 429:
-					throttled.Add(1)
-				}
+				e.flood(&a)
 			}
 		})
 	}
@@ -273,11 +284,11 @@ func (e *budgetsEnv) isolation(round int, d time.Duration) error {
 		stop()
 		return err
 	}
-	ok0, th0, start := ok.Load(), throttled.Load(), time.Now()
+	ok0, th0, start := a.ok.Load(), a.throttled.Load(), time.Now()
 	st, terr := e.trickle(d)
 	elapsed := time.Since(start).Seconds()
 	after, err := e.memberRequests()
-	okN, thN := ok.Load()-ok0, throttled.Load()-th0
+	okN, thN := a.ok.Load()-ok0, a.throttled.Load()-th0
 	stop()
 	wg.Wait()
 	if terr != nil {
@@ -350,7 +361,7 @@ func (e *budgetsEnv) rate(d time.Duration) error {
 		return err
 	}
 	time.Sleep(time.Second)
-	var ok, throttled, withRetry atomic.Int64
+	var a answers
 	ctx, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -359,23 +370,7 @@ func (e *budgetsEnv) rate(d time.Duration) error {
 		var inner sync.WaitGroup
 		for ctx.Err() == nil {
 			<-tick.C
-			inner.Go(func() {
-				resp, err := e.hc.Get("http://endpointd/v1/kv/bench/k")
-				if err != nil {
-					return
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				switch resp.StatusCode {
-				case 200:
-					ok.Add(1)
-				case 429:
-					throttled.Add(1)
-					if resp.Header.Get("Retry-After") != "" {
-						withRetry.Add(1)
-					}
-				}
-			})
+			inner.Go(func() { e.flood(&a) })
 		}
 		inner.Wait()
 	})
@@ -388,7 +383,7 @@ func (e *budgetsEnv) rate(d time.Duration) error {
 		return err
 	}
 	fmt.Printf("rate (rule rate 50, flooder paced at 500/s for %.0fs): %.1f/s through, %.0f/s refused with 429 (%d of %d with Retry-After); trickler (another rule): %d errors of %d, median %.1f ms\n\n",
-		elapsed, float64(ok.Load())/elapsed, float64(throttled.Load())/elapsed, withRetry.Load(), throttled.Load(), st.Errors, st.N, st.P50)
+		elapsed, float64(a.ok.Load())/elapsed, float64(a.throttled.Load())/elapsed, a.withRetryAfter.Load(), a.throttled.Load(), st.Errors, st.N, st.P50)
 	return nil
 }
 

@@ -19,8 +19,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-
-	"udp_iaasd/internal/etcdtest"
 )
 
 var persistMode bool
@@ -38,16 +36,11 @@ func runPersistBench(window time.Duration) int {
 }
 
 func persistBench(window time.Duration) error {
-	dir, err := os.MkdirTemp("", "endpointd-persist-bench-")
+	dir, cluster, done, err := benchCluster("persist-bench")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	cluster, err := etcdtest.StartProc(filepath.Join(dir, "etcd"), 3)
-	if err != nil {
-		return err
-	}
-	defer cluster.KillAll()
+	defer done()
 	cli, err := clientv3.New(clientv3.Config{Endpoints: cluster.Endpoints(), Logger: zap.NewNop()})
 	if err != nil {
 		return err

@@ -70,16 +70,11 @@ func runRenderBench(cell time.Duration) int {
 
 func renderBench(cell time.Duration) error {
 	const templates, keys = 20, 1000
-	dir, err := os.MkdirTemp("", "endpointd-render-bench-")
+	dir, cluster, done, err := benchCluster("render-bench")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	cluster, err := etcdtest.StartProc(filepath.Join(dir, "etcd"), 3)
-	if err != nil {
-		return err
-	}
-	defer cluster.KillAll()
+	defer done()
 	agent, err := newAgentProc(dir, cluster.Endpoints(), "", "", os.Stderr)
 	if err != nil {
 		return err
