@@ -187,6 +187,13 @@ func (c *EtcdClient) setEjected(epoch uint64, silent map[string]bool) {
 	}
 	prev := c.ejected
 	c.ejected = silent
+	if c.joining != nil && !slices.ContainsFunc(c.joining.live, func(ep string) bool { return !silent[ep] }) {
+		// Every address still in use is silent while a waiting one answered
+		// (silent never holds every probed endpoint): waiting for the
+		// spread would leave requests nowhere to go, so they join now.
+		c.joining = nil
+		c.log.Info("etcd endpoints in use are silent; the new ones join now", "endpoints", c.endpoints)
+	}
 	live := c.liveEndpointsLocked()
 	c.gen.cli.SetEndpoints(live...)
 	for ep := range silent {
@@ -206,7 +213,9 @@ func (c *EtcdClient) setEjected(epoch uint64, silent map[string]bool) {
 
 // liveEndpointsLocked is the list the live client is given: the endpoints
 // (or, while new ones wait to join, those in use until they do) without
-// the ejected members. c.mu held.
+// the ejected members — never none: clientv3 cannot take an empty list (its
+// Dial reads the first endpoint, v3.7.3 client.go dial), and every member
+// silent is a cluster to keep asking, not one to stop using. c.mu held.
 func (c *EtcdClient) liveEndpointsLocked() []string {
 	eps := c.endpoints
 	if c.joining != nil {
@@ -217,6 +226,9 @@ func (c *EtcdClient) liveEndpointsLocked() []string {
 		if !c.ejected[ep] {
 			live = append(live, ep)
 		}
+	}
+	if len(live) == 0 {
+		return slices.Clone(eps)
 	}
 	return live
 }

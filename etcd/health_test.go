@@ -450,6 +450,37 @@ func TestConnectSpread(t *testing.T) {
 	}
 }
 
+// Ejecting every address still in use while new ones wait to join (a
+// round found the kept members silent and a new one answering) lets the new
+// ones join at once: the live client is never left without an endpoint
+// (clientv3 panics dialling with none) nor held on silent ones for the
+// spread.
+func TestEjectingEveryKeptEndpointJoinsTheNewOnes(t *testing.T) {
+	cluster := etcdtest.New(t, 3)
+	eps := cluster.Endpoints()
+	c := newTestClient(t, Config{Endpoints: eps[:2], MinClusterSize: 2, ConnectSpread: time.Hour})
+	c.rand = func() float64 { return 0.999 } // a delay no test waits for
+	etcdtest.Eventually(t, 10*time.Second, "connected", func() bool { return c.Health().Connected })
+	if err := c.UpdateEndpoints(eps); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.liveEndpoints(); !slices.Equal(got, eps[:2]) {
+		t.Fatalf("in use = %v, want the kept %v while eps[2] waits", got, eps[:2])
+	}
+	// What round does when the kept two are silent and the third answers.
+	c.setEjected(c.health.epoch.Load(), map[string]bool{eps[0]: true, eps[1]: true})
+	if got := c.liveEndpoints(); !slices.Equal(got, eps[2:]) {
+		t.Fatalf("in use after ejecting both kept endpoints = %v, want %v (joined now)", got, eps[2:])
+	}
+	ctx := ctxT(t, 30*time.Second)
+	if err := c.Put(ctx, "spread/eject", "1"); err != nil {
+		t.Fatalf("Put through the joined endpoint: %v", err)
+	}
+	if h := c.CheckHealth(ctx); len(h.Members) != 3 {
+		t.Fatalf("a probe round after the join: %+v", h)
+	}
+}
+
 // A member that answers without a leader (its cluster lost quorum) is not a
 // hung cluster: the client reports not connected (so /readyz says so), but
 // requests still go to etcd, which decides, rather than being refused with
