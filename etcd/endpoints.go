@@ -275,11 +275,13 @@ func (c *EtcdClient) joinAt() time.Time {
 	return c.joining.at
 }
 
-// join puts every endpoint in use once its time has come.
-func (c *EtcdClient) join() {
+// join puts every endpoint in use once its time has come, or at once when
+// early (every connection in use has failed: waiting out the spread would
+// leave requests nowhere to go).
+func (c *EtcdClient) join(early bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.joining == nil || c.closed || c.gen == nil || time.Now().Before(c.joining.at) {
+	if c.joining == nil || c.closed || c.gen == nil || !early && time.Now().Before(c.joining.at) {
 		return
 	}
 	c.joining = nil

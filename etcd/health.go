@@ -258,7 +258,7 @@ func (l *healthLoop) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-joinc:
-			l.c.join()
+			l.c.join(false)
 		case <-l.kickc:
 			// New addresses get subchannels of their own, which dial at
 			// once. (gRPC's ResetConnectBackoff is not used: v1.83.2
@@ -357,6 +357,10 @@ func (l *healthLoop) onState(ctx context.Context, st connectivity.State) {
 	case st == connectivity.TransientFailure && prev != connectivity.TransientFailure:
 		// Every member's connection failed: requests get ErrUnavailable at
 		// once (reachable), and a round says why, member by member.
+		// Addresses waiting to join (ConnectSpread) are tried now: the
+		// ones in use are gone, and the spread only protects members
+		// from a fleet's reconnections while something else serves.
+		l.c.join(true)
 		l.round(ctx)
 	default:
 		l.store(Health{})

@@ -481,6 +481,31 @@ func TestEjectingEveryKeptEndpointJoinsTheNewOnes(t *testing.T) {
 	}
 }
 
+// Waiting addresses join at once when every connection in use fails: a
+// changed list whose only kept address dies before the spread ends is
+// served by the new ones, not refused for the rest of the spread.
+func TestSpreadEndsWhenTheAddressesInUseFail(t *testing.T) {
+	cluster := etcdtest.New(t, 3)
+	eps := cluster.Endpoints()
+	c := newTestClient(t, Config{Endpoints: eps[:1], MinClusterSize: 1, ConnectSpread: time.Hour})
+	c.rand = func() float64 { return 0.999 } // a delay no test waits for
+	etcdtest.Eventually(t, 10*time.Second, "connected", func() bool { return c.Health().Connected })
+	// Nothing stays: the old address serves until the join.
+	if err := c.UpdateEndpoints(eps[1:]); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.liveEndpoints(); !slices.Equal(got, eps[:1]) {
+		t.Fatalf("in use = %v, want the old %v until the join", got, eps[:1])
+	}
+	cluster.Members[0].Stop()
+	etcdtest.Eventually(t, 10*time.Second, "the new addresses in use", func() bool {
+		return slices.Equal(c.liveEndpoints(), eps[1:])
+	})
+	etcdtest.Eventually(t, 15*time.Second, "a put through them", func() bool {
+		return c.Put(ctxT(t, 2*time.Second), "spread/failed", "1") == nil
+	})
+}
+
 // A member that answers without a leader (its cluster lost quorum) is not a
 // hung cluster: the client reports not connected (so /readyz says so), but
 // requests still go to etcd, which decides, rather than being refused with
