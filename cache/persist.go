@@ -10,10 +10,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -276,11 +278,11 @@ func (c *Cache) Load() {
 
 // load installs the copy in path, unconfirmed.
 func (p *prefixCache) load(path string) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
+	var s *snapshot
+	err := readMapped(path, func(b []byte) (err error) {
+		s, err = decode(b) // copies what it keeps: b is unmapped after
 		return err
-	}
-	s, err := decode(b)
+	})
 	if err != nil {
 		return err
 	}
@@ -303,6 +305,44 @@ func (p *prefixCache) load(path string) error {
 	p.log.Info("cache: loaded the persisted copy; unconfirmed until its watch catches up",
 		"prefix", p.prefix, "keys", len(keys), "revision", s.rev, "age", p.cache.now().Sub(s.confirmed).Round(time.Second))
 	return nil
+}
+
+// readMapped hands fn the file at path mapped read-only, so that a copy is
+// decoded straight from the page cache instead of first being read into a
+// buffer of fresh heap as large as the file: for a 100,000-key × 1 KiB copy
+// loaded by a process just started, 0.5 s against 0.84 s read whole, and
+// half the transient memory (this machine; docs/reliability.md). fn must
+// not keep b. The file is ours (0600, in a 0700 directory) and replaced
+// only by rename, so the mapped inode does not change; should someone
+// truncate it anyway, the fault is returned as an error, not a crash.
+func readMapped(path string, fn func(b []byte) error) (err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if st.Size() == 0 {
+		return fn(nil) // nothing to map; decode says what is wrong
+	}
+	b, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_PRIVATE)
+	if err != nil {
+		return fmt.Errorf("map the file: %w", err)
+	}
+	defer unix.Munmap(b)
+	defer func() {
+		if r := recover(); r != nil {
+			if _, fault := r.(interface{ Addr() uintptr }); !fault {
+				panic(r)
+			}
+			err = fmt.Errorf("the file faulted while being read (truncated under the agent?): %v", r)
+		}
+	}()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	return fn(b)
 }
 
 // wake tells the persister that a copy changed.

@@ -419,3 +419,38 @@ func TestKillDuringWrite(t *testing.T) {
 	}
 	t.Logf("100 kills; the last loaded copy was the child's write %d", lastRev)
 }
+
+// faultSink keeps the read below from being optimised away.
+var faultSink byte
+
+// A copy truncated under the mapping (by someone other than the agent,
+// which only replaces copies by rename) faults when read: readMapped turns
+// the fault into an error, so the copy is discarded instead of the agent
+// crashing.
+func TestMappedCopyTruncatedWhileRead(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "copy")
+	if err := os.WriteFile(path, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := readMapped(path, func(b []byte) error {
+		if err := os.Truncate(path, 0); err != nil {
+			t.Fatal(err)
+		}
+		faultSink = b[len(b)-1] // a page the file no longer backs
+		return nil
+	})
+	if err == nil || !strings.Contains(err.Error(), "faulted") {
+		t.Fatalf("reading a truncated mapping: %v, want the fault as an error", err)
+	}
+	// Anything else that panics is not a fault, and is not hidden.
+	defer func() {
+		if r := recover(); r != "a bug" {
+			t.Fatalf("recovered %v, want the panic passed on", r)
+		}
+	}()
+	readMapped(path+"-2", func([]byte) error { return nil }) // absent: an error, no call
+	if err := os.WriteFile(path, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	readMapped(path, func([]byte) error { panic("a bug") })
+}
