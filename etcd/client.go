@@ -464,20 +464,13 @@ func (c *EtcdClient) reachable(ctx context.Context, g *generation) bool {
 		return false
 	}
 	conn := g.cli.ActiveConnection()
-	for {
-		st := conn.GetState()
-		switch st {
-		case connectivity.Ready:
-			return true
-		case connectivity.TransientFailure, connectivity.Shutdown:
-			return false
-		case connectivity.Idle:
-			conn.Connect() // what the request itself would do
-		}
-		if !conn.WaitForStateChange(ctx, st) {
-			return true
-		}
+	switch conn.GetState() {
+	case connectivity.Ready:
+		return true
+	case connectivity.TransientFailure, connectivity.Shutdown:
+		return false
 	}
+	return waitReady(ctx, conn) || ctx.Err() != nil
 }
 
 // bound gives ctx the request timeout when it has no deadline of its own.
